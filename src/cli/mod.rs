@@ -1,0 +1,56 @@
+//! Command-line interface. Each subcommand turns its arguments into an options value and calls
+//! one operation; this module owns printing errors and choosing the exit code.
+
+mod inventory;
+mod lab;
+mod render;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// pgha builds a PostgreSQL high-availability cluster (Patroni, etcd, HAProxy, Keepalived and
+/// the pgha agent) on plain Linux hosts over SSH, and proves that it works.
+#[derive(Debug, Parser)]
+#[command(name = "pgha", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check, show and describe inventories (the cluster description)
+    #[command(subcommand)]
+    Inventory(inventory::InventoryCommand),
+    /// Render every node's configuration files into a directory for inspection
+    Render(render::RenderArgs),
+    /// A throw-away cluster of real Debian nodes on this machine (needs root)
+    #[command(subcommand)]
+    Lab(lab::LabCommand),
+}
+
+/// Parse the command line, run the command, print any error and return the exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Inventory(command) => inventory::run(command),
+        Command::Render(args) => render::run(args),
+        Command::Lab(command) => lab::run(command),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            report(&error);
+            ExitCode::from(crate::error::exit_code(&error))
+        }
+    }
+}
+
+/// Print an error and its causes on stderr, `error:` first, causes indented.
+fn report(error: &anyhow::Error) {
+    eprintln!("error: {error}");
+    for cause in error.chain().skip(1) {
+        eprintln!("  caused by: {cause}");
+    }
+}

@@ -1,0 +1,21 @@
+//! pgha: provision and operate a PostgreSQL HA cluster (Patroni + etcd + HAProxy + Keepalived and
+//! the pgha agent) on plain Linux hosts over SSH.
+//!
+//! Codebase map:
+//! - [`cli`]: clap definitions; each subcommand turns arguments into options and calls one
+//!   operation. Nothing else prints results or maps errors to exit codes.
+//! - [`error`]: the error kinds that decide the exit code (bad input = 2, failure = 1).
+//! - [`inventory`]: the user's cluster description: raw serde structs, validation into typed
+//!   values with file:line:column for every problem, the JSON Schema, and the secrets file.
+//! - [`render`]: the minijinja environment (embedded templates, `--templates` override) and
+//!   the per-node files it renders.
+//! - [`lab`]: throw-away Debian nodes on this machine (systemd-nspawn, netns, apt proxy) and
+//!   fault injection.
+//! - [`ssh`]: the russh transport: strict host keys, one connection per host, exec and upload.
+
+pub mod cli;
+pub mod error;
+pub mod inventory;
+pub mod lab;
+pub mod render;
+pub mod ssh;
