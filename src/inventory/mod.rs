@@ -1,1 +1,693 @@
-//! placeholder
+//! The inventory: the user's declarative description of one cluster.
+//!
+//! Loading goes YAML text → [`raw::RawInventory`] (serde, unknown keys refused) → [`Inventory`]
+//! (typed, every default filled in). Validation collects *every* problem with its
+//! file:line:column and a hint before returning; nothing past this module sees raw strings.
+//! This module never touches a host.
+
+mod locate;
+mod net;
+mod raw;
+mod secrets;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::error::UserError;
+pub use locate::Position;
+pub use net::Cidr;
+pub use raw::RawParameter as Parameter;
+pub use secrets::Secrets;
+
+/// PostgreSQL major versions pgha can install: the ones Debian 12 ships.
+pub const SUPPORTED_POSTGRES_VERSIONS: &[u32] = &[15];
+/// The Patroni release pgha ships when the inventory names none.
+pub const DEFAULT_PATRONI_VERSION: &str = "4.1.5";
+/// Parameters pgha sets itself; a user value would break replication, rewind or security.
+const MANAGED_PARAMETERS: &[&str] = &[
+    "listen_addresses",
+    "port",
+    "hba_file",
+    "data_directory",
+    "wal_log_hints",
+    "password_encryption",
+    "hot_standby",
+];
+
+/// A component a node runs.
+#[derive(
+    Debug, Clone, Copy, Deserialize, Serialize, JsonSchema, PartialEq, Eq, PartialOrd, Ord, Hash,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Etcd,
+    Postgres,
+    Haproxy,
+    Keepalived,
+}
+
+impl Role {
+    pub const ALL: [Role; 4] = [Role::Etcd, Role::Postgres, Role::Haproxy, Role::Keepalived];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Etcd => "etcd",
+            Role::Postgres => "postgres",
+            Role::Haproxy => "haproxy",
+            Role::Keepalived => "keepalived",
+        }
+    }
+}
+
+/// Failover timing preset (Pigsty's presets; see REFERENCE.md's failover-time model).
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, JsonSchema, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FailoverProfile {
+    Fast,
+    #[default]
+    Normal,
+    Safe,
+}
+
+impl FailoverProfile {
+    /// The profile's Patroni timings.
+    pub fn patroni(self) -> PatroniTiming {
+        let (ttl, loop_wait, retry_timeout, primary_start_timeout) = match self {
+            FailoverProfile::Fast => (20, 5, 5, 15),
+            FailoverProfile::Normal => (30, 5, 10, 25),
+            FailoverProfile::Safe => (60, 10, 20, 45),
+        };
+        PatroniTiming {
+            ttl,
+            loop_wait,
+            retry_timeout,
+            primary_start_timeout,
+            maximum_lag_on_failover: 1_048_576,
+        }
+    }
+
+    /// The profile's HAProxy health-check timings.
+    pub fn haproxy(self) -> HaproxyChecks {
+        let (inter_ms, fastinter_ms) = match self {
+            FailoverProfile::Fast => (1000, 500),
+            FailoverProfile::Normal => (2000, 1000),
+            FailoverProfile::Safe => (3000, 1500),
+        };
+        HaproxyChecks {
+            inter_ms,
+            fastinter_ms,
+            rise: 3,
+            fall: 3,
+        }
+    }
+}
+
+/// Synchronous replication mode.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, JsonSchema, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncMode {
+    #[default]
+    Off,
+    On,
+    Strict,
+}
+
+/// A validated inventory with every default filled in.
+#[derive(Debug, Clone, Serialize)]
+pub struct Inventory {
+    #[serde(skip)]
+    pub path: PathBuf,
+    pub cluster: Cluster,
+    pub ssh: SshSettings,
+    pub nodes: Vec<Node>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Cluster {
+    pub name: String,
+    pub postgres_version: u32,
+    pub vip: Option<Cidr>,
+    pub vip_interface: String,
+    pub failover_profile: FailoverProfile,
+    pub synchronous_mode: SyncMode,
+    pub ports: Ports,
+    pub patroni: PatroniTiming,
+    pub haproxy: HaproxyChecks,
+    pub postgresql: Postgresql,
+    pub single_node_trial: bool,
+    pub patroni_version: String,
+    pub secrets_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct Ports {
+    pub write: u16,
+    pub read: u16,
+    pub postgres: u16,
+    pub patroni_api: u16,
+    pub etcd_client: u16,
+    pub etcd_peer: u16,
+    pub haproxy_stats: u16,
+    pub agent: u16,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct PatroniTiming {
+    pub ttl: u32,
+    pub loop_wait: u32,
+    pub retry_timeout: u32,
+    pub primary_start_timeout: u32,
+    pub maximum_lag_on_failover: u64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct HaproxyChecks {
+    pub inter_ms: u32,
+    pub fastinter_ms: u32,
+    pub rise: u32,
+    pub fall: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Postgresql {
+    pub parameters: BTreeMap<String, Parameter>,
+    pub client_cidrs: Vec<Cidr>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SshSettings {
+    pub user: String,
+    pub port: u16,
+    pub identity_file: Option<PathBuf>,
+    pub known_hosts: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Node {
+    pub name: String,
+    pub address: IpAddr,
+    pub roles: BTreeSet<Role>,
+    pub tags: Tags,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct Tags {
+    pub nofailover: bool,
+    pub noloadbalance: bool,
+    pub nosync: bool,
+}
+
+impl Node {
+    pub fn has(&self, role: Role) -> bool {
+        self.roles.contains(&role)
+    }
+}
+
+impl Inventory {
+    /// Read, parse and validate an inventory file. Every problem is reported at once, as a
+    /// [`UserError`] (exit code 2).
+    pub fn load(path: &Path) -> anyhow::Result<Inventory> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read inventory `{}`", path.display()))
+            .map_err(|error| UserError(format!("{error:#}\nhint: pass an existing file with `-i`")))?;
+        Inventory::parse(path, &text).map_err(anyhow::Error::from)
+    }
+
+    /// Parse and validate inventory text; `path` names the file in messages and anchors
+    /// relative paths.
+    pub fn parse(path: &Path, text: &str) -> Result<Inventory, UserError> {
+        let raw: raw::RawInventory = serde_yaml::from_str(text).map_err(|error| {
+            let place = match error.location() {
+                Some(location) => {
+                    format!("{}:{}:{}", path.display(), location.line(), location.column())
+                }
+                None => path.display().to_string(),
+            };
+            let message = error.to_string();
+            let message = match message.rfind(" at line ") {
+                Some(cut) => message[..cut].to_string(),
+                None => message,
+            };
+            UserError(format!(
+                "{place}: {message}\nhint: see `pgha inventory schema` for every key and its type"
+            ))
+        })?;
+        let mut problems = Problems::default();
+        let inventory = validate(path, raw, &mut problems);
+        if problems.list.is_empty() {
+            Ok(inventory)
+        } else {
+            Err(UserError(problems.render(path, &locate::Positions::index(text))))
+        }
+    }
+
+    /// Nodes that run `role`, in inventory order.
+    pub fn nodes_with(&self, role: Role) -> impl Iterator<Item = &Node> {
+        self.nodes.iter().filter(move |node| node.has(role))
+    }
+
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.nodes.iter().find(|node| node.name == name)
+    }
+
+    /// The resolved inventory as YAML: the input shape with every default filled in.
+    pub fn to_yaml(&self) -> anyhow::Result<String> {
+        Ok(serde_yaml::to_string(self)?)
+    }
+}
+
+/// The JSON Schema of the inventory file, for editors.
+pub fn schema() -> serde_json::Value {
+    let schema = schemars::schema_for!(raw::RawInventory);
+    serde_json::to_value(schema).unwrap_or_default()
+}
+
+/// One validation problem at a YAML path such as `nodes[1].address`.
+#[derive(Debug)]
+struct Problem {
+    path: String,
+    message: String,
+    hint: Option<String>,
+}
+
+#[derive(Debug, Default)]
+struct Problems {
+    list: Vec<Problem>,
+}
+
+impl Problems {
+    fn add(&mut self, path: impl Into<String>, message: impl Into<String>, hint: Option<&str>) {
+        self.list.push(Problem {
+            path: path.into(),
+            message: message.into(),
+            hint: hint.map(str::to_string),
+        });
+    }
+
+    fn render(&self, file: &Path, positions: &locate::Positions) -> String {
+        let mut problems: Vec<(Position, &Problem)> = self
+            .list
+            .iter()
+            .map(|problem| (positions.find(&problem.path), problem))
+            .collect();
+        problems.sort_by_key(|(position, _)| (position.line, position.column));
+        let mut out = format!(
+            "inventory `{}` has {} problem{}",
+            file.display(),
+            problems.len(),
+            if problems.len() == 1 { "" } else { "s" }
+        );
+        for (position, problem) in problems {
+            out.push_str(&format!(
+                "\n{}:{}:{}: {}: {}",
+                file.display(),
+                position.line,
+                position.column,
+                problem.path,
+                problem.message
+            ));
+            if let Some(hint) = &problem.hint {
+                out.push_str(&format!("\n  hint: {hint}"));
+            }
+        }
+        out
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+fn is_simple_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
+/// Expand a leading `~/` with `$HOME`; anchor other relative paths at the inventory's folder.
+fn resolve_path(base: &Path, text: &str) -> PathBuf {
+    if let Some(rest) = text.strip_prefix("~/") {
+        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| "/root".into());
+        return home.join(rest);
+    }
+    let path = PathBuf::from(text);
+    if path.is_absolute() {
+        path
+    } else {
+        base.join(path)
+    }
+}
+
+fn validate(path: &Path, raw: raw::RawInventory, problems: &mut Problems) -> Inventory {
+    let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let nodes = validate_nodes(&raw.nodes, problems);
+    let cluster = validate_cluster(path, &base, raw.cluster, &nodes, problems);
+    let ssh = SshSettings {
+        user: raw.ssh.user.unwrap_or_else(|| "root".to_string()),
+        port: raw.ssh.port.unwrap_or(22),
+        identity_file: raw.ssh.identity_file.as_deref().map(|text| resolve_path(&base, text)),
+        known_hosts: resolve_path(&base, raw.ssh.known_hosts.as_deref().unwrap_or("~/.ssh/known_hosts")),
+    };
+    if ssh.user.is_empty() {
+        problems.add("ssh.user", "the SSH user is empty", Some("use `root` or a user with passwordless sudo"));
+    }
+    if ssh.port == 0 {
+        problems.add("ssh.port", "port 0 is not a usable SSH port", Some("the usual port is 22"));
+    }
+    Inventory {
+        path: path.to_path_buf(),
+        cluster,
+        ssh,
+        nodes,
+    }
+}
+
+fn validate_nodes(raw_nodes: &[raw::RawNode], problems: &mut Problems) -> Vec<Node> {
+    if raw_nodes.is_empty() {
+        problems.add("nodes", "no nodes are listed", Some("list at least three nodes with `name` and `address`"));
+    }
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    let mut addresses: HashMap<IpAddr, usize> = HashMap::new();
+    let mut nodes = Vec::new();
+    for (index, raw_node) in raw_nodes.iter().enumerate() {
+        let at = format!("nodes[{index}]");
+        if !is_simple_name(&raw_node.name) {
+            problems.add(
+                format!("{at}.name"),
+                format!("`{}` is not a valid node name", raw_node.name),
+                Some("use lowercase letters, digits and `-` (at most 63), e.g. `node1`"),
+            );
+        }
+        if let Some(first) = names.insert(&raw_node.name, index) {
+            problems.add(
+                format!("{at}.name"),
+                format!("node name `{}` is used twice (also by nodes[{first}])", raw_node.name),
+                Some("give every node its own name"),
+            );
+        }
+        let address = match raw_node.address.parse::<IpAddr>() {
+            Ok(address) => address,
+            Err(_) => {
+                problems.add(
+                    format!("{at}.address"),
+                    format!("`{}` is not an IP address", raw_node.address),
+                    Some("write the node's IPv4 or IPv6 address, e.g. `10.0.0.11` (host names are not resolved)"),
+                );
+                IpAddr::from([0, 0, 0, 0])
+            }
+        };
+        if !address.is_unspecified() {
+            if let Some(first) = addresses.insert(address, index) {
+                problems.add(
+                    format!("{at}.address"),
+                    format!("address `{address}` is used twice (also by nodes[{first}])"),
+                    Some("every node needs its own address"),
+                );
+            }
+        }
+        let roles: BTreeSet<Role> = match &raw_node.roles {
+            Some(roles) => roles.iter().copied().collect(),
+            None => Role::ALL.into_iter().collect(),
+        };
+        if raw_node.roles.as_ref().is_some_and(|roles| roles.is_empty()) {
+            problems.add(format!("{at}.roles"), "the role list is empty", Some("leave `roles` out for all four roles"));
+        }
+        let tags = raw_node.tags.as_ref().map(|tags| Tags {
+            nofailover: tags.nofailover.unwrap_or(false),
+            noloadbalance: tags.noloadbalance.unwrap_or(false),
+            nosync: tags.nosync.unwrap_or(false),
+        });
+        nodes.push(Node {
+            name: raw_node.name.clone(),
+            address,
+            roles,
+            tags: tags.unwrap_or_default(),
+        });
+    }
+    nodes
+}
+
+fn validate_cluster(
+    path: &Path,
+    base: &Path,
+    raw: raw::RawCluster,
+    nodes: &[Node],
+    problems: &mut Problems,
+) -> Cluster {
+    if !is_simple_name(&raw.name) {
+        problems.add(
+            "cluster.name",
+            format!("`{}` is not a valid cluster name", raw.name),
+            Some("use lowercase letters, digits and `-`, e.g. `demo`; it becomes the Patroni scope"),
+        );
+    }
+    if !SUPPORTED_POSTGRES_VERSIONS.contains(&raw.postgres_version) {
+        problems.add(
+            "cluster.postgres_version",
+            format!("PostgreSQL {} is not supported", raw.postgres_version),
+            Some("supported: 15 (Debian 12's PostgreSQL)"),
+        );
+    }
+
+    let profile = raw.failover_profile.unwrap_or_default();
+    let patroni = {
+        let preset = profile.patroni();
+        let overrides = raw.patroni.unwrap_or_default();
+        PatroniTiming {
+            ttl: overrides.ttl.unwrap_or(preset.ttl),
+            loop_wait: overrides.loop_wait.unwrap_or(preset.loop_wait),
+            retry_timeout: overrides.retry_timeout.unwrap_or(preset.retry_timeout),
+            primary_start_timeout: overrides.primary_start_timeout.unwrap_or(preset.primary_start_timeout),
+            maximum_lag_on_failover: overrides.maximum_lag_on_failover.unwrap_or(preset.maximum_lag_on_failover),
+        }
+    };
+    check_patroni_timing(&patroni, problems);
+    let haproxy = {
+        let preset = profile.haproxy();
+        let overrides = raw.haproxy.unwrap_or_default();
+        HaproxyChecks {
+            inter_ms: overrides.inter_ms.unwrap_or(preset.inter_ms),
+            fastinter_ms: overrides.fastinter_ms.unwrap_or(preset.fastinter_ms),
+            rise: overrides.rise.unwrap_or(preset.rise),
+            fall: overrides.fall.unwrap_or(preset.fall),
+        }
+    };
+    for (key, value) in [
+        ("inter_ms", haproxy.inter_ms),
+        ("fastinter_ms", haproxy.fastinter_ms),
+        ("rise", haproxy.rise),
+        ("fall", haproxy.fall),
+    ] {
+        if value == 0 {
+            problems.add(format!("cluster.haproxy.{key}"), "must be greater than 0", None);
+        }
+    }
+
+    let raw_ports = raw.ports.unwrap_or_default();
+    let ports = Ports {
+        write: raw_ports.write.unwrap_or(5000),
+        read: raw_ports.read.unwrap_or(5001),
+        postgres: raw_ports.postgres.unwrap_or(5432),
+        patroni_api: raw_ports.patroni_api.unwrap_or(8008),
+        etcd_client: raw_ports.etcd_client.unwrap_or(2379),
+        etcd_peer: raw_ports.etcd_peer.unwrap_or(2380),
+        haproxy_stats: raw_ports.haproxy_stats.unwrap_or(7000),
+        agent: raw_ports.agent.unwrap_or(9650),
+    };
+    check_ports(&ports, problems);
+
+    let synchronous_mode = raw.synchronous_mode.unwrap_or_default();
+    let single_node_trial = raw.single_node_trial.unwrap_or(false);
+    check_roles(nodes, synchronous_mode, single_node_trial, problems);
+
+    let vip = raw.vip.as_deref().and_then(|text| match text.parse::<Cidr>() {
+        Ok(vip) => Some(vip),
+        Err(reason) => {
+            problems.add("cluster.vip", format!("`{text}` is not a valid VIP: {reason}"), Some("write an address with its prefix length, e.g. `10.0.0.100/24`"));
+            None
+        }
+    });
+    if let Some(vip) = vip {
+        check_vip(vip, nodes, problems);
+    }
+
+    let postgresql = raw.postgresql.unwrap_or_default();
+    for name in postgresql.parameters.keys() {
+        if MANAGED_PARAMETERS.contains(&name.as_str()) {
+            problems.add(
+                format!("cluster.postgresql.parameters.{name}"),
+                format!("`{name}` is managed by pgha"),
+                Some("remove it; pgha sets it for replication, pg_rewind and scram-sha-256 to work"),
+            );
+        }
+    }
+    let mut client_cidrs = Vec::new();
+    for (index, text) in postgresql.client_cidrs.iter().enumerate() {
+        let at = format!("cluster.postgresql.client_cidrs[{index}]");
+        match text.parse::<Cidr>() {
+            Ok(cidr) if cidr.prefix == 0 => problems.add(
+                at,
+                format!("`{text}` would let the whole internet try passwords"),
+                Some("name your application networks, e.g. `10.1.0.0/16`"),
+            ),
+            Ok(cidr) => client_cidrs.push(cidr.network()),
+            Err(reason) => problems.add(at, format!("`{text}` is not a network: {reason}"), Some("e.g. `10.1.0.0/16`")),
+        }
+    }
+
+    let secrets_file = match &raw.secrets_file {
+        Some(text) => resolve_path(base, text),
+        None => {
+            let stem = path.file_stem().and_then(|stem| stem.to_str()).unwrap_or("inventory");
+            base.join(format!("{stem}.secrets.yml"))
+        }
+    };
+    let patroni_version = raw.patroni_version.unwrap_or_else(|| DEFAULT_PATRONI_VERSION.to_string());
+    if !patroni_version.starts_with("4.") {
+        problems.add(
+            "cluster.patroni_version",
+            format!("Patroni `{patroni_version}` is not supported"),
+            Some("use a 4.x release; 3.0.2 lost an acknowledged write in a freeze/thaw drill"),
+        );
+    }
+    let vip_interface = raw.vip_interface.unwrap_or_else(|| "eth0".to_string());
+    if vip_interface.is_empty() || vip_interface.len() > 15 || vip_interface.contains(['/', ' ']) {
+        problems.add("cluster.vip_interface", format!("`{vip_interface}` is not an interface name"), Some("e.g. `eth0`"));
+    }
+
+    Cluster {
+        name: raw.name,
+        postgres_version: raw.postgres_version,
+        vip,
+        vip_interface,
+        failover_profile: profile,
+        synchronous_mode,
+        ports,
+        patroni,
+        haproxy,
+        postgresql: Postgresql {
+            parameters: postgresql.parameters,
+            client_cidrs,
+        },
+        single_node_trial,
+        patroni_version,
+        secrets_file,
+    }
+}
+
+fn check_patroni_timing(timing: &PatroniTiming, problems: &mut Problems) {
+    if timing.ttl < 20 {
+        problems.add("cluster.patroni.ttl", format!("ttl {} is below Patroni's minimum of 20", timing.ttl), Some("use `failover_profile: fast` for the shortest safe timings"));
+    }
+    if timing.loop_wait < 1 {
+        problems.add("cluster.patroni.loop_wait", "loop_wait must be at least 1", None);
+    }
+    if timing.retry_timeout < 3 {
+        problems.add("cluster.patroni.retry_timeout", "retry_timeout must be at least 3", None);
+    }
+    if timing.loop_wait + 2 * timing.retry_timeout > timing.ttl {
+        problems.add(
+            "cluster.patroni",
+            format!(
+                "loop_wait + 2 * retry_timeout = {} + 2 * {} = {} exceeds ttl {}",
+                timing.loop_wait,
+                timing.retry_timeout,
+                timing.loop_wait + 2 * timing.retry_timeout,
+                timing.ttl
+            ),
+            Some("Patroni needs `loop_wait + 2 * retry_timeout <= ttl`; raise ttl or lower the others"),
+        );
+    }
+}
+
+fn check_ports(ports: &Ports, problems: &mut Problems) {
+    let named = [
+        ("write", ports.write),
+        ("read", ports.read),
+        ("postgres", ports.postgres),
+        ("patroni_api", ports.patroni_api),
+        ("etcd_client", ports.etcd_client),
+        ("etcd_peer", ports.etcd_peer),
+        ("haproxy_stats", ports.haproxy_stats),
+        ("agent", ports.agent),
+    ];
+    let mut seen: HashMap<u16, &str> = HashMap::new();
+    for (name, port) in named {
+        if port == 0 {
+            problems.add(format!("cluster.ports.{name}"), "port 0 is not usable", None);
+        } else if let Some(other) = seen.insert(port, name) {
+            problems.add(
+                format!("cluster.ports.{name}"),
+                format!("port {port} is already used by `{other}`"),
+                Some("every service needs its own port"),
+            );
+        }
+    }
+}
+
+fn check_roles(nodes: &[Node], synchronous_mode: SyncMode, single_node_trial: bool, problems: &mut Problems) {
+    let count = |role: Role| nodes.iter().filter(|node| node.has(role)).count();
+    let etcd = count(Role::Etcd);
+    let etcd_ok = if single_node_trial { etcd == 1 || (etcd >= 3 && etcd % 2 == 1) } else { etcd >= 3 && etcd % 2 == 1 };
+    if !etcd_ok && !nodes.is_empty() {
+        problems.add(
+            "nodes",
+            format!("{etcd} etcd member{} listed; etcd needs an odd number, at least 3", if etcd == 1 { " is" } else { "s are" }),
+            Some(if etcd == 1 {
+                "add etcd members, or set `cluster.single_node_trial: true` for a trial without HA"
+            } else {
+                "give the `etcd` role to 3 or 5 nodes"
+            }),
+        );
+    }
+    let postgres = count(Role::Postgres);
+    if postgres == 0 && !nodes.is_empty() {
+        problems.add("nodes", "no node has the `postgres` role", Some("give the `postgres` role to at least two nodes"));
+    }
+    if synchronous_mode != SyncMode::Off && postgres < 2 {
+        problems.add(
+            "cluster.synchronous_mode",
+            format!("synchronous replication needs at least 2 postgres nodes, {postgres} listed"),
+            Some("add a postgres node or set `synchronous_mode: off`"),
+        );
+    }
+    if count(Role::Haproxy) == 0 && !nodes.is_empty() {
+        problems.add("nodes", "no node has the `haproxy` role", Some("applications reach the cluster through HAProxy; give the role to the postgres nodes"));
+    }
+}
+
+fn check_vip(vip: Cidr, nodes: &[Node], problems: &mut Problems) {
+    let keepalived: Vec<&Node> = nodes.iter().filter(|node| node.has(Role::Keepalived)).collect();
+    if keepalived.is_empty() {
+        problems.add("cluster.vip", "a VIP is set but no node has the `keepalived` role", Some("give `keepalived` to the HAProxy nodes, or remove `vip`"));
+    }
+    for node in &keepalived {
+        if node.address == vip.address {
+            problems.add("cluster.vip", format!("the VIP equals the address of `{}`", node.name), Some("pick an unused address in the nodes' subnet"));
+        } else if !node.address.is_unspecified() && !vip.contains(node.address) {
+            problems.add(
+                "cluster.vip",
+                format!("VIP `{vip}` is not in the subnet of `{}` ({})", node.name, node.address),
+                Some("the VIP must be in the same subnet as every keepalived node (check the prefix length)"),
+            );
+        }
+    }
+    if keepalived.iter().any(|node| !node.has(Role::Haproxy)) {
+        problems.add("cluster.vip", "a keepalived node without the `haproxy` role could hold the VIP and route nothing", Some("give `haproxy` to every keepalived node"));
+    }
+}
+
+#[cfg(test)]
+mod tests;
