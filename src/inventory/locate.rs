@@ -44,7 +44,13 @@ impl Positions {
             }
             match candidate.rfind(['.', '[']) {
                 Some(cut) => candidate = &candidate[..cut],
-                None => return self.values.get("").copied().unwrap_or(Position { line: 1, column: 1 }),
+                None => {
+                    return self
+                        .values
+                        .get("")
+                        .copied()
+                        .unwrap_or(Position { line: 1, column: 1 })
+                }
             }
         }
     }
@@ -54,8 +60,14 @@ impl Positions {
 /// counting its items.
 #[derive(Debug)]
 enum Frame {
-    Mapping { path: String, pending_key: Option<String> },
-    Sequence { path: String, next_index: usize },
+    Mapping {
+        path: String,
+        pending_key: Option<String>,
+    },
+    Sequence {
+        path: String,
+        next_index: usize,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -76,7 +88,11 @@ impl Walker {
                 Some(child)
             }
             Some(Frame::Mapping { path, pending_key }) => match pending_key.take() {
-                Some(key) => Some(if path.is_empty() { key } else { format!("{path}.{key}") }),
+                Some(key) => Some(if path.is_empty() {
+                    key
+                } else {
+                    format!("{path}.{key}")
+                }),
                 None => {
                     // This node is a key; remember its text so its value gets the path.
                     *pending_key = Some(key_text.unwrap_or("?").to_string());
@@ -110,12 +126,18 @@ impl MarkedEventReceiver for Walker {
             Event::MappingStart(..) => {
                 let path = self.path_of_next_node(None).unwrap_or_default();
                 self.record(&path, mark);
-                self.stack.push(Frame::Mapping { path, pending_key: None });
+                self.stack.push(Frame::Mapping {
+                    path,
+                    pending_key: None,
+                });
             }
             Event::SequenceStart(..) => {
                 let path = self.path_of_next_node(None).unwrap_or_default();
                 self.record(&path, mark);
-                self.stack.push(Frame::Sequence { path, next_index: 0 });
+                self.stack.push(Frame::Sequence {
+                    path,
+                    next_index: 0,
+                });
             }
             Event::MappingEnd | Event::SequenceEnd => {
                 self.stack.pop();
@@ -134,10 +156,31 @@ mod tests {
     #[test]
     fn finds_block_and_flow_values() {
         let positions = Positions::index(TEXT);
-        assert_eq!(positions.find("cluster.name"), Position { line: 2, column: 9 });
-        assert_eq!(positions.find("cluster.ports.read"), Position { line: 3, column: 30 });
-        assert_eq!(positions.find("nodes[0].address"), Position { line: 5, column: 28 });
-        assert_eq!(positions.find("nodes[1].address"), Position { line: 7, column: 14 });
+        assert_eq!(
+            positions.find("cluster.name"),
+            Position { line: 2, column: 9 }
+        );
+        assert_eq!(
+            positions.find("cluster.ports.read"),
+            Position {
+                line: 3,
+                column: 30
+            }
+        );
+        assert_eq!(
+            positions.find("nodes[0].address"),
+            Position {
+                line: 5,
+                column: 28
+            }
+        );
+        assert_eq!(
+            positions.find("nodes[1].address"),
+            Position {
+                line: 7,
+                column: 14
+            }
+        );
     }
 
     #[test]

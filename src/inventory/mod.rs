@@ -215,7 +215,9 @@ impl Inventory {
     pub fn load(path: &Path) -> anyhow::Result<Inventory> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read inventory `{}`", path.display()))
-            .map_err(|error| UserError(format!("{error:#}\nhint: pass an existing file with `-i`")))?;
+            .map_err(|error| {
+                UserError(format!("{error:#}\nhint: pass an existing file with `-i`"))
+            })?;
         Inventory::parse(path, &text).map_err(anyhow::Error::from)
     }
 
@@ -225,7 +227,12 @@ impl Inventory {
         let raw: raw::RawInventory = serde_yaml::from_str(text).map_err(|error| {
             let place = match error.location() {
                 Some(location) => {
-                    format!("{}:{}:{}", path.display(), location.line(), location.column())
+                    format!(
+                        "{}:{}:{}",
+                        path.display(),
+                        location.line(),
+                        location.column()
+                    )
                 }
                 None => path.display().to_string(),
             };
@@ -243,7 +250,9 @@ impl Inventory {
         if problems.list.is_empty() {
             Ok(inventory)
         } else {
-            Err(UserError(problems.render(path, &locate::Positions::index(text))))
+            Err(UserError(
+                problems.render(path, &locate::Positions::index(text)),
+            ))
         }
     }
 
@@ -339,7 +348,9 @@ fn is_simple_name(name: &str) -> bool {
 /// Expand a leading `~/` with `$HOME`; anchor other relative paths at the inventory's folder.
 fn resolve_path(base: &Path, text: &str) -> PathBuf {
     if let Some(rest) = text.strip_prefix("~/") {
-        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| "/root".into());
+        let home = std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| "/root".into());
         return home.join(rest);
     }
     let path = PathBuf::from(text);
@@ -357,14 +368,32 @@ fn validate(path: &Path, raw: raw::RawInventory, problems: &mut Problems) -> Inv
     let ssh = SshSettings {
         user: raw.ssh.user.unwrap_or_else(|| "root".to_string()),
         port: raw.ssh.port.unwrap_or(22),
-        identity_file: raw.ssh.identity_file.as_deref().map(|text| resolve_path(&base, text)),
-        known_hosts: resolve_path(&base, raw.ssh.known_hosts.as_deref().unwrap_or("~/.ssh/known_hosts")),
+        identity_file: raw
+            .ssh
+            .identity_file
+            .as_deref()
+            .map(|text| resolve_path(&base, text)),
+        known_hosts: resolve_path(
+            &base,
+            raw.ssh
+                .known_hosts
+                .as_deref()
+                .unwrap_or("~/.ssh/known_hosts"),
+        ),
     };
     if ssh.user.is_empty() {
-        problems.add("ssh.user", "the SSH user is empty", Some("use `root` or a user with passwordless sudo"));
+        problems.add(
+            "ssh.user",
+            "the SSH user is empty",
+            Some("use `root` or a user with passwordless sudo"),
+        );
     }
     if ssh.port == 0 {
-        problems.add("ssh.port", "port 0 is not a usable SSH port", Some("the usual port is 22"));
+        problems.add(
+            "ssh.port",
+            "port 0 is not a usable SSH port",
+            Some("the usual port is 22"),
+        );
     }
     Inventory {
         path: path.to_path_buf(),
@@ -376,7 +405,11 @@ fn validate(path: &Path, raw: raw::RawInventory, problems: &mut Problems) -> Inv
 
 fn validate_nodes(raw_nodes: &[raw::RawNode], problems: &mut Problems) -> Vec<Node> {
     if raw_nodes.is_empty() {
-        problems.add("nodes", "no nodes are listed", Some("list at least three nodes with `name` and `address`"));
+        problems.add(
+            "nodes",
+            "no nodes are listed",
+            Some("list at least three nodes with `name` and `address`"),
+        );
     }
     let mut names: HashMap<&str, usize> = HashMap::new();
     let mut addresses: HashMap<IpAddr, usize> = HashMap::new();
@@ -393,7 +426,10 @@ fn validate_nodes(raw_nodes: &[raw::RawNode], problems: &mut Problems) -> Vec<No
         if let Some(first) = names.insert(&raw_node.name, index) {
             problems.add(
                 format!("{at}.name"),
-                format!("node name `{}` is used twice (also by nodes[{first}])", raw_node.name),
+                format!(
+                    "node name `{}` is used twice (also by nodes[{first}])",
+                    raw_node.name
+                ),
                 Some("give every node its own name"),
             );
         }
@@ -421,8 +457,16 @@ fn validate_nodes(raw_nodes: &[raw::RawNode], problems: &mut Problems) -> Vec<No
             Some(roles) => roles.iter().copied().collect(),
             None => Role::ALL.into_iter().collect(),
         };
-        if raw_node.roles.as_ref().is_some_and(|roles| roles.is_empty()) {
-            problems.add(format!("{at}.roles"), "the role list is empty", Some("leave `roles` out for all four roles"));
+        if raw_node
+            .roles
+            .as_ref()
+            .is_some_and(|roles| roles.is_empty())
+        {
+            problems.add(
+                format!("{at}.roles"),
+                "the role list is empty",
+                Some("leave `roles` out for all four roles"),
+            );
         }
         let tags = raw_node.tags.as_ref().map(|tags| Tags {
             nofailover: tags.nofailover.unwrap_or(false),
@@ -450,7 +494,9 @@ fn validate_cluster(
         problems.add(
             "cluster.name",
             format!("`{}` is not a valid cluster name", raw.name),
-            Some("use lowercase letters, digits and `-`, e.g. `demo`; it becomes the Patroni scope"),
+            Some(
+                "use lowercase letters, digits and `-`, e.g. `demo`; it becomes the Patroni scope",
+            ),
         );
     }
     if !SUPPORTED_POSTGRES_VERSIONS.contains(&raw.postgres_version) {
@@ -469,8 +515,12 @@ fn validate_cluster(
             ttl: overrides.ttl.unwrap_or(preset.ttl),
             loop_wait: overrides.loop_wait.unwrap_or(preset.loop_wait),
             retry_timeout: overrides.retry_timeout.unwrap_or(preset.retry_timeout),
-            primary_start_timeout: overrides.primary_start_timeout.unwrap_or(preset.primary_start_timeout),
-            maximum_lag_on_failover: overrides.maximum_lag_on_failover.unwrap_or(preset.maximum_lag_on_failover),
+            primary_start_timeout: overrides
+                .primary_start_timeout
+                .unwrap_or(preset.primary_start_timeout),
+            maximum_lag_on_failover: overrides
+                .maximum_lag_on_failover
+                .unwrap_or(preset.maximum_lag_on_failover),
         }
     };
     check_patroni_timing(&patroni, problems);
@@ -491,7 +541,11 @@ fn validate_cluster(
         ("fall", haproxy.fall),
     ] {
         if value == 0 {
-            problems.add(format!("cluster.haproxy.{key}"), "must be greater than 0", None);
+            problems.add(
+                format!("cluster.haproxy.{key}"),
+                "must be greater than 0",
+                None,
+            );
         }
     }
 
@@ -512,13 +566,20 @@ fn validate_cluster(
     let single_node_trial = raw.single_node_trial.unwrap_or(false);
     check_roles(nodes, synchronous_mode, single_node_trial, problems);
 
-    let vip = raw.vip.as_deref().and_then(|text| match text.parse::<Cidr>() {
-        Ok(vip) => Some(vip),
-        Err(reason) => {
-            problems.add("cluster.vip", format!("`{text}` is not a valid VIP: {reason}"), Some("write an address with its prefix length, e.g. `10.0.0.100/24`"));
-            None
-        }
-    });
+    let vip = raw
+        .vip
+        .as_deref()
+        .and_then(|text| match text.parse::<Cidr>() {
+            Ok(vip) => Some(vip),
+            Err(reason) => {
+                problems.add(
+                    "cluster.vip",
+                    format!("`{text}` is not a valid VIP: {reason}"),
+                    Some("write an address with its prefix length, e.g. `10.0.0.100/24`"),
+                );
+                None
+            }
+        });
     if let Some(vip) = vip {
         check_vip(vip, nodes, problems);
     }
@@ -529,7 +590,9 @@ fn validate_cluster(
             problems.add(
                 format!("cluster.postgresql.parameters.{name}"),
                 format!("`{name}` is managed by pgha"),
-                Some("remove it; pgha sets it for replication, pg_rewind and scram-sha-256 to work"),
+                Some(
+                    "remove it; pgha sets it for replication, pg_rewind and scram-sha-256 to work",
+                ),
             );
         }
     }
@@ -543,18 +606,27 @@ fn validate_cluster(
                 Some("name your application networks, e.g. `10.1.0.0/16`"),
             ),
             Ok(cidr) => client_cidrs.push(cidr.network()),
-            Err(reason) => problems.add(at, format!("`{text}` is not a network: {reason}"), Some("e.g. `10.1.0.0/16`")),
+            Err(reason) => problems.add(
+                at,
+                format!("`{text}` is not a network: {reason}"),
+                Some("e.g. `10.1.0.0/16`"),
+            ),
         }
     }
 
     let secrets_file = match &raw.secrets_file {
         Some(text) => resolve_path(base, text),
         None => {
-            let stem = path.file_stem().and_then(|stem| stem.to_str()).unwrap_or("inventory");
+            let stem = path
+                .file_stem()
+                .and_then(|stem| stem.to_str())
+                .unwrap_or("inventory");
             base.join(format!("{stem}.secrets.yml"))
         }
     };
-    let patroni_version = raw.patroni_version.unwrap_or_else(|| DEFAULT_PATRONI_VERSION.to_string());
+    let patroni_version = raw
+        .patroni_version
+        .unwrap_or_else(|| DEFAULT_PATRONI_VERSION.to_string());
     if !patroni_version.starts_with("4.") {
         problems.add(
             "cluster.patroni_version",
@@ -564,7 +636,11 @@ fn validate_cluster(
     }
     let vip_interface = raw.vip_interface.unwrap_or_else(|| "eth0".to_string());
     if vip_interface.is_empty() || vip_interface.len() > 15 || vip_interface.contains(['/', ' ']) {
-        problems.add("cluster.vip_interface", format!("`{vip_interface}` is not an interface name"), Some("e.g. `eth0`"));
+        problems.add(
+            "cluster.vip_interface",
+            format!("`{vip_interface}` is not an interface name"),
+            Some("e.g. `eth0`"),
+        );
     }
 
     Cluster {
@@ -589,13 +665,25 @@ fn validate_cluster(
 
 fn check_patroni_timing(timing: &PatroniTiming, problems: &mut Problems) {
     if timing.ttl < 20 {
-        problems.add("cluster.patroni.ttl", format!("ttl {} is below Patroni's minimum of 20", timing.ttl), Some("use `failover_profile: fast` for the shortest safe timings"));
+        problems.add(
+            "cluster.patroni.ttl",
+            format!("ttl {} is below Patroni's minimum of 20", timing.ttl),
+            Some("use `failover_profile: fast` for the shortest safe timings"),
+        );
     }
     if timing.loop_wait < 1 {
-        problems.add("cluster.patroni.loop_wait", "loop_wait must be at least 1", None);
+        problems.add(
+            "cluster.patroni.loop_wait",
+            "loop_wait must be at least 1",
+            None,
+        );
     }
     if timing.retry_timeout < 3 {
-        problems.add("cluster.patroni.retry_timeout", "retry_timeout must be at least 3", None);
+        problems.add(
+            "cluster.patroni.retry_timeout",
+            "retry_timeout must be at least 3",
+            None,
+        );
     }
     if timing.loop_wait + 2 * timing.retry_timeout > timing.ttl {
         problems.add(
@@ -626,7 +714,11 @@ fn check_ports(ports: &Ports, problems: &mut Problems) {
     let mut seen: HashMap<u16, &str> = HashMap::new();
     for (name, port) in named {
         if port == 0 {
-            problems.add(format!("cluster.ports.{name}"), "port 0 is not usable", None);
+            problems.add(
+                format!("cluster.ports.{name}"),
+                "port 0 is not usable",
+                None,
+            );
         } else if let Some(other) = seen.insert(port, name) {
             problems.add(
                 format!("cluster.ports.{name}"),
@@ -637,14 +729,26 @@ fn check_ports(ports: &Ports, problems: &mut Problems) {
     }
 }
 
-fn check_roles(nodes: &[Node], synchronous_mode: SyncMode, single_node_trial: bool, problems: &mut Problems) {
+fn check_roles(
+    nodes: &[Node],
+    synchronous_mode: SyncMode,
+    single_node_trial: bool,
+    problems: &mut Problems,
+) {
     let count = |role: Role| nodes.iter().filter(|node| node.has(role)).count();
     let etcd = count(Role::Etcd);
-    let etcd_ok = if single_node_trial { etcd == 1 || (etcd >= 3 && etcd % 2 == 1) } else { etcd >= 3 && etcd % 2 == 1 };
+    let etcd_ok = if single_node_trial {
+        etcd == 1 || (etcd >= 3 && etcd % 2 == 1)
+    } else {
+        etcd >= 3 && etcd % 2 == 1
+    };
     if !etcd_ok && !nodes.is_empty() {
         problems.add(
             "nodes",
-            format!("{etcd} etcd member{} listed; etcd needs an odd number, at least 3", if etcd == 1 { " is" } else { "s are" }),
+            format!(
+                "{etcd} etcd member{} listed; etcd needs an odd number, at least 3",
+                if etcd == 1 { " is" } else { "s are" }
+            ),
             Some(if etcd == 1 {
                 "add etcd members, or set `cluster.single_node_trial: true` for a trial without HA"
             } else {
@@ -654,7 +758,11 @@ fn check_roles(nodes: &[Node], synchronous_mode: SyncMode, single_node_trial: bo
     }
     let postgres = count(Role::Postgres);
     if postgres == 0 && !nodes.is_empty() {
-        problems.add("nodes", "no node has the `postgres` role", Some("give the `postgres` role to at least two nodes"));
+        problems.add(
+            "nodes",
+            "no node has the `postgres` role",
+            Some("give the `postgres` role to at least two nodes"),
+        );
     }
     if synchronous_mode != SyncMode::Off && postgres < 2 {
         problems.add(
@@ -669,13 +777,24 @@ fn check_roles(nodes: &[Node], synchronous_mode: SyncMode, single_node_trial: bo
 }
 
 fn check_vip(vip: Cidr, nodes: &[Node], problems: &mut Problems) {
-    let keepalived: Vec<&Node> = nodes.iter().filter(|node| node.has(Role::Keepalived)).collect();
+    let keepalived: Vec<&Node> = nodes
+        .iter()
+        .filter(|node| node.has(Role::Keepalived))
+        .collect();
     if keepalived.is_empty() {
-        problems.add("cluster.vip", "a VIP is set but no node has the `keepalived` role", Some("give `keepalived` to the HAProxy nodes, or remove `vip`"));
+        problems.add(
+            "cluster.vip",
+            "a VIP is set but no node has the `keepalived` role",
+            Some("give `keepalived` to the HAProxy nodes, or remove `vip`"),
+        );
     }
     for node in &keepalived {
         if node.address == vip.address {
-            problems.add("cluster.vip", format!("the VIP equals the address of `{}`", node.name), Some("pick an unused address in the nodes' subnet"));
+            problems.add(
+                "cluster.vip",
+                format!("the VIP equals the address of `{}`", node.name),
+                Some("pick an unused address in the nodes' subnet"),
+            );
         } else if !node.address.is_unspecified() && !vip.contains(node.address) {
             problems.add(
                 "cluster.vip",
@@ -685,7 +804,11 @@ fn check_vip(vip: Cidr, nodes: &[Node], problems: &mut Problems) {
         }
     }
     if keepalived.iter().any(|node| !node.has(Role::Haproxy)) {
-        problems.add("cluster.vip", "a keepalived node without the `haproxy` role could hold the VIP and route nothing", Some("give `haproxy` to every keepalived node"));
+        problems.add(
+            "cluster.vip",
+            "a keepalived node without the `haproxy` role could hold the VIP and route nothing",
+            Some("give `haproxy` to every keepalived node"),
+        );
     }
 }
 

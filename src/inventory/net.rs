@@ -111,6 +111,9 @@ mod tests {
         assert!("10.0.0.1/33".parse::<Cidr>().is_err());
         assert!("nope/24".parse::<Cidr>().is_err());
         assert!("fd00::/129".parse::<Cidr>().is_err());
-        assert_eq!("fd00::1/64".parse::<Cidr>().unwrap().network().to_string(), "fd00::/64");
+        assert_eq!(
+            "fd00::1/64".parse::<Cidr>().unwrap().network().to_string(),
+            "fd00::/64"
+        );
     }
 }

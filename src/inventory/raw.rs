@@ -54,7 +54,6 @@ pub struct RawCluster {
     pub secrets_file: Option<String>,
 }
 
-
 /// TCP ports. `write` and `read` are what applications use (through the VIP or any HAProxy).
 #[derive(Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -148,7 +147,6 @@ pub struct RawNode {
     /// Patroni tags.
     pub tags: Option<RawTags>,
 }
-
 
 /// Patroni member tags.
 #[derive(Debug, Default, Deserialize, Serialize, JsonSchema)]

@@ -118,7 +118,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("demo.secrets.yml");
         let first = Secrets::load_or_create(&path).unwrap();
-        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         let second = Secrets::load_or_create(&path).unwrap();
         assert_eq!(first, second);
         assert_eq!(first.superuser_password.len(), 32);

@@ -61,9 +61,15 @@ fn syntax_errors_unknown_keys_and_wrong_types_name_their_place() {
     let message = problems("cluster: {name: demo\n");
     assert!(message.starts_with("inv.yml:"), "{message}");
     let message = problems(&GOOD.replace("  vip:", "  vipp:"));
-    assert!(message.contains("inv.yml:4:3: cluster: unknown field `vipp`"), "{message}");
+    assert!(
+        message.contains("inv.yml:4:3: cluster: unknown field `vipp`"),
+        "{message}"
+    );
     let message = problems(&GOOD.replace("postgres_version: 15", "postgres_version: fifteen"));
-    assert!(message.contains("inv.yml:3:21:") && message.contains("invalid type"), "{message}");
+    assert!(
+        message.contains("inv.yml:3:21:") && message.contains("invalid type"),
+        "{message}"
+    );
     let message = problems(&GOOD.replace("nofailover: true", "nofailover: yes please"));
     assert!(message.contains("inv.yml:8:"), "{message}");
 }
@@ -76,26 +82,48 @@ fn every_problem_is_reported_at_once_with_its_place() {
         .replace("name: node3", "name: node1");
     let message = problems(&text);
     assert!(message.contains("has 3 problems"), "{message}");
-    assert!(message.contains("inv.yml:2:9: cluster.name: `Demo_1` is not a valid cluster name"), "{message}");
-    assert!(message.contains("inv.yml:7:28: nodes[1].address: address `10.231.0.11` is used twice"), "{message}");
-    assert!(message.contains("inv.yml:8:12: nodes[2].name: node name `node1` is used twice"), "{message}");
+    assert!(
+        message.contains("inv.yml:2:9: cluster.name: `Demo_1` is not a valid cluster name"),
+        "{message}"
+    );
+    assert!(
+        message.contains("inv.yml:7:28: nodes[1].address: address `10.231.0.11` is used twice"),
+        "{message}"
+    );
+    assert!(
+        message.contains("inv.yml:8:12: nodes[2].name: node name `node1` is used twice"),
+        "{message}"
+    );
     assert!(message.contains("hint:"), "{message}");
 }
 
 #[test]
 fn invalid_addresses_are_refused() {
     let message = problems(&GOOD.replace("10.231.0.13", "10.231.0.300"));
-    assert!(message.contains("inv.yml:8:28: nodes[2].address: `10.231.0.300` is not an IP address"), "{message}");
+    assert!(
+        message.contains("inv.yml:8:28: nodes[2].address: `10.231.0.300` is not an IP address"),
+        "{message}"
+    );
 }
 
 #[test]
 fn etcd_needs_an_odd_count_of_at_least_three() {
-    let two = GOOD.replace("tags: {nofailover: true}", "roles: [postgres, haproxy, keepalived]");
+    let two = GOOD.replace(
+        "tags: {nofailover: true}",
+        "roles: [postgres, haproxy, keepalived]",
+    );
     assert!(problems(&two).contains("2 etcd members are listed"));
-    let one = "cluster: {name: solo, postgres_version: 15}\nnodes:\n  - {name: n1, address: 10.0.0.1}\n";
+    let one =
+        "cluster: {name: solo, postgres_version: 15}\nnodes:\n  - {name: n1, address: 10.0.0.1}\n";
     let message = problems(one);
-    assert!(message.contains("1 etcd member is listed") && message.contains("single_node_trial"), "{message}");
-    let trial = one.replace("postgres_version: 15", "postgres_version: 15, single_node_trial: true");
+    assert!(
+        message.contains("1 etcd member is listed") && message.contains("single_node_trial"),
+        "{message}"
+    );
+    let trial = one.replace(
+        "postgres_version: 15",
+        "postgres_version: 15, single_node_trial: true",
+    );
     parse(&trial).unwrap();
 }
 
@@ -103,7 +131,10 @@ fn etcd_needs_an_odd_count_of_at_least_three() {
 fn synchronous_mode_needs_two_postgres_nodes() {
     let text = GOOD
         .replace("vip: 10.231.0.100/24", "synchronous_mode: strict")
-        .replace("address: 10.231.0.12}", "address: 10.231.0.12, roles: [etcd]}")
+        .replace(
+            "address: 10.231.0.12}",
+            "address: 10.231.0.12, roles: [etcd]}",
+        )
         .replace("tags: {nofailover: true}", "roles: [etcd]");
     let message = problems(&text);
     assert!(message.contains("cluster.synchronous_mode: synchronous replication needs at least 2 postgres nodes, 1 listed"), "{message}");
@@ -112,36 +143,67 @@ fn synchronous_mode_needs_two_postgres_nodes() {
 #[test]
 fn the_vip_must_be_in_the_subnet_and_not_a_node_address() {
     let message = problems(&GOOD.replace("10.231.0.100/24", "10.231.1.100/24"));
-    assert!(message.contains("inv.yml:4:8: cluster.vip: VIP `10.231.1.100/24` is not in the subnet of `node1`"), "{message}");
+    assert!(
+        message.contains(
+            "inv.yml:4:8: cluster.vip: VIP `10.231.1.100/24` is not in the subnet of `node1`"
+        ),
+        "{message}"
+    );
     let message = problems(&GOOD.replace("10.231.0.100/24", "10.231.0.12/24"));
-    assert!(message.contains("the VIP equals the address of `node2`"), "{message}");
+    assert!(
+        message.contains("the VIP equals the address of `node2`"),
+        "{message}"
+    );
     let message = problems(&GOOD.replace("10.231.0.100/24", "10.231.0.100"));
     assert!(message.contains("prefix length is missing"), "{message}");
 }
 
 #[test]
 fn patroni_timings_must_be_consistent() {
-    let text = GOOD.replace("  vip:", "  patroni: {ttl: 20, loop_wait: 10, retry_timeout: 10}\n  vip:");
+    let text = GOOD.replace(
+        "  vip:",
+        "  patroni: {ttl: 20, loop_wait: 10, retry_timeout: 10}\n  vip:",
+    );
     let message = problems(&text);
-    assert!(message.contains("cluster.patroni: loop_wait + 2 * retry_timeout = 10 + 2 * 10 = 30 exceeds ttl 20"), "{message}");
-    let text = GOOD.replace("  vip:", "  patroni: {ttl: 10, loop_wait: 2, retry_timeout: 3}\n  vip:");
+    assert!(
+        message.contains(
+            "cluster.patroni: loop_wait + 2 * retry_timeout = 10 + 2 * 10 = 30 exceeds ttl 20"
+        ),
+        "{message}"
+    );
+    let text = GOOD.replace(
+        "  vip:",
+        "  patroni: {ttl: 10, loop_wait: 2, retry_timeout: 3}\n  vip:",
+    );
     let message = problems(&text);
-    assert!(message.contains("inv.yml:4:18: cluster.patroni.ttl: ttl 10 is below Patroni's minimum of 20"), "{message}");
+    assert!(
+        message
+            .contains("inv.yml:4:18: cluster.patroni.ttl: ttl 10 is below Patroni's minimum of 20"),
+        "{message}"
+    );
 }
 
 #[test]
 fn ports_must_be_distinct() {
     let text = GOOD.replace("  vip:", "  ports: {write: 5000, read: 5000}\n  vip:");
     let message = problems(&text);
-    assert!(message.contains("cluster.ports.read: port 5000 is already used by `write`"), "{message}");
+    assert!(
+        message.contains("cluster.ports.read: port 5000 is already used by `write`"),
+        "{message}"
+    );
     let text = GOOD.replace("  vip:", "  ports: {read: 8008}\n  vip:");
-    assert!(problems(&text).contains("cluster.ports.patroni_api: port 8008 is already used by `read`"));
+    assert!(
+        problems(&text).contains("cluster.ports.patroni_api: port 8008 is already used by `read`")
+    );
 }
 
 #[test]
 fn only_supported_postgres_versions() {
     let message = problems(&GOOD.replace("postgres_version: 15", "postgres_version: 9"));
-    assert!(message.contains("inv.yml:3:21: cluster.postgres_version: PostgreSQL 9 is not supported"), "{message}");
+    assert!(
+        message.contains("inv.yml:3:21: cluster.postgres_version: PostgreSQL 9 is not supported"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -151,7 +213,15 @@ fn managed_parameters_and_open_networks_are_refused() {
         "  postgresql: {parameters: {port: 6000, work_mem: 64MB}, client_cidrs: [0.0.0.0/0]}\n  vip:",
     );
     let message = problems(&text);
-    assert!(message.contains("cluster.postgresql.parameters.port: `port` is managed by pgha"), "{message}");
-    assert!(message.contains("cluster.postgresql.client_cidrs[0]: `0.0.0.0/0` would let the whole internet"), "{message}");
+    assert!(
+        message.contains("cluster.postgresql.parameters.port: `port` is managed by pgha"),
+        "{message}"
+    );
+    assert!(
+        message.contains(
+            "cluster.postgresql.client_cidrs[0]: `0.0.0.0/0` would let the whole internet"
+        ),
+        "{message}"
+    );
     assert!(!message.contains("work_mem"), "{message}");
 }
