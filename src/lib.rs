@@ -15,6 +15,7 @@
 
 pub mod cli;
 pub mod error;
+pub mod yaml_position;
 pub mod inventory;
 pub mod lab;
 pub mod render;

@@ -5,7 +5,7 @@
 //! file:line:column and a hint before returning; nothing past this module sees raw strings.
 //! This module never touches a host.
 
-mod locate;
+
 mod net;
 mod raw;
 mod secrets;
@@ -20,7 +20,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::error::UserError;
-pub use locate::Position;
+pub use crate::yaml_position::Position;
 pub use net::Cidr;
 pub use raw::RawParameter as Parameter;
 pub use secrets::Secrets;
@@ -251,7 +251,7 @@ impl Inventory {
             Ok(inventory)
         } else {
             Err(UserError(
-                problems.render(path, &locate::Positions::index(text)),
+                problems.render(path, &crate::yaml_position::Positions::index(text)),
             ))
         }
     }
@@ -299,7 +299,7 @@ impl Problems {
         });
     }
 
-    fn render(&self, file: &Path, positions: &locate::Positions) -> String {
+    fn render(&self, file: &Path, positions: &crate::yaml_position::Positions) -> String {
         let mut problems: Vec<(Position, &Problem)> = self
             .list
             .iter()

@@ -1,5 +1,5 @@
 //! Positions of YAML nodes by path (`nodes[1].address`), so validation errors found after serde
-//! has done its work can still name file:line:column. serde_yaml keeps no spans for values;
+//! has done its work (in inventories and playbooks) can still name file:line:column. serde_yaml keeps no spans for values;
 //! yaml-rust2's event parser does, and this module only walks its events.
 
 use std::collections::HashMap;
