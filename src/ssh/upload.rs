@@ -1,0 +1,191 @@
+//! Idempotent, atomic file upload: one round trip reads the remote file's checksum, owner,
+//! group and mode; only when something differs does a second round trip write the contents
+//! (on stdin, never in argv) to a temporary file beside the target, set owner and mode on it
+//! and rename it over the target, so readers see the old file or the new one, never half.
+
+use ring::digest;
+
+use super::command::RemoteCommand;
+use super::error::SshError;
+use super::session::Session;
+
+/// A file to put on a host.
+#[derive(Debug, Clone)]
+pub struct Upload {
+    /// Absolute path on the host; its directory must exist.
+    pub path: String,
+    pub contents: Vec<u8>,
+    pub owner: String,
+    pub group: String,
+    /// Permission bits, e.g. `0o640`.
+    pub mode: u32,
+}
+
+/// The lowercase hex SHA-256 of `bytes`, as `sha256sum` prints it.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    digest::digest(&digest::SHA256, bytes)
+        .as_ref()
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+/// What the probe found at the target path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum RemoteFile {
+    Missing,
+    NotAFile,
+    File {
+        owner: String,
+        group: String,
+        mode: u32,
+        sha256: String,
+    },
+}
+
+/// Prints `missing`, `not-a-file`, or `owner group octal-mode` and then `sha256sum`'s line.
+const PROBE_SCRIPT: &str = r#"set -eu
+if [ -e "$1" ] && [ ! -f "$1" ]; then echo not-a-file; exit 0; fi
+if [ ! -e "$1" ]; then echo missing; exit 0; fi
+stat -L -c '%U %G %a' -- "$1"
+sha256sum < "$1"
+"#;
+
+/// Writes stdin to a fresh temporary file beside `$1`, sets owner `$2:$3` and mode `$4` on it,
+/// then renames it over `$1`. The trap removes the temporary file on any failure.
+const WRITE_SCRIPT: &str = r#"set -eu
+tmp=$(mktemp -- "$(dirname -- "$1")/.pgha-upload.XXXXXXXX")
+trap 'rm -f -- "$tmp"' EXIT
+cat > "$tmp"
+chown -- "$2:$3" "$tmp"
+chmod -- "$4" "$tmp"
+mv -f -- "$tmp" "$1"
+trap - EXIT
+"#;
+
+impl Session {
+    /// Make `upload.path` hold exactly `upload.contents` with the given owner, group and mode.
+    /// Returns whether anything changed. Runs as root (through `sudo` for other users).
+    pub async fn upload(&self, upload: &Upload) -> Result<bool, SshError> {
+        let fail = |reason: String| SshError::Upload {
+            host: self.host().to_string(),
+            path: upload.path.clone(),
+            reason,
+        };
+        if !upload.path.starts_with('/') {
+            return Err(fail("the path must be absolute".to_string()));
+        }
+        let mode = upload.mode & 0o7777;
+
+        let probe = RemoteCommand::script(PROBE_SCRIPT)
+            .arg(upload.path.as_str())
+            .as_root();
+        let output = self.run_checked(&probe).await?;
+        let state = parse_probe(&output.stdout_text()).map_err(fail)?;
+        let wanted = RemoteFile::File {
+            owner: upload.owner.clone(),
+            group: upload.group.clone(),
+            mode,
+            sha256: sha256_hex(&upload.contents),
+        };
+        match state {
+            RemoteFile::NotAFile => {
+                return Err(fail("it exists and is not a regular file".to_string()))
+            }
+            current if current == wanted => return Ok(false),
+            _ => {}
+        }
+
+        let write = RemoteCommand::script(WRITE_SCRIPT)
+            .arg(upload.path.as_str())
+            .arg(upload.owner.as_str())
+            .arg(upload.group.as_str())
+            .arg(format!("{mode:o}"))
+            .stdin(upload.contents.clone())
+            .as_root();
+        self.run_checked(&write).await?;
+        Ok(true)
+    }
+}
+
+fn parse_probe(stdout: &str) -> Result<RemoteFile, String> {
+    let unexpected = || format!("unexpected probe output {stdout:?}");
+    let mut lines = stdout.lines();
+    let first = lines.next().ok_or_else(unexpected)?;
+    match first {
+        "missing" => return Ok(RemoteFile::Missing),
+        "not-a-file" => return Ok(RemoteFile::NotAFile),
+        _ => {}
+    }
+    let fields: Vec<&str> = first.split(' ').collect();
+    let [owner, group, mode] = fields[..] else {
+        return Err(unexpected());
+    };
+    let mode = u32::from_str_radix(mode, 8).map_err(|_| unexpected())?;
+    let sha256 = lines
+        .next()
+        .and_then(|line| line.split_whitespace().next())
+        .filter(|hash| hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()))
+        .ok_or_else(unexpected)?;
+    Ok(RemoteFile::File {
+        owner: owner.to_string(),
+        group: group.to_string(),
+        mode,
+        sha256: sha256.to_ascii_lowercase(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sha256_matches_known_vectors() {
+        assert_eq!(
+            sha256_hex(b""),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn probe_output_parses() {
+        let hash = sha256_hex(b"abc");
+        assert_eq!(parse_probe("missing\n"), Ok(RemoteFile::Missing));
+        assert_eq!(parse_probe("not-a-file\n"), Ok(RemoteFile::NotAFile));
+        assert_eq!(
+            parse_probe(&format!("postgres postgres 640\n{hash}  -\n")),
+            Ok(RemoteFile::File {
+                owner: "postgres".to_string(),
+                group: "postgres".to_string(),
+                mode: 0o640,
+                sha256: hash.clone(),
+            })
+        );
+        assert_eq!(
+            parse_probe(&format!("root root 4755\n{hash}  -\n")).map(|f| match f {
+                RemoteFile::File { mode, .. } => mode,
+                _ => 0,
+            }),
+            Ok(0o4755)
+        );
+    }
+
+    #[test]
+    fn garbage_probe_output_is_an_error() {
+        let hash = sha256_hex(b"abc");
+        for garbage in [
+            "",
+            "root root\n",
+            "root root 9z9\nabc  -\n",
+            "root root 644\n",
+            "root root 644\nnot-a-hash  -\n",
+            &format!("root root 644 extra\n{hash}  -\n"),
+        ] {
+            assert!(parse_probe(garbage).is_err(), "{garbage:?} was accepted");
+        }
+    }
+}
