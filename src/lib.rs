@@ -14,9 +14,10 @@
 //! - [`ssh`]: the russh transport: strict host keys, one connection per host, exec and upload.
 
 pub mod cli;
+pub mod engine;
 pub mod error;
-pub mod yaml_position;
 pub mod inventory;
 pub mod lab;
 pub mod render;
 pub mod ssh;
+pub mod yaml_position;

@@ -162,6 +162,24 @@ const DESTINATIONS: &[Destination] = &[
     },
 ];
 
+/// The standard place of a template's output: (path, owner, group, mode, secret).
+pub fn destination(
+    template: &str,
+) -> Option<(&'static str, &'static str, &'static str, u32, bool)> {
+    DESTINATIONS
+        .iter()
+        .find(|destination| destination.template == template)
+        .map(|destination| {
+            (
+                destination.path,
+                destination.owner,
+                destination.group,
+                destination.mode,
+                destination.secret,
+            )
+        })
+}
+
 /// The template environment.
 pub struct Renderer {
     env: Environment<'static>,
@@ -198,6 +216,46 @@ impl Renderer {
                 .map_err(|error| template_error(override_dir, &error))?;
         }
         Ok(Renderer { env })
+    }
+
+    /// Render template `name` with `context`.
+    pub fn render_template(
+        &self,
+        name: &str,
+        context: &minijinja::Value,
+    ) -> anyhow::Result<String> {
+        let template = self.env.get_template(name).map_err(|_| {
+            UserError(format!(
+                "no template named `{name}`\nhint: templates: {}",
+                TEMPLATES
+                    .iter()
+                    .map(|(name, _)| format!("`{name}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })?;
+        template
+            .render(context)
+            .map_err(|error| template_error(None, &error))
+    }
+
+    /// Render a template string (a task argument) with `context`.
+    pub fn render_str(&self, text: &str, context: &minijinja::Value) -> anyhow::Result<String> {
+        if !text.contains("{{") && !text.contains("{%") {
+            return Ok(text.to_string());
+        }
+        self.env
+            .render_str(text, context)
+            .map_err(|error| UserError(format!("cannot render `{text}`: {error}")).into())
+    }
+
+    /// Evaluate a `when:` expression with `context`.
+    pub fn evaluate(&self, expression: &str, context: &minijinja::Value) -> anyhow::Result<bool> {
+        let compiled = self.env.compile_expression(expression)?;
+        let value = compiled
+            .eval(context)
+            .map_err(|error| UserError(format!("cannot evaluate `when: {expression}`: {error}")))?;
+        Ok(value.is_true())
     }
 
     /// Every file `node` needs, rendered.
@@ -310,7 +368,8 @@ fn postgresql_parameters(inventory: &Inventory) -> BTreeMap<String, Parameter> {
     parameters
 }
 
-fn context(inventory: &Inventory, secrets: &Secrets, node: &Node) -> minijinja::Value {
+/// The variables every template and task expression sees for `node`.
+pub fn context(inventory: &Inventory, secrets: &Secrets, node: &Node) -> minijinja::Value {
     let keepalived_nodes: Vec<&Node> = inventory.nodes_with(Role::Keepalived).collect();
     let rank = keepalived_nodes
         .iter()

@@ -4,6 +4,7 @@
 mod inventory;
 mod lab;
 mod render;
+mod run;
 
 use std::process::ExitCode;
 
@@ -25,6 +26,12 @@ enum Command {
     Inventory(inventory::InventoryCommand),
     /// Render every node's configuration files into a directory for inspection
     Render(render::RenderArgs),
+    /// Converge the whole cluster (the built-in `deploy` playbook); a second run changes nothing
+    Deploy(run::PlaybookArgs),
+    /// Run a playbook on the inventory's hosts
+    Run(run::RunArgs),
+    /// Run an ad-hoc shell command on the inventory's hosts (as root)
+    Exec(run::ExecArgs),
     /// A throw-away cluster of real Debian nodes on this machine (needs root)
     #[command(subcommand)]
     Lab(lab::LabCommand),
@@ -36,6 +43,9 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Inventory(command) => inventory::run(command),
         Command::Render(args) => render::run(args),
+        Command::Deploy(args) => run::deploy(args),
+        Command::Run(args) => run::run(args),
+        Command::Exec(args) => run::exec(args),
         Command::Lab(command) => lab::run(command),
     };
     match result {

@@ -5,7 +5,6 @@
 //! file:line:column and a hint before returning; nothing past this module sees raw strings.
 //! This module never touches a host.
 
-
 mod net;
 mod raw;
 mod secrets;
@@ -250,9 +249,10 @@ impl Inventory {
         if problems.list.is_empty() {
             Ok(inventory)
         } else {
-            Err(UserError(
-                problems.render(path, &crate::yaml_position::Positions::index(text)),
-            ))
+            Err(UserError(problems.render(
+                path,
+                &crate::yaml_position::Positions::index(text),
+            )))
         }
     }
 

@@ -229,6 +229,11 @@ fn managed_parameters_and_open_networks_are_refused() {
 #[test]
 fn the_committed_schema_is_current() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("inventories/pgha-inventory.schema.json");
-    let committed: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    assert_eq!(committed, schema(), "regenerate with `pgha inventory schema > inventories/pgha-inventory.schema.json`");
+    let committed: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    assert_eq!(
+        committed,
+        schema(),
+        "regenerate with `pgha inventory schema > inventories/pgha-inventory.schema.json`"
+    );
 }

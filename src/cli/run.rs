@@ -1,0 +1,160 @@
+//! `pgha run`, `pgha deploy` and `pgha exec`: playbooks and ad-hoc commands over SSH.
+
+use std::path::PathBuf;
+
+use anyhow::bail;
+
+use crate::engine::ops::{self, PlaybookRequest};
+use crate::engine::RunOptions;
+
+/// Options shared by every command that runs a playbook.
+#[derive(Debug, clap::Args)]
+pub struct PlaybookArgs {
+    /// Inventory file
+    #[arg(short, long)]
+    inventory: PathBuf,
+    /// Plan only: report what would change, change nothing
+    #[arg(long)]
+    check: bool,
+    /// Show unified diffs of files that change (secrets masked)
+    #[arg(long)]
+    diff: bool,
+    /// Only these hosts: a node, a role, a glob (`node*`) or a comma list
+    #[arg(long)]
+    limit: Option<String>,
+    /// Hosts worked on at once
+    #[arg(long, default_value_t = 10)]
+    forks: usize,
+    /// Print the result as JSON on stdout (progress lines are not printed)
+    #[arg(long)]
+    json: bool,
+    /// Record the host keys of hosts not yet in known_hosts (a changed key is always refused)
+    #[arg(long)]
+    accept_new_host_keys: bool,
+    /// Folder whose `<name>.yml` playbooks replace the built-in ones
+    #[arg(long)]
+    playbooks: Option<PathBuf>,
+    /// Folder whose templates replace the built-in ones by name
+    #[arg(long)]
+    templates: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// A built-in playbook name (`deploy`) or a path to a playbook file
+    playbook: String,
+    #[command(flatten)]
+    common: PlaybookArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ExecArgs {
+    /// Inventory file
+    #[arg(short, long)]
+    inventory: PathBuf,
+    /// Only these hosts: a node, a role, a glob or a comma list
+    #[arg(long)]
+    limit: Option<String>,
+    /// Hosts worked on at once
+    #[arg(long, default_value_t = 10)]
+    forks: usize,
+    /// Print results as JSON on stdout
+    #[arg(long)]
+    json: bool,
+    /// Record the host keys of hosts not yet in known_hosts
+    #[arg(long)]
+    accept_new_host_keys: bool,
+    /// The command line, run by `sh -c` as root on each host
+    #[arg(last = true, required = true)]
+    command: Vec<String>,
+}
+
+pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    run_playbook(args.playbook, args.common)
+}
+
+pub fn deploy(args: PlaybookArgs) -> anyhow::Result<()> {
+    run_playbook("deploy".to_string(), args)
+}
+
+fn run_playbook(playbook: String, args: PlaybookArgs) -> anyhow::Result<()> {
+    let request = PlaybookRequest {
+        inventory: args.inventory,
+        playbook,
+        playbooks_dir: args.playbooks,
+        templates_dir: args.templates,
+        options: RunOptions {
+            check: args.check,
+            diff: args.diff,
+            limit: args.limit,
+            forks: args.forks,
+            accept_new_host_keys: args.accept_new_host_keys,
+            quiet: args.json,
+        },
+    };
+    let result = runtime()?.block_on(ops::run_playbook(request))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&result)?);
+    }
+    if !result.success {
+        let failed: Vec<&String> = result
+            .hosts
+            .iter()
+            .filter(|(_, host)| host.failed > 0 || host.unreachable > 0)
+            .map(|(name, _)| name)
+            .collect();
+        let names: Vec<&str> = failed.iter().map(|name| name.as_str()).collect();
+        bail!(
+            "the run failed on {} host(s): {}",
+            failed.len(),
+            names.join(", ")
+        );
+    }
+    Ok(())
+}
+
+pub fn exec(args: ExecArgs) -> anyhow::Result<()> {
+    let command = args.command.join(" ");
+    let results = runtime()?.block_on(ops::exec(
+        args.inventory,
+        args.limit,
+        command,
+        args.accept_new_host_keys,
+        args.forks,
+    ))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+    } else {
+        for result in &results {
+            match (&result.error, result.exit_code) {
+                (Some(error), _) => println!("{} | UNREACHABLE | {error}", result.host),
+                (None, code) => {
+                    println!(
+                        "{} | exit {} |",
+                        result.host,
+                        code.map_or("?".to_string(), |code| code.to_string())
+                    );
+                    print!("{}", result.stdout);
+                    eprint!("{}", result.stderr);
+                }
+            }
+        }
+    }
+    let failed = results
+        .iter()
+        .filter(|result| result.error.is_some() || result.exit_code != Some(0))
+        .count();
+    if failed > 0 {
+        bail!(
+            "the command failed on {failed} of {} host(s)",
+            results.len()
+        );
+    }
+    Ok(())
+}
+
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}

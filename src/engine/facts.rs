@@ -1,0 +1,308 @@
+//! Facts: what a host looks like, read in one round trip by one probe script and parsed into
+//! typed values. Parsers never trust the output: garbage lines are skipped, not fatal.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::ssh::RemoteCommand;
+
+/// Everything the engine knows about one host, as of the last probe.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Facts {
+    pub os: Os,
+    /// Installed packages and their versions.
+    pub packages: BTreeMap<String, String>,
+    pub units: BTreeMap<String, Unit>,
+    pub files: BTreeMap<String, FileFact>,
+    pub users: BTreeSet<String>,
+    pub listening_ports: BTreeSet<u16>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Os {
+    pub id: String,
+    pub version_id: String,
+    pub pretty_name: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Unit {
+    /// `loaded`, `not-found`, `masked`, ...
+    pub load_state: String,
+    /// `active`, `inactive`, `failed`, `activating`, ...
+    pub active_state: String,
+    /// `enabled`, `disabled`, `static`, ... (empty when unknown)
+    pub unit_file_state: String,
+    /// Monotonic microseconds of the last start; changes exactly when the unit (re)starts.
+    pub active_enter_monotonic: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum FileFact {
+    Absent,
+    File {
+        owner: String,
+        group: String,
+        mode: u32,
+        sha256: String,
+    },
+    Directory {
+        owner: String,
+        group: String,
+        mode: u32,
+    },
+    Other,
+}
+
+/// What a probe should look at beyond the always-gathered OS, packages, users and ports.
+#[derive(Debug, Clone, Default)]
+pub struct Probe {
+    pub units: BTreeSet<String>,
+    pub paths: BTreeSet<String>,
+}
+
+impl Probe {
+    /// The probe as one remote command; unit names and paths travel as positional arguments
+    /// (quoted by the transport), after a `--` separating the two lists.
+    pub fn command(&self) -> RemoteCommand {
+        let script = r#"
+echo '### os'; cat /etc/os-release 2>/dev/null
+echo '### packages'; dpkg-query -W -f='${db:Status-Abbrev}\t${Package}\t${Version}\n' 2>/dev/null
+echo '### users'; getent passwd | cut -d: -f1
+echo '### ports'; ss -Hltn 2>/dev/null | awk '{print $4}'
+units=""; while [ "$#" -gt 0 ] && [ "$1" != "--" ]; do units="$units $1"; shift; done; [ "$#" -gt 0 ] && shift
+echo '### units'
+if [ -n "$units" ]; then systemctl show --property=Id,LoadState,ActiveState,UnitFileState,ActiveEnterTimestampMonotonic $units 2>/dev/null; fi
+echo '### files'
+for path in "$@"; do
+  if [ -L "$path" ] || { [ -e "$path" ] && [ ! -f "$path" ] && [ ! -d "$path" ]; }; then printf 'other\t\t\t\t\t%s\n' "$path"
+  elif [ -d "$path" ]; then printf 'dir\t%s\t\t%s\n' "$(stat --printf '%U\t%G\t%a' "$path")" "$path"
+  elif [ -f "$path" ]; then printf 'file\t%s\t%s\t%s\n' "$(stat --printf '%U\t%G\t%a' "$path")" "$(sha256sum < "$path" | cut -d' ' -f1)" "$path"
+  else printf 'absent\t\t\t\t\t%s\n' "$path"; fi
+done
+"#;
+        let mut command = RemoteCommand::script(script).as_root();
+        for unit in &self.units {
+            command = command.arg(unit.clone());
+        }
+        command = command.arg("--");
+        for path in &self.paths {
+            command = command.arg(path.clone());
+        }
+        command
+    }
+}
+
+/// Parse the probe's output.
+pub fn parse(output: &str) -> Facts {
+    let mut facts = Facts::default();
+    let mut section = "";
+    let mut unit_block: Vec<&str> = Vec::new();
+    for line in output.lines() {
+        if let Some(name) = line.strip_prefix("### ") {
+            if section == "units" {
+                add_unit(&mut facts, &unit_block);
+                unit_block.clear();
+            }
+            section = name.trim();
+            continue;
+        }
+        match section {
+            "os" => parse_os_line(&mut facts.os, line),
+            "packages" => {
+                let fields: Vec<&str> = line.split('\t').collect();
+                // `ii` = wanted install, installed; anything else (rc, iU, ...) is not usable.
+                if let [status, name, version] = fields[..] {
+                    if status.trim() == "ii" && !name.is_empty() {
+                        facts.packages.insert(name.to_string(), version.to_string());
+                    }
+                }
+            }
+            "users" => {
+                if !line.is_empty() && !line.contains(char::is_whitespace) {
+                    facts.users.insert(line.to_string());
+                }
+            }
+            "ports" => {
+                if let Some(port) = line.rsplit(':').next().and_then(|port| port.parse().ok()) {
+                    facts.listening_ports.insert(port);
+                }
+            }
+            "units" => {
+                if line.is_empty() {
+                    add_unit(&mut facts, &unit_block);
+                    unit_block.clear();
+                } else {
+                    unit_block.push(line);
+                }
+            }
+            "files" => {
+                if let Some((path, fact)) = parse_file_line(line) {
+                    facts.files.insert(path, fact);
+                }
+            }
+            _ => {}
+        }
+    }
+    if section == "units" {
+        add_unit(&mut facts, &unit_block);
+    }
+    facts
+}
+
+fn parse_os_line(os: &mut Os, line: &str) {
+    let Some((key, value)) = line.split_once('=') else {
+        return;
+    };
+    let value = value.trim().trim_matches('"').to_string();
+    match key.trim() {
+        "ID" => os.id = value,
+        "VERSION_ID" => os.version_id = value,
+        "PRETTY_NAME" => os.pretty_name = value,
+        _ => {}
+    }
+}
+
+fn add_unit(facts: &mut Facts, block: &[&str]) {
+    let mut id = None;
+    let mut unit = Unit::default();
+    for line in block {
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        match key {
+            "Id" => id = Some(value.to_string()),
+            "LoadState" => unit.load_state = value.to_string(),
+            "ActiveState" => unit.active_state = value.to_string(),
+            "UnitFileState" => unit.unit_file_state = value.to_string(),
+            "ActiveEnterTimestampMonotonic" => {
+                unit.active_enter_monotonic = value.parse().unwrap_or(0)
+            }
+            _ => {}
+        }
+    }
+    if let Some(id) = id.filter(|id| !id.is_empty()) {
+        facts
+            .units
+            .insert(id.trim_end_matches(".service").to_string(), unit);
+    }
+}
+
+fn parse_file_line(line: &str) -> Option<(String, FileFact)> {
+    let fields: Vec<&str> = line.splitn(6, '\t').collect();
+    let [kind, owner, group, mode, checksum, path] = fields[..] else {
+        return None;
+    };
+    if path.is_empty() {
+        return None;
+    }
+    let mode = u32::from_str_radix(mode, 8);
+    let fact = match (kind, mode) {
+        ("absent", _) => FileFact::Absent,
+        ("other", _) => FileFact::Other,
+        ("dir", Ok(mode)) => FileFact::Directory {
+            owner: owner.into(),
+            group: group.into(),
+            mode,
+        },
+        ("file", Ok(mode)) if checksum.len() == 64 => FileFact::File {
+            owner: owner.into(),
+            group: group.into(),
+            mode,
+            sha256: checksum.into(),
+        },
+        _ => return None,
+    };
+    Some((path.to_string(), fact))
+}
+
+/// The unit key used in [`Facts::units`]: `etcd` for `etcd` or `etcd.service`.
+pub fn unit_key(name: &str) -> &str {
+    name.trim_end_matches(".service")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = "### os
+PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"
+ID=debian
+VERSION_ID=\"12\"
+### packages
+ii \tetcd-server\t3.4.23-4+b6
+rc \told-thing\t1.0
+ii \thaproxy\t2.6.12-1+deb12u1
+garbage without tabs
+### users
+root
+postgres
+### ports
+0.0.0.0:22
+[::]:22
+10.231.0.11:2379
+### units
+Id=etcd.service
+LoadState=loaded
+ActiveState=active
+UnitFileState=enabled
+ActiveEnterTimestampMonotonic=123456
+
+Id=patroni.service
+LoadState=not-found
+ActiveState=inactive
+UnitFileState=
+ActiveEnterTimestampMonotonic=0
+### files
+file\tpostgres\tpostgres\t600\t0123456789012345678901234567890123456789012345678901234567890123\t/etc/patroni/patroni.yml
+dir\troot\troot\t755\t\t/etc/patroni
+absent\t\t\t\t\t/etc/nothing here
+file\troot\troot\tzzz\tabc\t/broken
+";
+
+    #[test]
+    fn parses_every_section() {
+        let facts = parse(SAMPLE);
+        assert_eq!(facts.os.id, "debian");
+        assert_eq!(facts.os.version_id, "12");
+        assert_eq!(
+            facts.packages.get("etcd-server").map(String::as_str),
+            Some("3.4.23-4+b6")
+        );
+        assert!(!facts.packages.contains_key("old-thing"));
+        assert_eq!(facts.packages.len(), 2);
+        assert!(facts.users.contains("postgres"));
+        assert_eq!(facts.listening_ports, [22, 2379].into_iter().collect());
+        assert_eq!(facts.units["etcd"].active_state, "active");
+        assert_eq!(facts.units["etcd"].active_enter_monotonic, 123456);
+        assert_eq!(facts.units["patroni"].load_state, "not-found");
+        assert!(
+            matches!(&facts.files["/etc/patroni/patroni.yml"], FileFact::File { mode: 0o600, owner, .. } if owner == "postgres")
+        );
+        assert!(matches!(
+            facts.files["/etc/patroni"],
+            FileFact::Directory { mode: 0o755, .. }
+        ));
+        assert_eq!(facts.files["/etc/nothing here"], FileFact::Absent);
+        assert!(!facts.files.contains_key("/broken"));
+    }
+
+    #[test]
+    fn garbage_gives_empty_facts_not_a_panic() {
+        for garbage in [
+            "",
+            "\u{0}\u{1}binary",
+            "### units\nId=\n\n\n",
+            "### files\n\t\t\t\t\t\n",
+            "### ports\n:::\n:99999\n",
+        ] {
+            let facts = parse(garbage);
+            assert!(
+                facts.units.is_empty()
+                    && facts.files.is_empty()
+                    && facts.listening_ports.is_empty(),
+                "{garbage:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! The playbook engine: Ansible-like plays of typed tasks run over SSH.
+//!
+//! - [`playbook`]: parsing and checking playbooks (nothing touches a host before this passes).
+//! - [`facts`]: one probe script per host and its parsers.
+//! - [`modules`]: each module's pure `plan` from facts and its `apply`.
+//! - [`runner`]: host selection, batches, connections, handlers.
+//! - [`report`]: the only place that prints a run.
+
+pub mod facts;
+pub mod modules;
+pub mod ops;
+pub mod playbook;
+pub mod report;
+pub mod runner;
+
+pub use playbook::Playbook;
+pub use report::RunResult;
+pub use runner::{Run, RunOptions};

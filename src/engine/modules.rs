@@ -1,0 +1,890 @@
+//! What each task module plans from facts and how it applies that plan.
+//!
+//! `plan` only reads facts (and renders its arguments) and returns either "no change" with the
+//! reason or one concrete [`Action`]; `apply` performs an action over the host's SSH session.
+//! Keeping the decision pure makes `--check` and `--diff` mere renderings of the plan.
+
+use std::collections::BTreeSet;
+
+use anyhow::{bail, Context};
+
+use super::facts::{unit_key, Facts, FileFact, Probe};
+use super::playbook::{FileState, Module, PackageState, ServiceState};
+use crate::render::{self, Renderer};
+use crate::ssh::{sha256_hex, CommandOutput, RemoteCommand, Session, Upload};
+
+/// The outcome of planning one task on one host.
+#[derive(Debug, Clone)]
+pub enum Plan {
+    /// Nothing to do, and why.
+    NoChange(String),
+    /// Something to do. `changes` says whether doing it counts as a change (a read-only command
+    /// or a wait does not).
+    Act {
+        summary: String,
+        action: Action,
+        changes: bool,
+    },
+}
+
+/// One concrete effect on a host.
+#[derive(Debug, Clone)]
+pub enum Action {
+    Packages {
+        install: Vec<String>,
+        remove: Vec<String>,
+    },
+    WriteFile {
+        upload: Upload,
+        secret: bool,
+    },
+    Directory {
+        path: String,
+        owner: Option<String>,
+        group: Option<String>,
+        mode: Option<u32>,
+    },
+    Remove {
+        path: String,
+    },
+    Systemctl {
+        steps: Vec<Vec<String>>,
+    },
+    Command {
+        cmd: String,
+        stdin: Option<String>,
+    },
+    WaitFor {
+        script: String,
+        timeout: u64,
+        what: String,
+    },
+    User {
+        name: String,
+        system: bool,
+        home: Option<String>,
+        shell: Option<String>,
+    },
+}
+
+/// The rendered arguments a task needs and the facts it reads.
+pub struct Planner<'a> {
+    pub renderer: &'a Renderer,
+    pub context: &'a minijinja::Value,
+}
+
+impl Planner<'_> {
+    fn text(&self, text: &str) -> anyhow::Result<String> {
+        self.renderer.render_str(text, self.context)
+    }
+
+    /// Add the units and paths `module` reads to `probe`.
+    pub fn wants(&self, module: &Module, probe: &mut Probe) -> anyhow::Result<()> {
+        match module {
+            Module::Template(args) => {
+                probe.paths.insert(self.template_target(args)?.0);
+            }
+            Module::Copy(args) => {
+                probe.paths.insert(self.text(&args.dest)?);
+            }
+            Module::File(args) => {
+                probe.paths.insert(self.text(&args.path)?);
+            }
+            Module::Service(args) => {
+                probe.units.insert(self.text(&args.name)?);
+            }
+            Module::Command(args) => {
+                for path in [&args.creates, &args.removes].into_iter().flatten() {
+                    probe.paths.insert(self.text(path)?);
+                }
+            }
+            Module::Package(_) | Module::WaitFor(_) | Module::User(_) => {}
+        }
+        Ok(())
+    }
+
+    fn template_target(
+        &self,
+        args: &super::playbook::TemplateArgs,
+    ) -> anyhow::Result<(String, String, String, u32, bool)> {
+        let standard = render::destination(&args.src);
+        let dest = match (&args.dest, standard) {
+            (Some(dest), _) => self.text(dest)?,
+            (None, Some((path, ..))) => path.to_string(),
+            (None, None) => bail!(
+                "template `{}` has no standard destination; give `dest`",
+                args.src
+            ),
+        };
+        let owner = args
+            .owner
+            .clone()
+            .or(standard.map(|s| s.1.to_string()))
+            .unwrap_or_else(|| "root".into());
+        let group = args
+            .group
+            .clone()
+            .or(standard.map(|s| s.2.to_string()))
+            .unwrap_or_else(|| "root".into());
+        let mode = args
+            .mode
+            .map(|mode| mode.0)
+            .or(standard.map(|s| s.3))
+            .unwrap_or(0o644);
+        let secret = standard.is_some_and(|s| s.4);
+        Ok((dest, owner, group, mode, secret))
+    }
+
+    /// Decide what `module` would change on a host with `facts`.
+    pub fn plan(&self, module: &Module, facts: &Facts) -> anyhow::Result<Plan> {
+        Ok(match module {
+            Module::Package(args) => {
+                let names: Vec<String> = args
+                    .name
+                    .to_vec()
+                    .iter()
+                    .map(|name| self.text(name))
+                    .collect::<Result<_, _>>()?;
+                let (install, remove) = match args.state {
+                    PackageState::Present => (
+                        names
+                            .iter()
+                            .filter(|spec| !package_satisfied(spec, facts))
+                            .cloned()
+                            .collect::<Vec<_>>(),
+                        Vec::new(),
+                    ),
+                    PackageState::Absent => (
+                        Vec::new(),
+                        names
+                            .iter()
+                            .filter(|name| facts.packages.contains_key(*name))
+                            .cloned()
+                            .collect(),
+                    ),
+                };
+                if install.is_empty() && remove.is_empty() {
+                    Plan::NoChange(format!(
+                        "{} {}",
+                        names.join(", "),
+                        if args.state == PackageState::Present {
+                            "installed"
+                        } else {
+                            "absent"
+                        }
+                    ))
+                } else {
+                    let summary = [("install", &install), ("remove", &remove)]
+                        .iter()
+                        .filter(|(_, list)| !list.is_empty())
+                        .map(|(verb, list)| format!("{verb} {}", list.join(", ")))
+                        .collect::<Vec<_>>()
+                        .join("; ");
+                    Plan::Act {
+                        summary,
+                        action: Action::Packages { install, remove },
+                        changes: true,
+                    }
+                }
+            }
+            Module::Template(args) => {
+                let (dest, owner, group, mode, secret) = self.template_target(args)?;
+                let contents = self.renderer.render_template(&args.src, self.context)?;
+                file_plan(
+                    Upload {
+                        path: dest,
+                        contents: contents.into_bytes(),
+                        owner,
+                        group,
+                        mode,
+                    },
+                    secret,
+                    facts,
+                )
+            }
+            Module::Copy(args) => {
+                let dest = self.text(&args.dest)?;
+                let contents = match (&args.content, &args.src) {
+                    (Some(content), _) => self.text(content)?.into_bytes(),
+                    (None, Some(src)) => {
+                        let src = self.text(src)?;
+                        std::fs::read(&src)
+                            .with_context(|| format!("cannot read local file `{src}` for `copy`"))?
+                    }
+                    (None, None) => unreachable!("the parser requires content or src"),
+                };
+                let mode = args.mode.map(|mode| mode.0).unwrap_or(0o644);
+                file_plan(
+                    Upload {
+                        path: dest,
+                        contents,
+                        owner: args.owner.clone(),
+                        group: args.group.clone(),
+                        mode,
+                    },
+                    false,
+                    facts,
+                )
+            }
+            Module::File(args) => {
+                let path = self.text(&args.path)?;
+                let fact = facts.files.get(&path).cloned().unwrap_or(FileFact::Absent);
+                match (args.state, fact) {
+                    (FileState::Absent, FileFact::Absent) => {
+                        Plan::NoChange(format!("`{path}` is absent"))
+                    }
+                    (FileState::Absent, _) => Plan::Act {
+                        summary: format!("remove `{path}`"),
+                        action: Action::Remove { path },
+                        changes: true,
+                    },
+                    (FileState::Directory, FileFact::Directory { owner, group, mode }) => {
+                        let mut wrong = Vec::new();
+                        if args.owner.as_ref().is_some_and(|want| *want != owner) {
+                            wrong.push(format!("owner {owner}"));
+                        }
+                        if args.group.as_ref().is_some_and(|want| *want != group) {
+                            wrong.push(format!("group {group}"));
+                        }
+                        if args.mode.is_some_and(|want| want.0 != mode) {
+                            wrong.push(format!("mode {mode:o}"));
+                        }
+                        if wrong.is_empty() {
+                            Plan::NoChange(format!("directory `{path}` is as wanted"))
+                        } else {
+                            Plan::Act {
+                                summary: format!("fix `{path}` ({})", wrong.join(", ")),
+                                action: Action::Directory {
+                                    path,
+                                    owner: args.owner.clone(),
+                                    group: args.group.clone(),
+                                    mode: args.mode.map(|m| m.0),
+                                },
+                                changes: true,
+                            }
+                        }
+                    }
+                    (FileState::Directory, FileFact::Absent) => Plan::Act {
+                        summary: format!("create directory `{path}`"),
+                        action: Action::Directory {
+                            path,
+                            owner: args.owner.clone(),
+                            group: args.group.clone(),
+                            mode: args.mode.map(|m| m.0),
+                        },
+                        changes: true,
+                    },
+                    (FileState::Directory, _) => bail!("`{path}` exists and is not a directory"),
+                }
+            }
+            Module::Service(args) => {
+                let name = self.text(&args.name)?;
+                let unit = facts
+                    .units
+                    .get(unit_key(&name))
+                    .cloned()
+                    .unwrap_or_default();
+                let mut steps: Vec<Vec<String>> = Vec::new();
+                let mut what = Vec::new();
+                if let Some(enabled) = args.enabled {
+                    let is_enabled = matches!(
+                        unit.unit_file_state.as_str(),
+                        "enabled" | "enabled-runtime" | "static" | "alias"
+                    );
+                    if enabled != is_enabled {
+                        steps.push(vec![
+                            if enabled { "enable" } else { "disable" }.into(),
+                            name.clone(),
+                        ]);
+                        what.push(if enabled { "enable" } else { "disable" });
+                    }
+                }
+                let running = matches!(
+                    unit.active_state.as_str(),
+                    "active" | "activating" | "reloading"
+                );
+                let no_block = if args.no_block {
+                    vec!["--no-block".to_string()]
+                } else {
+                    Vec::new()
+                };
+                let verb = match args.state {
+                    Some(ServiceState::Started) if !running => Some("start"),
+                    Some(ServiceState::Stopped) if running => Some("stop"),
+                    Some(ServiceState::Restarted) => Some("restart"),
+                    Some(ServiceState::Reloaded) if running => Some("reload"),
+                    Some(ServiceState::Reloaded) => Some("start"),
+                    _ => None,
+                };
+                if let Some(verb) = verb {
+                    let mut step = no_block;
+                    step.push(verb.to_string());
+                    step.push(name.clone());
+                    steps.push(step);
+                    what.push(verb);
+                }
+                if steps.is_empty() {
+                    Plan::NoChange(format!(
+                        "`{name}` is {}{}",
+                        unit.active_state,
+                        if unit.unit_file_state.is_empty() {
+                            String::new()
+                        } else {
+                            format!(", {}", unit.unit_file_state)
+                        }
+                    ))
+                } else {
+                    Plan::Act {
+                        summary: format!("{} `{name}`", what.join(" and ")),
+                        action: Action::Systemctl { steps },
+                        changes: true,
+                    }
+                }
+            }
+            Module::Command(args) => {
+                let cmd = self.text(&args.cmd)?;
+                if let Some(creates) = &args.creates {
+                    let creates = self.text(creates)?;
+                    if !matches!(facts.files.get(&creates), None | Some(FileFact::Absent)) {
+                        return Ok(Plan::NoChange(format!("`{creates}` exists")));
+                    }
+                }
+                if let Some(removes) = &args.removes {
+                    let removes = self.text(removes)?;
+                    if matches!(facts.files.get(&removes), None | Some(FileFact::Absent)) {
+                        return Ok(Plan::NoChange(format!("`{removes}` is absent")));
+                    }
+                }
+                let stdin = args
+                    .stdin
+                    .as_ref()
+                    .map(|text| self.text(text))
+                    .transpose()?;
+                Plan::Act {
+                    summary: format!("run `{}`", first_line(&cmd)),
+                    action: Action::Command { cmd, stdin },
+                    changes: args.changed_when.unwrap_or(true),
+                }
+            }
+            Module::WaitFor(args) => {
+                let (script, what) = if let Some(port) = args.port {
+                    let host = args
+                        .host
+                        .as_ref()
+                        .map(|host| self.text(host))
+                        .transpose()?
+                        .unwrap_or_else(|| "127.0.0.1".into());
+                    (
+                        format!("bash -c 'exec 3<>/dev/tcp/{host}/{port}' 2>/dev/null"),
+                        format!("port {host}:{port}"),
+                    )
+                } else if let Some(url) = &args.http {
+                    let url = self.text(url)?;
+                    let status = args.status.unwrap_or(200);
+                    (
+                        format!("[ \"$(curl -s -o /dev/null --max-time 2 -w '%{{http_code}}' {})\" = {status} ]", crate::ssh::shell_quote(&url)),
+                        format!("{url} answering {status}"),
+                    )
+                } else {
+                    let command = self.text(args.command.as_deref().unwrap_or("true"))?;
+                    let what = format!("`{}` to succeed", first_line(&command));
+                    (command, what)
+                };
+                Plan::Act {
+                    summary: format!("wait for {what}"),
+                    action: Action::WaitFor {
+                        script,
+                        timeout: args.timeout,
+                        what,
+                    },
+                    changes: false,
+                }
+            }
+            Module::User(args) => {
+                let name = self.text(&args.name)?;
+                if facts.users.contains(&name) {
+                    Plan::NoChange(format!("user `{name}` exists"))
+                } else {
+                    Plan::Act {
+                        summary: format!("create user `{name}`"),
+                        action: Action::User {
+                            name,
+                            system: args.system,
+                            home: args.home.clone(),
+                            shell: args.shell.clone(),
+                        },
+                        changes: true,
+                    }
+                }
+            }
+        })
+    }
+}
+
+fn first_line(text: &str) -> &str {
+    text.lines()
+        .map(str::trim)
+        .find(|line| !line.is_empty())
+        .unwrap_or("")
+}
+
+/// `name` or `name=version` is installed (at that version).
+fn package_satisfied(spec: &str, facts: &Facts) -> bool {
+    match spec.split_once('=') {
+        Some((name, version)) => facts
+            .packages
+            .get(name)
+            .is_some_and(|installed| installed == version),
+        None => facts.packages.contains_key(spec),
+    }
+}
+
+fn file_plan(upload: Upload, secret: bool, facts: &Facts) -> Plan {
+    let sha256 = sha256_hex(&upload.contents);
+    let mut reasons = Vec::new();
+    match facts.files.get(&upload.path) {
+        Some(FileFact::File {
+            owner,
+            group,
+            mode,
+            sha256: remote,
+        }) => {
+            if *remote != sha256 {
+                reasons.push("content".to_string());
+            }
+            if *owner != upload.owner || *group != upload.group {
+                reasons.push(format!("owner {owner}:{group}"));
+            }
+            if *mode != upload.mode {
+                reasons.push(format!("mode {mode:o}"));
+            }
+        }
+        _ => reasons.push("new file".to_string()),
+    }
+    if reasons.is_empty() {
+        Plan::NoChange(format!("`{}` is up to date", upload.path))
+    } else {
+        Plan::Act {
+            summary: format!("write `{}` ({})", upload.path, reasons.join(", ")),
+            action: Action::WriteFile { upload, secret },
+            changes: true,
+        }
+    }
+}
+
+/// A unified diff of a file change, secrets replaced by `********`.
+pub fn file_diff(path: &str, old: &str, new: &str, secrets: &[&str]) -> String {
+    let mask = |text: &str| {
+        secrets
+            .iter()
+            .filter(|secret| !secret.is_empty())
+            .fold(text.to_string(), |text, secret| {
+                text.replace(secret, "********")
+            })
+    };
+    let (masked_old, masked_new) = (mask(old), mask(new));
+    if masked_old == masked_new && old != new {
+        return format!("--- {path}\n+++ {path}\n(only secret values differ; not shown)\n");
+    }
+    let (old, new) = (masked_old, masked_new);
+    similar::TextDiff::from_lines(&old, &new)
+        .unified_diff()
+        .context_radius(3)
+        .header(&format!("{path} (on host)"), &format!("{path} (planned)"))
+        .to_string()
+}
+
+/// Perform `action`; returns the command's output for `register` where there is one.
+pub async fn apply(session: &Session, action: &Action) -> anyhow::Result<Option<CommandOutput>> {
+    match action {
+        Action::Packages { install, remove } => {
+            let mut script = String::from("export DEBIAN_FRONTEND=noninteractive\n");
+            if !install.is_empty() {
+                script.push_str("apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends -o Dpkg::Options::=--force-confold \"$@\"\n");
+            }
+            let mut command = RemoteCommand::script(script).as_root();
+            for name in install {
+                command = command.arg(name.clone());
+            }
+            if !install.is_empty() {
+                checked(session, command).await?;
+            }
+            if !remove.is_empty() {
+                let mut command = RemoteCommand::script(
+                    "DEBIAN_FRONTEND=noninteractive apt-get remove -y -q \"$@\"",
+                )
+                .as_root();
+                for name in remove {
+                    command = command.arg(name.clone());
+                }
+                checked(session, command).await?;
+            }
+            Ok(None)
+        }
+        Action::WriteFile { upload, .. } => {
+            let parent = upload
+                .path
+                .rsplit_once('/')
+                .map(|(parent, _)| parent)
+                .filter(|parent| !parent.is_empty())
+                .unwrap_or("/");
+            checked(
+                session,
+                RemoteCommand::argv(["mkdir", "-p", parent]).as_root(),
+            )
+            .await?;
+            session
+                .upload(upload)
+                .await
+                .with_context(|| format!("cannot write `{}`", upload.path))?;
+            Ok(None)
+        }
+        Action::Directory {
+            path,
+            owner,
+            group,
+            mode,
+        } => {
+            let mut script = String::from("mkdir -p \"$1\"");
+            if let Some(owner) = owner {
+                script.push_str(&format!(
+                    " && chown {} \"$1\"",
+                    crate::ssh::shell_quote(owner)
+                ));
+            }
+            if let Some(group) = group {
+                script.push_str(&format!(
+                    " && chgrp {} \"$1\"",
+                    crate::ssh::shell_quote(group)
+                ));
+            }
+            if let Some(mode) = mode {
+                script.push_str(&format!(" && chmod {mode:o} \"$1\""));
+            }
+            checked(
+                session,
+                RemoteCommand::script(script).arg(path.clone()).as_root(),
+            )
+            .await?;
+            Ok(None)
+        }
+        Action::Remove { path } => {
+            checked(
+                session,
+                RemoteCommand::argv(["rm", "-rf", "--", path]).as_root(),
+            )
+            .await?;
+            Ok(None)
+        }
+        Action::Systemctl { steps } => {
+            for step in steps {
+                let mut argv = vec!["systemctl".to_string()];
+                argv.extend(step.iter().cloned());
+                checked(session, RemoteCommand::argv(argv).as_root()).await?;
+            }
+            Ok(None)
+        }
+        Action::Command { cmd, stdin } => {
+            let mut command = RemoteCommand::script(cmd.clone()).as_root();
+            if let Some(stdin) = stdin {
+                command = command.stdin(stdin.clone().into_bytes());
+            }
+            Ok(Some(checked(session, command).await?))
+        }
+        Action::WaitFor {
+            script,
+            timeout,
+            what,
+        } => {
+            let deadline_script = format!(
+                "deadline=$(( $(date +%s) + {timeout} ))\nuntil {script}; do\n  if [ \"$(date +%s)\" -ge \"$deadline\" ]; then exit 124; fi\n  sleep 0.2\ndone"
+            );
+            let output = session
+                .run(&RemoteCommand::script(deadline_script).as_root())
+                .await?;
+            if output.exit_code == Some(124) {
+                bail!("timed out after {timeout} s waiting for {what}");
+            }
+            if !output.success() {
+                bail!(
+                    "waiting for {what} failed ({}): {}",
+                    output.status(),
+                    tail(&output.stderr_text())
+                );
+            }
+            Ok(Some(output))
+        }
+        Action::User {
+            name,
+            system,
+            home,
+            shell,
+        } => {
+            let mut argv = vec!["useradd".to_string()];
+            if *system {
+                argv.push("--system".into());
+            }
+            if let Some(home) = home {
+                argv.extend(["--home-dir".into(), home.clone(), "--create-home".into()]);
+            }
+            if let Some(shell) = shell {
+                argv.extend(["--shell".into(), shell.clone()]);
+            }
+            argv.push(name.clone());
+            checked(session, RemoteCommand::argv(argv).as_root()).await?;
+            Ok(None)
+        }
+    }
+}
+
+/// The last lines of a command's stderr, for failure reports.
+pub fn tail(text: &str) -> String {
+    let lines: Vec<&str> = text.trim_end().lines().collect();
+    lines[lines.len().saturating_sub(8)..].join("\n")
+}
+
+/// Run `command`; a non-zero exit is an error carrying the command, status and stderr tail.
+async fn checked(session: &Session, command: RemoteCommand) -> anyhow::Result<CommandOutput> {
+    let output = session.run(&command).await?;
+    if !output.success() {
+        let stderr = tail(&output.stderr_text());
+        let stdout = tail(&output.stdout_text());
+        bail!(
+            "`{}` failed with {}\n{}",
+            command.summary(),
+            output.status(),
+            if stderr.is_empty() { stdout } else { stderr }
+        );
+    }
+    Ok(output)
+}
+
+/// Units a set of actions touched on disk (so the runner knows to `daemon-reload`).
+pub fn writes_unit_file(action: &Action) -> bool {
+    matches!(action, Action::WriteFile { upload, .. } if upload.path.starts_with("/etc/systemd/") || upload.path.starts_with("/lib/systemd/"))
+}
+
+/// Names of packages in `specs` (without version pins).
+pub fn package_names(specs: &[String]) -> BTreeSet<String> {
+    specs
+        .iter()
+        .map(|spec| spec.split('=').next().unwrap_or(spec).to_string())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::facts::{Facts, FileFact, Unit};
+    use crate::engine::playbook::Playbook;
+    use crate::inventory::{Inventory, Secrets};
+
+    fn setup() -> (Renderer, minijinja::Value) {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("inventories/lab.yml");
+        let inventory = Inventory::load(&path).unwrap();
+        let secrets = Secrets {
+            superuser_password: "s1".into(),
+            replication_password: "s2".into(),
+            rewind_password: "s3".into(),
+            restapi_password: "s4".into(),
+        };
+        let context = render::context(&inventory, &secrets, &inventory.nodes[0]);
+        (Renderer::new(None).unwrap(), context)
+    }
+
+    fn module(yaml: &str) -> Module {
+        let text = format!("- name: p\n  hosts: all\n  tasks:\n    - {yaml}\n");
+        Playbook::parse("t.yml", &text)
+            .unwrap()
+            .plays
+            .remove(0)
+            .tasks
+            .remove(0)
+            .module
+    }
+
+    fn plan(yaml: &str, facts: &Facts) -> Plan {
+        let (renderer, context) = setup();
+        Planner {
+            renderer: &renderer,
+            context: &context,
+        }
+        .plan(&module(yaml), facts)
+        .unwrap()
+    }
+
+    #[test]
+    fn packages_plan_only_what_is_missing_or_pinned_differently() {
+        let mut facts = Facts::default();
+        facts.packages.insert("etcd-server".into(), "3.4.23".into());
+        assert!(matches!(
+            plan("package: {name: [etcd-server]}", &facts),
+            Plan::NoChange(_)
+        ));
+        match plan(
+            "package: {name: [etcd-server, haproxy, etcd-server=3.4.30]}",
+            &facts,
+        ) {
+            Plan::Act {
+                action: Action::Packages { install, .. },
+                ..
+            } => assert_eq!(install, ["haproxy", "etcd-server=3.4.30"]),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            plan("package: {name: etcd-server, state: absent}", &facts),
+            Plan::Act { .. }
+        ));
+    }
+
+    #[test]
+    fn files_change_on_content_owner_or_mode_only() {
+        let content = "hello node1\n";
+        let mut facts = Facts::default();
+        let yaml = "copy: {dest: /etc/x, content: \"hello {{ node.name }}\\n\", mode: \"0640\"}";
+        assert!(
+            matches!(plan(yaml, &facts), Plan::Act { ref summary, .. } if summary.contains("new file"))
+        );
+        facts.files.insert(
+            "/etc/x".into(),
+            FileFact::File {
+                owner: "root".into(),
+                group: "root".into(),
+                mode: 0o640,
+                sha256: sha256_hex(content.as_bytes()),
+            },
+        );
+        assert!(matches!(plan(yaml, &facts), Plan::NoChange(_)));
+        facts.files.insert(
+            "/etc/x".into(),
+            FileFact::File {
+                owner: "root".into(),
+                group: "root".into(),
+                mode: 0o644,
+                sha256: sha256_hex(content.as_bytes()),
+            },
+        );
+        assert!(
+            matches!(plan(yaml, &facts), Plan::Act { ref summary, .. } if summary.contains("mode 644"))
+        );
+    }
+
+    #[test]
+    fn templates_default_to_their_standard_place() {
+        match plan("template: {src: patroni.yml.j2}", &Facts::default()) {
+            Plan::Act {
+                action: Action::WriteFile { upload, secret },
+                ..
+            } => {
+                assert_eq!(upload.path, "/etc/patroni/patroni.yml");
+                assert_eq!((upload.owner.as_str(), upload.mode), ("postgres", 0o600));
+                assert!(secret);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn services_start_enable_and_leave_running_units_alone() {
+        let mut facts = Facts::default();
+        match plan(
+            "service: {name: etcd, state: started, enabled: true, no_block: true}",
+            &facts,
+        ) {
+            Plan::Act {
+                action: Action::Systemctl { steps },
+                ..
+            } => {
+                assert_eq!(
+                    steps,
+                    vec![
+                        vec!["enable".to_string(), "etcd".into()],
+                        vec!["--no-block".into(), "start".into(), "etcd".into()]
+                    ]
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        facts.units.insert(
+            "etcd".into(),
+            Unit {
+                load_state: "loaded".into(),
+                active_state: "active".into(),
+                unit_file_state: "enabled".into(),
+                active_enter_monotonic: 1,
+            },
+        );
+        assert!(matches!(
+            plan(
+                "service: {name: etcd.service, state: started, enabled: true}",
+                &facts
+            ),
+            Plan::NoChange(_)
+        ));
+        assert!(matches!(
+            plan("service: {name: etcd, state: restarted}", &facts),
+            Plan::Act { .. }
+        ));
+        assert!(matches!(
+            plan("service: {name: etcd, state: stopped}", &facts),
+            Plan::Act { .. }
+        ));
+    }
+
+    #[test]
+    fn commands_respect_creates_removes_and_changed_when() {
+        let mut facts = Facts::default();
+        assert!(matches!(
+            plan("command: {cmd: make, creates: /done}", &facts),
+            Plan::Act { changes: true, .. }
+        ));
+        facts.files.insert(
+            "/done".into(),
+            FileFact::Directory {
+                owner: "root".into(),
+                group: "root".into(),
+                mode: 0o755,
+            },
+        );
+        assert!(matches!(
+            plan("command: {cmd: make, creates: /done}", &facts),
+            Plan::NoChange(_)
+        ));
+        assert!(matches!(
+            plan("command: {cmd: rm /gone, removes: /gone}", &facts),
+            Plan::NoChange(_)
+        ));
+        assert!(matches!(
+            plan("command: {cmd: 'true', changed_when: false}", &facts),
+            Plan::Act { changes: false, .. }
+        ));
+    }
+
+    #[test]
+    fn diffs_mask_secrets() {
+        let diff = file_diff(
+            "/etc/p",
+            "password: old-secret\nx: 1\n",
+            "password: new-secret\nx: 2\n",
+            &["old-secret", "new-secret"],
+        );
+        assert!(
+            diff.contains("-password: ********") && diff.contains("+x: 2"),
+            "{diff}"
+        );
+        assert!(
+            !diff.contains("old-secret") && !diff.contains("new-secret"),
+            "{diff}"
+        );
+        let diff = file_diff(
+            "/etc/p",
+            "password: old-secret\n",
+            "password: new-secret\n",
+            &["old-secret", "new-secret"],
+        );
+        assert!(
+            diff.contains("only secret values differ") && !diff.contains("new-secret"),
+            "{diff}"
+        );
+    }
+}

@@ -1,0 +1,231 @@
+//! The one component that prints a run: tasks send it events; it writes progress lines to
+//! stderr (quiet with `--json`), the recap, and the machine-readable result. Every message
+//! passes through the secret mask first.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use serde::Serialize;
+
+/// How a task ended on a host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Ok,
+    Changed,
+    Skipped,
+    Failed,
+    Unreachable,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct HostRecap {
+    pub ok: usize,
+    pub changed: usize,
+    pub skipped: usize,
+    pub failed: usize,
+    pub unreachable: usize,
+    pub connections: usize,
+    pub failures: Vec<Failure>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Failure {
+    pub play: String,
+    pub task: String,
+    pub place: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Change {
+    pub host: String,
+    pub play: String,
+    pub task: String,
+    pub summary: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub diff: Option<String>,
+}
+
+/// The result of a whole run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunResult {
+    pub success: bool,
+    pub check: bool,
+    pub duration_ms: u128,
+    pub hosts: BTreeMap<String, HostRecap>,
+    pub changes: Vec<Change>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<String>,
+}
+
+impl RunResult {
+    pub fn changed_total(&self) -> usize {
+        self.hosts.values().map(|host| host.changed).sum()
+    }
+}
+
+pub struct Reporter {
+    quiet: bool,
+    secrets: Vec<String>,
+    started: Instant,
+    state: Mutex<(BTreeMap<String, HostRecap>, Vec<Change>)>,
+}
+
+impl Reporter {
+    pub fn new(
+        quiet: bool,
+        secrets: Vec<String>,
+        hosts: impl IntoIterator<Item = String>,
+    ) -> Reporter {
+        let recaps = hosts
+            .into_iter()
+            .map(|host| (host, HostRecap::default()))
+            .collect();
+        Reporter {
+            quiet,
+            secrets,
+            started: Instant::now(),
+            state: Mutex::new((recaps, Vec::new())),
+        }
+    }
+
+    /// `text` with every secret replaced by `********`.
+    pub fn mask(&self, text: &str) -> String {
+        self.secrets
+            .iter()
+            .filter(|secret| !secret.is_empty())
+            .fold(text.to_string(), |text, secret| {
+                text.replace(secret.as_str(), "********")
+            })
+    }
+
+    fn line(&self, text: &str) {
+        if !self.quiet {
+            eprintln!("{}", self.mask(text));
+        }
+    }
+
+    pub fn play(&self, name: &str, hosts: &[String]) {
+        self.line(&format!("\nPLAY {name} [{}]", hosts.join(", ")));
+    }
+
+    pub fn connected(&self, host: &str) {
+        self.with(host, |recap| recap.connections += 1);
+    }
+
+    pub fn task(
+        &self,
+        host: &str,
+        play: &str,
+        task: &str,
+        status: Status,
+        detail: &str,
+        diff: Option<String>,
+    ) {
+        let label = match status {
+            Status::Ok => "ok",
+            Status::Changed => "changed",
+            Status::Skipped => "skipped",
+            Status::Failed => "FAILED",
+            Status::Unreachable => "UNREACHABLE",
+        };
+        self.line(&format!("  {host:<10} {label:<8} {task}: {detail}"));
+        if let Some(diff) = &diff {
+            self.line(diff.trim_end());
+        }
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if status == Status::Changed {
+            state.1.push(Change {
+                host: host.into(),
+                play: play.into(),
+                task: task.into(),
+                summary: self.mask(detail),
+                diff: diff.map(|diff| self.mask(&diff)),
+            });
+        }
+        let recap = state.0.entry(host.to_string()).or_default();
+        match status {
+            Status::Ok => recap.ok += 1,
+            Status::Changed => recap.changed += 1,
+            Status::Skipped => recap.skipped += 1,
+            Status::Failed => recap.failed += 1,
+            Status::Unreachable => recap.unreachable += 1,
+        }
+    }
+
+    pub fn failure(&self, host: &str, failure: Failure) {
+        let failure = Failure {
+            message: self.mask(&failure.message),
+            ..failure
+        };
+        self.with(host, |recap| recap.failures.push(failure));
+    }
+
+    fn with(&self, host: &str, change: impl FnOnce(&mut HostRecap)) {
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        change(state.0.entry(host.to_string()).or_default());
+    }
+
+    /// The final result; also prints the recap unless quiet.
+    pub fn finish(&self, check: bool, stopped: Option<String>) -> RunResult {
+        let state = self
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (hosts, changes) = state.clone();
+        let success = stopped.is_none()
+            && hosts
+                .values()
+                .all(|host| host.failed == 0 && host.unreachable == 0);
+        let result = RunResult {
+            success,
+            check,
+            duration_ms: self.started.elapsed().as_millis(),
+            hosts,
+            changes,
+            stopped,
+        };
+        if !self.quiet {
+            eprintln!(
+                "\nRECAP{}",
+                if check {
+                    " (check mode: nothing was changed)"
+                } else {
+                    ""
+                }
+            );
+            for (host, recap) in &result.hosts {
+                eprintln!(
+                    "  {host:<10} ok={:<3} changed={:<3} skipped={:<3} failed={:<3} unreachable={}",
+                    recap.ok, recap.changed, recap.skipped, recap.failed, recap.unreachable
+                );
+                for failure in &recap.failures {
+                    eprintln!(
+                        "    failed: {} ({}) in play `{}`\n      {}",
+                        failure.task,
+                        failure.place,
+                        failure.play,
+                        failure.message.replace('\n', "\n      ")
+                    );
+                }
+            }
+            if let Some(reason) = &result.stopped {
+                eprintln!("  rollout stopped: {reason}");
+            }
+            eprintln!(
+                "  {} changed in {:.1} s",
+                result.changed_total(),
+                result.duration_ms as f64 / 1000.0
+            );
+        }
+        result
+    }
+}

@@ -1,0 +1,722 @@
+//! Running a playbook: host selection, `serial` batches bounded by `--forks`, one SSH
+//! connection per host for the whole run, facts gathered once and re-gathered only after a
+//! change, plan-then-apply per task, handlers at the end of each play.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::{OnceCell, Semaphore};
+
+use super::facts::{self, Facts, Probe};
+use super::modules::{self, Action, Plan, Planner};
+use super::playbook::{Batch, Play, Playbook, Task};
+use super::report::{Failure, Reporter, RunResult, Status};
+use crate::error::UserError;
+use crate::inventory::{Inventory, Node, Role, Secrets};
+use crate::render::{self, Renderer};
+use crate::ssh::{RemoteCommand, Session, SshTarget};
+
+/// How to run.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub check: bool,
+    pub diff: bool,
+    pub limit: Option<String>,
+    pub forks: usize,
+    pub accept_new_host_keys: bool,
+    pub quiet: bool,
+}
+
+/// One SSH session per host, opened on first use and kept for the run.
+pub struct Connections {
+    inventory: Arc<Inventory>,
+    accept_new_host_keys: bool,
+    sessions: HashMap<String, OnceCell<Result<Arc<Session>, String>>>,
+}
+
+impl Connections {
+    pub fn new(inventory: Arc<Inventory>, accept_new_host_keys: bool) -> Connections {
+        let sessions = inventory
+            .nodes
+            .iter()
+            .map(|node| (node.name.clone(), OnceCell::new()))
+            .collect();
+        Connections {
+            inventory,
+            accept_new_host_keys,
+            sessions,
+        }
+    }
+
+    pub fn target(&self, node: &Node) -> SshTarget {
+        SshTarget {
+            host: node.address.to_string(),
+            port: self.inventory.ssh.port,
+            user: self.inventory.ssh.user.clone(),
+            identity_file: self.inventory.ssh.identity_file.clone(),
+            known_hosts: self.inventory.ssh.known_hosts.clone(),
+            accept_new_host_keys: self.accept_new_host_keys,
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// The host's session; `Err` with the reason when it is unreachable (remembered for the run).
+    pub async fn get(&self, node: &Node, reporter: &Reporter) -> Result<Arc<Session>, String> {
+        let cell = &self.sessions[&node.name];
+        cell.get_or_init(|| async {
+            let session = Session::connect(&self.target(node))
+                .await
+                .map_err(|error| format!("{error:#}"))?;
+            reporter.connected(&node.name);
+            Ok(Arc::new(session))
+        })
+        .await
+        .clone()
+    }
+
+    pub async fn close(&self) {
+        for cell in self.sessions.values() {
+            if let Some(Ok(session)) = cell.get() {
+                session.close().await;
+            }
+        }
+    }
+}
+
+/// Hosts matching `pattern`: `all`, a role, a node name, a glob with `*`, `role[0]`,
+/// `role[1:]`, or a comma-separated list. Unknown names are an error, not an empty match.
+pub fn select<'a>(inventory: &'a Inventory, pattern: &str) -> Result<Vec<&'a Node>, String> {
+    let mut chosen: Vec<&Node> = Vec::new();
+    for part in pattern
+        .split(',')
+        .map(str::trim)
+        .filter(|part| !part.is_empty())
+    {
+        let (base, slice) = match part.split_once('[') {
+            Some((base, rest)) => (base, Some(rest.trim_end_matches(']'))),
+            None => (part, None),
+        };
+        let mut matched: Vec<&Node> = if base == "all" {
+            inventory.nodes.iter().collect()
+        } else if let Some(role) = Role::ALL.into_iter().find(|role| role.name() == base) {
+            inventory.nodes_with(role).collect()
+        } else if base.contains('*') {
+            inventory
+                .nodes
+                .iter()
+                .filter(|node| glob(base, &node.name))
+                .collect()
+        } else {
+            inventory
+                .nodes
+                .iter()
+                .filter(|node| node.name == base)
+                .collect()
+        };
+        if matched.is_empty()
+            && !base.contains('*')
+            && base != "all"
+            && Role::ALL.iter().all(|role| role.name() != base)
+        {
+            let names: Vec<&str> = inventory
+                .nodes
+                .iter()
+                .map(|node| node.name.as_str())
+                .collect();
+            return Err(format!(
+                "`{base}` is neither a node, a role nor `all` (nodes: {})",
+                names.join(", ")
+            ));
+        }
+        if let Some(slice) = slice {
+            matched = apply_slice(matched, slice).ok_or_else(|| {
+                format!("`[{slice}]` is not an index like `[0]` or a range like `[1:]`")
+            })?;
+        }
+        for node in matched {
+            if !chosen.iter().any(|known| known.name == node.name) {
+                chosen.push(node);
+            }
+        }
+    }
+    Ok(chosen)
+}
+
+fn apply_slice<'a>(nodes: Vec<&'a Node>, slice: &str) -> Option<Vec<&'a Node>> {
+    match slice.split_once(':') {
+        None => {
+            let index: usize = slice.trim().parse().ok()?;
+            Some(nodes.get(index).copied().into_iter().collect())
+        }
+        Some((start, end)) => {
+            let start: usize = if start.trim().is_empty() {
+                0
+            } else {
+                start.trim().parse().ok()?
+            };
+            let end: usize = if end.trim().is_empty() {
+                nodes.len()
+            } else {
+                end.trim().parse().ok()?
+            };
+            Some(
+                nodes
+                    .into_iter()
+                    .skip(start)
+                    .take(end.saturating_sub(start))
+                    .collect(),
+            )
+        }
+    }
+}
+
+fn glob(pattern: &str, name: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    let mut rest = name;
+    for (index, part) in parts.iter().enumerate() {
+        if index == 0 {
+            let Some(after) = rest.strip_prefix(part) else {
+                return false;
+            };
+            rest = after;
+        } else if index == parts.len() - 1 {
+            return rest.ends_with(part);
+        } else {
+            let Some(at) = rest.find(part) else {
+                return false;
+            };
+            rest = &rest[at + part.len()..];
+        }
+    }
+    rest.is_empty()
+}
+
+/// Split `hosts` into `serial` batches; the last size repeats until every host is placed.
+pub fn batches<T: Clone>(hosts: &[T], serial: &[Batch]) -> Vec<Vec<T>> {
+    let size_of = |batch: &Batch| match *batch {
+        Batch::Count(count) => count.max(1),
+        Batch::Percent(percent) => ((hosts.len() * percent as usize) / 100).max(1),
+    };
+    let mut result = Vec::new();
+    let mut index = 0;
+    let mut step = 0;
+    while index < hosts.len() {
+        let size = size_of(&serial[step.min(serial.len() - 1)]);
+        result.push(hosts[index..(index + size).min(hosts.len())].to_vec());
+        index += size;
+        step += 1;
+    }
+    result
+}
+
+/// Whether a batch's failures stop the rollout: more than `max_fail_percentage` percent of the
+/// batch failed, i.e. `failed * 100 > max_fail_percentage * batch_size`. With the default 0,
+/// any failure stops later batches.
+pub fn batch_exceeds(failed: usize, batch_size: usize, max_fail_percentage: u32) -> bool {
+    failed * 100 > max_fail_percentage as usize * batch_size
+}
+
+/// Everything a run shares across hosts.
+pub struct Run {
+    pub inventory: Arc<Inventory>,
+    pub secrets: Arc<Secrets>,
+    pub renderer: Arc<Renderer>,
+    pub connections: Arc<Connections>,
+    pub reporter: Arc<Reporter>,
+    pub options: RunOptions,
+}
+
+impl Run {
+    pub fn new(
+        inventory: Inventory,
+        secrets: Secrets,
+        renderer: Renderer,
+        options: RunOptions,
+    ) -> Run {
+        let inventory = Arc::new(inventory);
+        let secret_values = secrets
+            .values()
+            .iter()
+            .map(|value| value.to_string())
+            .collect();
+        let reporter = Arc::new(Reporter::new(options.quiet, secret_values, Vec::new()));
+        Run {
+            connections: Arc::new(Connections::new(
+                inventory.clone(),
+                options.accept_new_host_keys,
+            )),
+            inventory,
+            secrets: Arc::new(secrets),
+            renderer: Arc::new(renderer),
+            reporter,
+            options,
+        }
+    }
+
+    /// Check that every play's host pattern and the limit select known hosts, before any
+    /// connection is made.
+    pub fn check_patterns(&self, playbook: &Playbook) -> Result<(), UserError> {
+        for play in &playbook.plays {
+            select(&self.inventory, &play.hosts)
+                .map_err(|message| UserError(format!("play `{}`: hosts: {message}", play.name)))?;
+        }
+        if let Some(limit) = &self.options.limit {
+            select(&self.inventory, limit).map_err(|message| {
+                UserError(format!(
+                    "--limit: {message}\nhint: a node name, a role, a glob or a comma list"
+                ))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Run every play; per-host failures are collected, and a host that failed takes no part
+    /// in later plays.
+    pub async fn run(&self, playbook: &Playbook) -> RunResult {
+        let limit: Option<Vec<String>> = self
+            .options
+            .limit
+            .as_ref()
+            .and_then(|limit| select(&self.inventory, limit).ok())
+            .map(|nodes| nodes.iter().map(|node| node.name.clone()).collect());
+        let mut failed_hosts: Vec<String> = Vec::new();
+        let mut stopped = None;
+        let mut registered: HashMap<String, BTreeMap<String, minijinja::Value>> = HashMap::new();
+        'plays: for play in &playbook.plays {
+            let hosts: Vec<String> = select(&self.inventory, &play.hosts)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|node| node.name.clone())
+                .filter(|name| limit.as_ref().is_none_or(|limit| limit.contains(name)))
+                .filter(|name| !failed_hosts.contains(name))
+                .collect();
+            if hosts.is_empty() {
+                continue;
+            }
+            self.reporter.play(&play.name, &hosts);
+            for batch in batches(&hosts, &play.serial) {
+                let semaphore = Arc::new(Semaphore::new(self.options.forks.max(1)));
+                let mut handles = Vec::new();
+                for host in &batch {
+                    let play = play.clone();
+                    let host = host.clone();
+                    let semaphore = semaphore.clone();
+                    let vars = registered.remove(&host).unwrap_or_default();
+                    let this = self.clone_handles();
+                    handles.push(tokio::spawn(async move {
+                        let _permit = semaphore.acquire_owned().await;
+                        let mut vars = vars;
+                        let ok = this.run_host(&play, &host, &mut vars).await;
+                        (host, ok, vars)
+                    }));
+                }
+                let mut failed = 0;
+                for handle in handles {
+                    match handle.await {
+                        Ok((host, ok, vars)) => {
+                            registered.insert(host.clone(), vars);
+                            if !ok {
+                                failed += 1;
+                                failed_hosts.push(host);
+                            }
+                        }
+                        Err(error) => {
+                            failed += 1;
+                            stopped = Some(format!("a host worker crashed: {error}"));
+                        }
+                    }
+                }
+                if failed > 0 && batch_exceeds(failed, batch.len(), play.max_fail_percentage) {
+                    stopped = Some(format!(
+                        "play `{}`: {failed} of {} hosts in the batch failed (max_fail_percentage {})",
+                        play.name,
+                        batch.len(),
+                        play.max_fail_percentage
+                    ));
+                    break 'plays;
+                }
+            }
+        }
+        self.connections.close().await;
+        self.reporter.finish(self.options.check, stopped)
+    }
+
+    fn clone_handles(&self) -> Run {
+        Run {
+            inventory: self.inventory.clone(),
+            secrets: self.secrets.clone(),
+            renderer: self.renderer.clone(),
+            connections: self.connections.clone(),
+            reporter: self.reporter.clone(),
+            options: self.options.clone(),
+        }
+    }
+
+    /// One play on one host; false when the host failed or was unreachable.
+    async fn run_host(
+        &self,
+        play: &Play,
+        host: &str,
+        vars: &mut BTreeMap<String, minijinja::Value>,
+    ) -> bool {
+        let Some(node) = self.inventory.node(host) else {
+            return false;
+        };
+        let session = match self.connections.get(node, &self.reporter).await {
+            Ok(session) => session,
+            Err(reason) => {
+                self.reporter.task(
+                    host,
+                    &play.name,
+                    "connect",
+                    Status::Unreachable,
+                    &reason,
+                    None,
+                );
+                self.reporter.failure(
+                    host,
+                    Failure {
+                        play: play.name.clone(),
+                        task: "connect".into(),
+                        place: String::new(),
+                        message: reason,
+                    },
+                );
+                return false;
+            }
+        };
+        let mut state = HostState {
+            facts: None,
+            probe: Probe::default(),
+            daemon_reload: false,
+        };
+        // Gather what every task will read in the first round trip (best effort: arguments
+        // that depend on registered values are added when their task comes).
+        let base = render::context(&self.inventory, &self.secrets, node);
+        let planner = Planner {
+            renderer: &self.renderer,
+            context: &base,
+        };
+        for task in play.tasks.iter().chain(&play.handlers) {
+            let _ = planner.wants(&task.module, &mut state.probe);
+        }
+        let mut notified: Vec<String> = Vec::new();
+        for task in &play.tasks {
+            match self
+                .run_task(&session, play, node, task, &mut state, vars)
+                .await
+            {
+                Ok(changed) => {
+                    if changed {
+                        for handler in &task.notify {
+                            if !notified.contains(handler) {
+                                notified.push(handler.clone());
+                            }
+                        }
+                    }
+                }
+                Err(error) => {
+                    let message = format!("{error:#}");
+                    self.reporter.task(
+                        host,
+                        &play.name,
+                        &task.name,
+                        Status::Failed,
+                        &message,
+                        None,
+                    );
+                    self.reporter.failure(
+                        host,
+                        Failure {
+                            play: play.name.clone(),
+                            task: task.name.clone(),
+                            place: task.place.clone(),
+                            message,
+                        },
+                    );
+                    return false;
+                }
+            }
+        }
+        for handler in play
+            .handlers
+            .iter()
+            .filter(|handler| notified.contains(&handler.name))
+        {
+            if let Err(error) = self
+                .run_task(&session, play, node, handler, &mut state, vars)
+                .await
+            {
+                let message = format!("{error:#}");
+                self.reporter.task(
+                    host,
+                    &play.name,
+                    &handler.name,
+                    Status::Failed,
+                    &message,
+                    None,
+                );
+                self.reporter.failure(
+                    host,
+                    Failure {
+                        play: play.name.clone(),
+                        task: handler.name.clone(),
+                        place: handler.place.clone(),
+                        message,
+                    },
+                );
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Plan and (unless `--check`) apply one task; returns whether it changed the host.
+    async fn run_task(
+        &self,
+        session: &Session,
+        play: &Play,
+        node: &Node,
+        task: &Task,
+        state: &mut HostState,
+        vars: &mut BTreeMap<String, minijinja::Value>,
+    ) -> anyhow::Result<bool> {
+        let host = node.name.as_str();
+        let base = render::context(&self.inventory, &self.secrets, node);
+        let context_without_facts =
+            minijinja::context! { ..minijinja::Value::from_serialize(&*vars), ..base.clone() };
+        let planner = Planner {
+            renderer: &self.renderer,
+            context: &context_without_facts,
+        };
+        let mut wanted = Probe::default();
+        planner.wants(&task.module, &mut wanted)?;
+        let missing = wanted
+            .units
+            .iter()
+            .any(|unit| !state.probe.units.contains(unit))
+            || wanted
+                .paths
+                .iter()
+                .any(|path| !state.probe.paths.contains(path));
+        if missing || state.facts.is_none() {
+            state.probe.units.extend(wanted.units);
+            state.probe.paths.extend(wanted.paths);
+            state.facts = Some(gather(session, &state.probe).await?);
+        }
+        let facts = state.facts.as_ref().expect("facts were just gathered");
+        let context = minijinja::context! { facts => minijinja::Value::from_serialize(facts), ..context_without_facts };
+        if let Some(when) = &task.when {
+            if !self.renderer.evaluate(when, &context)? {
+                self.reporter.task(
+                    host,
+                    &play.name,
+                    &task.name,
+                    Status::Skipped,
+                    &format!("condition `{when}` is false"),
+                    None,
+                );
+                return Ok(false);
+            }
+        }
+        let planner = Planner {
+            renderer: &self.renderer,
+            context: &context,
+        };
+        let plan = planner.plan(&task.module, facts)?;
+        let (summary, action, changes) = match plan {
+            Plan::NoChange(reason) => {
+                self.reporter.task(
+                    host,
+                    &play.name,
+                    &task.name,
+                    Status::Ok,
+                    &format!("no change: {reason}"),
+                    None,
+                );
+                if let Some(name) = &task.register {
+                    vars.insert(name.clone(), minijinja::context! { changed => false, skipped => false, rc => 0, stdout => "", stderr => "" });
+                }
+                return Ok(false);
+            }
+            Plan::Act {
+                summary,
+                action,
+                changes,
+            } => (summary, action, changes),
+        };
+        if self.options.check {
+            let diff = if self.options.diff {
+                self.diff(session, &action).await
+            } else {
+                None
+            };
+            let status = if changes {
+                Status::Changed
+            } else {
+                Status::Skipped
+            };
+            self.reporter.task(
+                host,
+                &play.name,
+                &task.name,
+                status,
+                &format!("would {summary}"),
+                diff,
+            );
+            return Ok(changes);
+        }
+        let diff = if self.options.diff && changes {
+            self.diff(session, &action).await
+        } else {
+            None
+        };
+        if matches!(action, Action::Systemctl { .. }) && state.daemon_reload {
+            let output = session
+                .run(&RemoteCommand::argv(["systemctl", "daemon-reload"]).as_root())
+                .await?;
+            anyhow::ensure!(
+                output.success(),
+                "`systemctl daemon-reload` failed: {}",
+                output.stderr_text()
+            );
+            state.daemon_reload = false;
+        }
+        let output = modules::apply(session, &action)
+            .await
+            .with_context(|| format!("{} ({})", task.name, task.place))?;
+        if modules::writes_unit_file(&action) {
+            state.daemon_reload = true;
+        }
+        if changes {
+            state.facts = None;
+        }
+        let status = if changes { Status::Changed } else { Status::Ok };
+        self.reporter
+            .task(host, &play.name, &task.name, status, &summary, diff);
+        if let Some(name) = &task.register {
+            let (rc, stdout, stderr) = output
+                .map(|output| {
+                    (
+                        output.exit_code.unwrap_or(-1),
+                        output.stdout_text(),
+                        output.stderr_text(),
+                    )
+                })
+                .unwrap_or((0, String::new(), String::new()));
+            vars.insert(name.clone(), minijinja::context! { changed => changes, skipped => false, rc => rc, stdout => stdout.trim_end(), stderr => stderr });
+        }
+        Ok(changes)
+    }
+
+    /// A unified diff for a planned file write (secrets masked), reading the current file.
+    async fn diff(&self, session: &Session, action: &Action) -> Option<String> {
+        let Action::WriteFile { upload, .. } = action else {
+            return None;
+        };
+        let old = session
+            .run(
+                &RemoteCommand::script("cat -- \"$1\" 2>/dev/null || true")
+                    .arg(upload.path.clone())
+                    .as_root(),
+            )
+            .await
+            .map(|output| output.stdout_text())
+            .unwrap_or_default();
+        let new = String::from_utf8_lossy(&upload.contents);
+        Some(modules::file_diff(
+            &upload.path,
+            &old,
+            &new,
+            &self.secrets.values(),
+        ))
+    }
+}
+
+struct HostState {
+    /// `None` once a change made the facts stale.
+    facts: Option<Facts>,
+    probe: Probe,
+    daemon_reload: bool,
+}
+
+async fn gather(session: &Session, probe: &Probe) -> anyhow::Result<Facts> {
+    let output = session
+        .run(&probe.command())
+        .await
+        .context("cannot gather facts")?;
+    anyhow::ensure!(
+        output.success(),
+        "gathering facts failed with {}: {}",
+        output.status(),
+        modules::tail(&output.stderr_text())
+    );
+    Ok(facts::parse(&output.stdout_text()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inventory() -> Inventory {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("inventories/example.yml");
+        Inventory::load(&path).unwrap()
+    }
+
+    fn names(nodes: Vec<&Node>) -> Vec<&str> {
+        nodes.iter().map(|node| node.name.as_str()).collect()
+    }
+
+    #[test]
+    fn selects_by_role_name_glob_slice_and_list() {
+        let inventory = inventory();
+        assert_eq!(
+            names(select(&inventory, "all").unwrap()),
+            ["pg-a", "pg-b", "pg-c"]
+        );
+        assert_eq!(names(select(&inventory, "postgres[0]").unwrap()), ["pg-a"]);
+        assert_eq!(
+            names(select(&inventory, "postgres[1:]").unwrap()),
+            ["pg-b", "pg-c"]
+        );
+        assert_eq!(
+            names(select(&inventory, "pg-c, pg-a").unwrap()),
+            ["pg-c", "pg-a"]
+        );
+        assert_eq!(names(select(&inventory, "pg-*").unwrap()).len(), 3);
+        assert!(select(&inventory, "pg-x*").unwrap().is_empty());
+        assert!(select(&inventory, "nosuch")
+            .unwrap_err()
+            .contains("neither a node"));
+        assert!(select(&inventory, "etcd[x]").is_err());
+    }
+
+    #[test]
+    fn batches_follow_serial_and_repeat_the_last_size() {
+        let hosts = [1, 2, 3, 4, 5];
+        assert_eq!(
+            batches(&hosts, &[Batch::Count(1)]),
+            vec![vec![1], vec![2], vec![3], vec![4], vec![5]]
+        );
+        assert_eq!(
+            batches(&hosts, &[Batch::Count(1), Batch::Percent(50)]),
+            vec![vec![1], vec![2, 3], vec![4, 5]]
+        );
+        assert_eq!(
+            batches(&hosts, &[Batch::Percent(100)]),
+            vec![vec![1, 2, 3, 4, 5]]
+        );
+        assert_eq!(batches(&hosts, &[Batch::Percent(10)]).len(), 5);
+    }
+
+    #[test]
+    fn failure_threshold_arithmetic() {
+        assert!(batch_exceeds(1, 3, 0));
+        assert!(!batch_exceeds(1, 3, 34));
+        assert!(batch_exceeds(2, 3, 34));
+        assert!(!batch_exceeds(0, 3, 0));
+        assert!(!batch_exceeds(1, 2, 50));
+    }
+}
