@@ -869,7 +869,7 @@ mod tests {
             &["old-secret", "new-secret"],
         );
         assert!(
-            diff.contains("-password: ********") && diff.contains("+x: 2"),
+            diff.contains(" password: ********") && diff.contains("+x: 2"),
             "{diff}"
         );
         assert!(
