@@ -20,4 +20,5 @@ pub mod inventory;
 pub mod lab;
 pub mod render;
 pub mod ssh;
+pub mod wheels;
 pub mod yaml_position;

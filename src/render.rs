@@ -368,6 +368,25 @@ fn postgresql_parameters(inventory: &Inventory) -> BTreeMap<String, Parameter> {
     parameters
 }
 
+/// The Debian packages `node` needs for its roles.
+pub fn packages(inventory: &Inventory, node: &Node) -> Vec<String> {
+    let mut packages = Vec::new();
+    if node.has(Role::Etcd) {
+        packages.extend(["etcd-server".to_string(), "etcd-client".to_string()]);
+    }
+    if node.has(Role::Postgres) {
+        packages.push(format!("postgresql-{}", inventory.cluster.postgres_version));
+        packages.push("python3-venv".to_string());
+    }
+    if node.has(Role::Haproxy) {
+        packages.push("haproxy".to_string());
+    }
+    if node.has(Role::Keepalived) && inventory.cluster.vip.is_some() {
+        packages.push("keepalived".to_string());
+    }
+    packages
+}
+
 /// The variables every template and task expression sees for `node`.
 pub fn context(inventory: &Inventory, secrets: &Secrets, node: &Node) -> minijinja::Value {
     let keepalived_nodes: Vec<&Node> = inventory.nodes_with(Role::Keepalived).collect();
@@ -392,6 +411,8 @@ pub fn context(inventory: &Inventory, secrets: &Secrets, node: &Node) -> minijin
         postgres_nodes => inventory.nodes_with(Role::Postgres).collect::<Vec<_>>(),
         keepalived => keepalived,
         postgresql_parameters => postgresql_parameters(inventory),
+        packages => packages(inventory, node),
+        vip_address => inventory.cluster.vip.map(|vip| vip.address.to_string()),
         secrets => secrets,
     }
 }

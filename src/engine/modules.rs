@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use anyhow::{bail, Context};
 
 use super::facts::{unit_key, Facts, FileFact, Probe};
-use super::playbook::{FileState, Module, PackageState, ServiceState};
+use super::playbook::{ChangedWhen, FileState, Module, PackageState, ServiceState};
 use crate::render::{self, Renderer};
 use crate::ssh::{sha256_hex, CommandOutput, RemoteCommand, Session, Upload};
 
@@ -33,10 +33,12 @@ pub enum Action {
     Packages {
         install: Vec<String>,
         remove: Vec<String>,
+        policy_rc_d: Option<u8>,
     },
     WriteFile {
         upload: Upload,
         secret: bool,
+        validate: Option<String>,
     },
     Directory {
         path: String,
@@ -53,6 +55,7 @@ pub enum Action {
     Command {
         cmd: String,
         stdin: Option<String>,
+        changed_when: Option<String>,
     },
     WaitFor {
         script: String,
@@ -139,12 +142,11 @@ impl Planner<'_> {
     pub fn plan(&self, module: &Module, facts: &Facts) -> anyhow::Result<Plan> {
         Ok(match module {
             Module::Package(args) => {
-                let names: Vec<String> = args
-                    .name
-                    .to_vec()
-                    .iter()
-                    .map(|name| self.text(name))
-                    .collect::<Result<_, _>>()?;
+                // A rendered name may expand to several (`"{{ packages | join(' ') }}"`).
+                let mut names: Vec<String> = Vec::new();
+                for name in args.name.to_vec() {
+                    names.extend(self.text(&name)?.split_whitespace().map(str::to_string));
+                }
                 let (install, remove) = match args.state {
                     PackageState::Present => (
                         names
@@ -182,7 +184,11 @@ impl Planner<'_> {
                         .join("; ");
                     Plan::Act {
                         summary,
-                        action: Action::Packages { install, remove },
+                        action: Action::Packages {
+                            install,
+                            remove,
+                            policy_rc_d: args.policy_rc_d,
+                        },
                         changes: true,
                     }
                 }
@@ -190,6 +196,11 @@ impl Planner<'_> {
             Module::Template(args) => {
                 let (dest, owner, group, mode, secret) = self.template_target(args)?;
                 let contents = self.renderer.render_template(&args.src, self.context)?;
+                let validate = args
+                    .validate
+                    .as_ref()
+                    .map(|text| self.text(text))
+                    .transpose()?;
                 file_plan(
                     Upload {
                         path: dest,
@@ -199,6 +210,7 @@ impl Planner<'_> {
                         mode,
                     },
                     secret,
+                    validate,
                     facts,
                 )
             }
@@ -223,6 +235,7 @@ impl Planner<'_> {
                         mode,
                     },
                     false,
+                    None,
                     facts,
                 )
             }
@@ -360,14 +373,26 @@ impl Planner<'_> {
                     .as_ref()
                     .map(|text| self.text(text))
                     .transpose()?;
+                let (changes, changed_when) = match &args.changed_when {
+                    None => (true, None),
+                    Some(ChangedWhen::Always(flag)) => (*flag, None),
+                    Some(ChangedWhen::Expression(expression)) => (true, Some(expression.clone())),
+                };
                 Plan::Act {
                     summary: format!("run `{}`", first_line(&cmd)),
-                    action: Action::Command { cmd, stdin },
-                    changes: args.changed_when.unwrap_or(true),
+                    action: Action::Command {
+                        cmd,
+                        stdin,
+                        changed_when,
+                    },
+                    changes,
                 }
             }
             Module::WaitFor(args) => {
-                let (script, what) = if let Some(port) = args.port {
+                let (script, what) = if let Some(port) = &args.port {
+                    let port: u16 = self.text(&port.as_text())?.trim().parse().map_err(|_| {
+                        anyhow::anyhow!("`wait_for` port `{}` is not a port number", port.as_text())
+                    })?;
                     let host = args
                         .host
                         .as_ref()
@@ -375,7 +400,10 @@ impl Planner<'_> {
                         .transpose()?
                         .unwrap_or_else(|| "127.0.0.1".into());
                     (
-                        format!("bash -c 'exec 3<>/dev/tcp/{host}/{port}' 2>/dev/null"),
+                        format!(
+                            "bash -c {} 2>/dev/null",
+                            crate::ssh::shell_quote(&format!("exec 3<>/dev/tcp/{host}/{port}"))
+                        ),
                         format!("port {host}:{port}"),
                     )
                 } else if let Some(url) = &args.http {
@@ -439,7 +467,7 @@ fn package_satisfied(spec: &str, facts: &Facts) -> bool {
     }
 }
 
-fn file_plan(upload: Upload, secret: bool, facts: &Facts) -> Plan {
+fn file_plan(upload: Upload, secret: bool, validate: Option<String>, facts: &Facts) -> Plan {
     let sha256 = sha256_hex(&upload.contents);
     let mut reasons = Vec::new();
     match facts.files.get(&upload.path) {
@@ -466,7 +494,11 @@ fn file_plan(upload: Upload, secret: bool, facts: &Facts) -> Plan {
     } else {
         Plan::Act {
             summary: format!("write `{}` ({})", upload.path, reasons.join(", ")),
-            action: Action::WriteFile { upload, secret },
+            action: Action::WriteFile {
+                upload,
+                secret,
+                validate,
+            },
             changes: true,
         }
     }
@@ -497,8 +529,18 @@ pub fn file_diff(path: &str, old: &str, new: &str, secrets: &[&str]) -> String {
 /// Perform `action`; returns the command's output for `register` where there is one.
 pub async fn apply(session: &Session, action: &Action) -> anyhow::Result<Option<CommandOutput>> {
     match action {
-        Action::Packages { install, remove } => {
+        Action::Packages {
+            install,
+            remove,
+            policy_rc_d,
+        } => {
             let mut script = String::from("export DEBIAN_FRONTEND=noninteractive\n");
+            if let Some(code) = policy_rc_d {
+                // Only ours is removed again: an existing policy file is left as it is.
+                script.push_str(&format!(
+                    "if [ ! -e /usr/sbin/policy-rc.d ]; then printf '#!/bin/sh\\nexit {code}\\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && trap 'rm -f /usr/sbin/policy-rc.d' EXIT; fi\n"
+                ));
+            }
             if !install.is_empty() {
                 script.push_str("apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends -o Dpkg::Options::=--force-confold \"$@\"\n");
             }
@@ -521,7 +563,9 @@ pub async fn apply(session: &Session, action: &Action) -> anyhow::Result<Option<
             }
             Ok(None)
         }
-        Action::WriteFile { upload, .. } => {
+        Action::WriteFile {
+            upload, validate, ..
+        } => {
             let parent = upload
                 .path
                 .rsplit_once('/')
@@ -533,10 +577,43 @@ pub async fn apply(session: &Session, action: &Action) -> anyhow::Result<Option<
                 RemoteCommand::argv(["mkdir", "-p", parent]).as_root(),
             )
             .await?;
+            let Some(validate) = validate else {
+                session
+                    .upload(upload)
+                    .await
+                    .with_context(|| format!("cannot write `{}`", upload.path))?;
+                return Ok(None);
+            };
+            // Write the candidate beside the target, let the program check it, and only then
+            // rename it into place: a refused file never replaces a working one.
+            let candidate = Upload {
+                path: format!("{}.pgha-candidate", upload.path),
+                ..upload.clone()
+            };
             session
-                .upload(upload)
+                .upload(&candidate)
                 .await
-                .with_context(|| format!("cannot write `{}`", upload.path))?;
+                .with_context(|| format!("cannot write `{}`", candidate.path))?;
+            let check = validate.replace("%s", &crate::ssh::shell_quote(&candidate.path));
+            let output = session
+                .run(&RemoteCommand::script(check.clone()).as_root())
+                .await?;
+            if !output.success() {
+                let _ = session
+                    .run(&RemoteCommand::argv(["rm", "-f", &candidate.path]).as_root())
+                    .await;
+                bail!(
+                    "`{check}` refused the new `{}` ({}):\n{}",
+                    upload.path,
+                    output.status(),
+                    tail(&format!("{}{}", output.stdout_text(), output.stderr_text()))
+                );
+            }
+            checked(
+                session,
+                RemoteCommand::argv(["mv", "-f", &candidate.path, &upload.path]).as_root(),
+            )
+            .await?;
             Ok(None)
         }
         Action::Directory {
@@ -584,7 +661,7 @@ pub async fn apply(session: &Session, action: &Action) -> anyhow::Result<Option<
             }
             Ok(None)
         }
-        Action::Command { cmd, stdin } => {
+        Action::Command { cmd, stdin, .. } => {
             let mut command = RemoteCommand::script(cmd.clone()).as_root();
             if let Some(stdin) = stdin {
                 command = command.stdin(stdin.clone().into_bytes());
@@ -773,7 +850,7 @@ mod tests {
     fn templates_default_to_their_standard_place() {
         match plan("template: {src: patroni.yml.j2}", &Facts::default()) {
             Plan::Act {
-                action: Action::WriteFile { upload, secret },
+                action: Action::WriteFile { upload, secret, .. },
                 ..
             } => {
                 assert_eq!(upload.path, "/etc/patroni/patroni.yml");

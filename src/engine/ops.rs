@@ -30,7 +30,20 @@ pub async fn run_playbook(request: PlaybookRequest) -> anyhow::Result<RunResult>
     let playbook = Playbook::load(&request.playbook, request.playbooks_dir.as_deref())?;
     let renderer = Renderer::new(request.templates_dir.as_deref())?;
     let secrets = Secrets::load_or_create(&inventory.cluster.secrets_file)?;
-    let run = Run::new(inventory, secrets, renderer, request.options);
+    // The deploy ships Patroni wheels; get them (once) before any host is touched.
+    let wheels_archive = if request.playbook == "deploy" {
+        crate::wheels::ensure_archive(&inventory.cluster.patroni_version)?
+            .display()
+            .to_string()
+    } else {
+        String::new()
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let control = minijinja::context! { time => now, wheels_archive => wheels_archive };
+    let run = Run::new(inventory, secrets, renderer, request.options).with_control(control);
     run.check_patterns(&playbook)?;
     Ok(run.run(&playbook).await)
 }

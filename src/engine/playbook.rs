@@ -146,6 +146,9 @@ pub struct PackageArgs {
     pub name: OneOrMany,
     #[serde(default)]
     pub state: PackageState,
+    /// Exit code for a temporary `/usr/sbin/policy-rc.d` while installing (101 = packages do
+    /// not start their services); removed again on every path out.
+    pub policy_rc_d: Option<u8>,
 }
 
 /// `template`: render one of pgha's templates; destination, owner, group and mode default to
@@ -154,6 +157,9 @@ pub struct PackageArgs {
 #[serde(deny_unknown_fields)]
 pub struct TemplateArgs {
     pub src: String,
+    /// A command that must accept the new file before it replaces the old one; `%s` is the
+    /// path of the new file (e.g. `haproxy -c -f %s`).
+    pub validate: Option<String>,
     pub dest: Option<String>,
     pub owner: Option<String>,
     pub group: Option<String>,
@@ -225,16 +231,43 @@ pub struct CommandArgs {
     pub cmd: String,
     pub creates: Option<String>,
     pub removes: Option<String>,
-    pub changed_when: Option<bool>,
+    /// `false` for a read-only command, or an expression over `rc`, `stdout` and `stderr`
+    /// deciding after the run (e.g. `"'patched' in stdout"`).
+    pub changed_when: Option<ChangedWhen>,
     /// Text fed on stdin (a template; secrets belong here, never in `cmd`).
     pub stdin: Option<String>,
+}
+
+/// A number or a text, read as text (so it can be a template).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Scalar {
+    Number(u64),
+    Text(String),
+}
+
+impl Scalar {
+    pub fn as_text(&self) -> String {
+        match self {
+            Scalar::Number(number) => number.to_string(),
+            Scalar::Text(text) => text.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum ChangedWhen {
+    Always(bool),
+    Expression(String),
 }
 
 /// `wait_for`: poll until a TCP port opens, an HTTP URL answers a status, or a command succeeds.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WaitForArgs {
-    pub port: Option<u16>,
+    /// A TCP port (a number, or a template rendering to one).
+    pub port: Option<Scalar>,
     pub host: Option<String>,
     pub http: Option<String>,
     pub status: Option<u16>,
@@ -470,12 +503,14 @@ fn parse_task(value: &Value, path: &str, place: &dyn Fn(&str) -> String) -> Resu
                 })?;
                 module = Some(parsed);
             }
-            unknown => return Err(format!(
+            unknown => {
+                return Err(format!(
                 "{}: unknown module or task key `{unknown}`\n  hint: modules: {}; task keys: {}",
                 place(&key_path),
                 MODULES.join(", "),
                 TASK_KEYS.join(", ")
-            )),
+            ))
+            }
         }
     }
     let Some(module) = module else {

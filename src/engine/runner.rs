@@ -226,6 +226,8 @@ pub struct Run {
     pub connections: Arc<Connections>,
     pub reporter: Arc<Reporter>,
     pub options: RunOptions,
+    /// Values about the control machine every task sees as `control` (time, local paths).
+    pub control: minijinja::Value,
 }
 
 impl Run {
@@ -252,7 +254,14 @@ impl Run {
             renderer: Arc::new(renderer),
             reporter,
             options,
+            control: minijinja::Value::UNDEFINED,
         }
+    }
+
+    /// Make `control` available to every task expression.
+    pub fn with_control(mut self, control: minijinja::Value) -> Run {
+        self.control = control;
+        self
     }
 
     /// Check that every play's host pattern and the limit select known hosts, before any
@@ -351,6 +360,7 @@ impl Run {
             connections: self.connections.clone(),
             reporter: self.reporter.clone(),
             options: self.options.clone(),
+            control: self.control.clone(),
         }
     }
 
@@ -394,7 +404,7 @@ impl Run {
         };
         // Gather what every task will read in the first round trip (best effort: arguments
         // that depend on registered values are added when their task comes).
-        let base = render::context(&self.inventory, &self.secrets, node);
+        let base = minijinja::context! { control => self.control.clone(), ..render::context(&self.inventory, &self.secrets, node) };
         let planner = Planner {
             renderer: &self.renderer,
             context: &base,
@@ -484,7 +494,7 @@ impl Run {
         vars: &mut BTreeMap<String, minijinja::Value>,
     ) -> anyhow::Result<bool> {
         let host = node.name.as_str();
-        let base = render::context(&self.inventory, &self.secrets, node);
+        let base = minijinja::context! { control => self.control.clone(), ..render::context(&self.inventory, &self.secrets, node) };
         let context_without_facts =
             minijinja::context! { ..minijinja::Value::from_serialize(&*vars), ..base.clone() };
         let planner = Planner {
@@ -590,6 +600,19 @@ impl Run {
         if modules::writes_unit_file(&action) {
             state.daemon_reload = true;
         }
+        let changes = match (&action, &output) {
+            (
+                Action::Command {
+                    changed_when: Some(expression),
+                    ..
+                },
+                Some(output),
+            ) => {
+                let result = minijinja::context! { rc => output.exit_code.unwrap_or(-1), stdout => output.stdout_text(), stderr => output.stderr_text() };
+                self.renderer.evaluate(expression, &result)?
+            }
+            _ => changes,
+        };
         if changes {
             state.facts = None;
         }
