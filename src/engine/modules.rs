@@ -542,7 +542,7 @@ pub async fn apply(session: &Session, action: &Action) -> anyhow::Result<Option<
                 ));
             }
             if !install.is_empty() {
-                script.push_str("apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends -o Dpkg::Options::=--force-confold \"$@\"\n");
+                script.push_str("# An earlier run cut off mid-install leaves dpkg half-configured: finish that first.\ndpkg --configure -a >/dev/null 2>&1 || true\napt-get -o DPkg::Lock::Timeout=120 update -q >/dev/null && apt-get -o DPkg::Lock::Timeout=120 install -y -q --no-install-recommends -o Dpkg::Options::=--force-confold \"$@\"\n");
             }
             let mut command = RemoteCommand::script(script).as_root();
             for name in install {

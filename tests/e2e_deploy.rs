@@ -1,0 +1,181 @@
+//! End-to-end: a real 3-node lab (systemd, sshd, etcd, PostgreSQL, Patroni, HAProxy,
+//! Keepalived), deployed by `pgha deploy`, read like a spec:
+//!
+//! 1. a first deploy interrupted with Ctrl-C part-way converges when re-run;
+//! 2. a row written through VIP:5000 lands on the primary and is read back through VIP:5001
+//!    from a replica;
+//! 3. a second deploy reports 0 changed and restarts no service (unit start times unchanged);
+//! 4. the same inventory deployed as the non-root `deploy` user (sudo) also changes nothing;
+//! 5. a node killed with `pgha lab kill` makes the deploy fail on that node only, and after
+//!    `pgha lab start` a re-run converges with every member streaming again.
+//!
+//! Needs root. One test function: only one lab can exist at a time.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const VIP: &str = "10.231.0.100";
+
+fn pgha(args: &[&str]) -> Output {
+    let output = Command::new(env!("CARGO_BIN_EXE_pgha")).args(args).output().expect("run pgha");
+    eprintln!("$ pgha {}\n{}", args.join(" "), String::from_utf8_lossy(&output.stderr));
+    output
+}
+
+fn pgha_ok(args: &[&str]) -> String {
+    let output = pgha(args);
+    assert!(output.status.success(), "`pgha {}` failed:\n{}", args.join(" "), String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Tears the lab down however the test ends.
+struct Lab;
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = Command::new(env!("CARGO_BIN_EXE_pgha")).args(["lab", "down"]).status();
+    }
+}
+
+fn deploy_json(inventory: &Path) -> serde_json::Value {
+    let output = pgha(&["deploy", "-i", inventory.to_str().unwrap(), "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|error| panic!("deploy printed no JSON ({error}): {}", String::from_utf8_lossy(&output.stdout)));
+    json
+}
+
+fn changed(result: &serde_json::Value) -> u64 {
+    result["hosts"].as_object().unwrap().values().map(|host| host["changed"].as_u64().unwrap()).sum()
+}
+
+fn superuser_password(inventory_dir: &Path) -> String {
+    let text = std::fs::read_to_string(inventory_dir.join("lab.secrets.yml")).unwrap();
+    let secrets: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    secrets["superuser_password"].as_str().unwrap().to_string()
+}
+
+/// Run SQL through `host:port` with psql; the password travels in the environment.
+fn psql(port: u16, password: &str, sql: &str) -> Result<String, String> {
+    let output = Command::new("psql")
+        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .env("PGHOST", VIP)
+        .env("PGPORT", port.to_string())
+        .env("PGUSER", "postgres")
+        .env("PGDATABASE", "postgres")
+        .env("PGPASSWORD", password)
+        .env("PGCONNECT_TIMEOUT", "3")
+        .output()
+        .map_err(|error| error.to_string())?;
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).into_owned())
+    }
+}
+
+fn eventually<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Result<T, String>) -> T {
+    let start = Instant::now();
+    loop {
+        match probe() {
+            Ok(value) => return value,
+            Err(error) if start.elapsed() > timeout => panic!("{what} did not happen within {timeout:?}: {error}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(500)),
+        }
+    }
+}
+
+/// `unit -> ActiveEnterTimestampMonotonic` on every node, through `pgha exec`.
+fn start_times(inventory: &Path) -> serde_json::Value {
+    let stdout = pgha_ok(&[
+        "exec",
+        "-i",
+        inventory.to_str().unwrap(),
+        "--json",
+        "--",
+        "systemctl show -p Id,ActiveEnterTimestampMonotonic etcd patroni haproxy keepalived",
+    ]);
+    serde_json::from_str(&stdout).unwrap()
+}
+
+fn all_members_streaming(password: &str) -> Result<(), String> {
+    let count = psql(5000, password, "select count(*) from pg_stat_replication where state = 'streaming'")?;
+    if count == "2" { Ok(()) } else { Err(format!("{count} replicas streaming")) }
+}
+
+#[test]
+fn deploy_converges_routes_and_is_idempotent() {
+    assert!(unsafe_is_root(), "the end-to-end test needs root (it runs the lab)");
+    let dir = tempfile::tempdir().unwrap();
+    let inventory: PathBuf = dir.path().join("lab.yml");
+    std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("inventories/lab.yml"), &inventory).unwrap();
+    let inventory_arg = inventory.to_str().unwrap();
+
+    let _lab = Lab;
+    pgha_ok(&["lab", "up", "--nodes", "3"]);
+
+    // 1. A first deploy cut off part-way (Ctrl-C) converges when run again.
+    let mut interrupted = Command::new(env!("CARGO_BIN_EXE_pgha"))
+        .args(["deploy", "-i", inventory_arg])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(25));
+    // SIGINT, as a terminal's Ctrl-C would send.
+    let _ = Command::new("kill").args(["-INT", &interrupted.id().to_string()]).status();
+    let _ = interrupted.wait();
+    let first = deploy_json(&inventory);
+    assert_eq!(first["success"], true, "deploy after an interrupted one failed: {first:#}");
+
+    // 2. Writes through VIP:5000 reach the primary; reads through VIP:5001 come from a replica.
+    let password = superuser_password(dir.path());
+    let marker = format!("e2e-{}", std::process::id());
+    psql(5000, &password, "create table if not exists pgha_e2e (id text primary key)").unwrap();
+    psql(5000, &password, &format!("insert into pgha_e2e values ('{marker}')")).unwrap();
+    assert_eq!(psql(5000, &password, "select pg_is_in_recovery()").unwrap(), "f", "VIP:5000 must land on the primary");
+    let on_replica = eventually("the row shows up through VIP:5001", Duration::from_secs(20), || {
+        let recovery = psql(5001, &password, "select pg_is_in_recovery()")?;
+        let rows = psql(5001, &password, &format!("select count(*) from pgha_e2e where id = '{marker}'"))?;
+        if recovery == "t" && rows == "1" { Ok(true) } else { Err(format!("recovery={recovery} rows={rows}")) }
+    });
+    assert!(on_replica);
+    eventually("both replicas stream", Duration::from_secs(60), || all_members_streaming(&password));
+
+    // 3. A second deploy changes nothing and restarts nothing.
+    let before = start_times(&inventory);
+    let second = deploy_json(&inventory);
+    assert_eq!(second["success"], true, "{second:#}");
+    assert_eq!(changed(&second), 0, "a converged cluster must report 0 changed: {:#}", second["changes"]);
+    for (host, recap) in second["hosts"].as_object().unwrap() {
+        assert_eq!(recap["connections"], 1, "{host}: one SSH connection per host for the run");
+    }
+    let after = start_times(&inventory);
+    assert_eq!(before, after, "a no-op deploy must restart no service");
+
+    // 4. The same cluster through the non-root `deploy` user with sudo: still nothing to do.
+    let as_deploy = dir.path().join("lab-as-deploy.yml");
+    let text = std::fs::read_to_string(&inventory).unwrap().replace("user: root", "user: deploy");
+    std::fs::write(&as_deploy, text).unwrap();
+    std::fs::copy(dir.path().join("lab.secrets.yml"), dir.path().join("lab-as-deploy.secrets.yml")).unwrap();
+    let via_sudo = deploy_json(&as_deploy);
+    assert_eq!(via_sudo["success"], true, "{via_sudo:#}");
+    assert_eq!(changed(&via_sudo), 0, "{:#}", via_sudo["changes"]);
+
+    // 5. A node lost mid-way: the deploy fails on that node only; once it is back, a re-run
+    //    converges and every member streams again.
+    pgha_ok(&["lab", "kill", "node3"]);
+    let degraded = deploy_json(&inventory);
+    assert_eq!(degraded["success"], false);
+    assert_eq!(degraded["hosts"]["node3"]["unreachable"], 1, "{degraded:#}");
+    assert_eq!(degraded["hosts"]["node1"]["failed"], 0, "{degraded:#}");
+    pgha_ok(&["lab", "start", "node3"]);
+    let healed = deploy_json(&inventory);
+    assert_eq!(healed["success"], true, "{healed:#}");
+    eventually("both replicas stream after node3 is back", Duration::from_secs(90), || all_members_streaming(&password));
+    let rows = psql(5000, &password, &format!("select count(*) from pgha_e2e where id = '{marker}'")).unwrap();
+    assert_eq!(rows, "1", "the acknowledged row survived");
+}
+
+fn unsafe_is_root() -> bool {
+    Command::new("id").arg("-u").output().map(|output| output.stdout.starts_with(b"0\n")).unwrap_or(false)
+}
