@@ -2,8 +2,10 @@
 //! and the network faults (link down, address flush, one blocked link). No forwarding: nodes
 //! reach nothing but the bridge address.
 //!
-//! Blocking one link uses blackhole routes to the peer in both namespaces: the `prio` qdisc and
-//! `gact` drop action are not built into every kernel this runs on, routing always is.
+//! Blocking one link pins the peer's address to an unused MAC address (a permanent neighbour
+//! entry) in both namespaces: packets leave and vanish, so connections time out as on a cut
+//! cable. (`tc` with the `prio` qdisc and `gact` drop action is not built into every kernel this
+//! runs on; blackhole routes fail `connect` at once instead of timing out.)
 
 use std::net::Ipv4Addr;
 use std::path::Path;
@@ -133,15 +135,24 @@ pub fn flush_addresses(node: &Node) -> Result<()> {
     Ok(())
 }
 
+/// The MAC address a blocked peer's address is pinned to; no interface has it.
+const NOWHERE_MAC: &str = "02:70:67:68:61:00";
+
 /// Drop traffic from `node` to `peer` (true) or let it through again (false).
 pub fn set_blocked(node: &Node, peer: &Node, blocked: bool) -> Result<()> {
-    let route = format!("{}/32", peer.address());
-    let verb = if blocked { "replace" } else { "del" };
-    if !blocked && !blocked_peers(node)?.contains(&peer.address()) {
-        return Ok(());
+    let address = peer.address().to_string();
+    let namespace = node.namespace();
+    let mut command = ip();
+    if blocked {
+        command.args(["-n", &namespace, "neigh", "replace", &address, "lladdr", NOWHERE_MAC])
+            .args(["dev", NODE_INTERFACE, "nud", "permanent"]);
+    } else {
+        if !blocked_peers(node)?.contains(&peer.address()) {
+            return Ok(());
+        }
+        command.args(["-n", &namespace, "neigh", "del", &address, "dev", NODE_INTERFACE]);
     }
-    host::run(ip().args(["-n", &node.namespace(), "route", verb, "blackhole", &route]))
-        .with_context(|| format!("failed to change the link from `{node}` to `{peer}`"))?;
+    host::run(&mut command).with_context(|| format!("failed to change the link from `{node}` to `{peer}`"))?;
     Ok(())
 }
 
@@ -150,12 +161,18 @@ pub fn blocked_peers(node: &Node) -> Result<Vec<Ipv4Addr>> {
     if !namespace_exists(node) {
         return Ok(Vec::new());
     }
-    let routes = host::run(ip().args(["-n", &node.namespace(), "-4", "route", "show", "type", "blackhole"]))?;
-    Ok(routes
+    let neighbours = host::run(ip().args(["-n", &node.namespace(), "-4", "neigh", "show", "dev", NODE_INTERFACE]))?;
+    Ok(parse_blocked(&neighbours))
+}
+
+/// Addresses pinned to [`NOWHERE_MAC`] in `ip neigh show` output.
+fn parse_blocked(neighbours: &str) -> Vec<Ipv4Addr> {
+    neighbours
         .lines()
-        .filter_map(|line| line.split_whitespace().nth(1))
-        .filter_map(|target| target.trim_end_matches("/32").parse().ok())
-        .collect())
+        .filter(|line| line.contains(NOWHERE_MAC))
+        .filter_map(|line| line.split_whitespace().next())
+        .filter_map(|address| address.parse().ok())
+        .collect()
 }
 
 /// Delete every lab namespace (which deletes their veths) and the bridge.
@@ -185,4 +202,17 @@ pub fn remove_all() -> Result<Vec<String>> {
         removed.push(format!("bridge `{BRIDGE}`"));
     }
     Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_pinned_neighbours_count_as_blocked() {
+        let output = "10.231.0.12 lladdr 02:70:67:68:61:00 PERMANENT\n\
+                      10.231.0.13 lladdr 9a:1b:2c:3d:4e:5f REACHABLE\n\
+                      10.231.0.1 lladdr aa:bb:cc:dd:ee:ff STALE\n";
+        assert_eq!(parse_blocked(output), vec![Ipv4Addr::new(10, 231, 0, 12)]);
+    }
 }
