@@ -33,6 +33,7 @@ pub fn preflight() -> Result<()> {
     if effective_uid()? != 0 {
         bail!("the lab needs root; hint: run `sudo pgha lab ...`");
     }
+    ensure_sbin_on_path();
     let missing: Vec<&Tool> = TOOLS.iter().filter(|tool| find_program(tool.program).is_none()).collect();
     if !missing.is_empty() {
         let mut packages: Vec<&str> = missing.iter().map(|tool| tool.package).collect();
@@ -46,6 +47,21 @@ pub fn preflight() -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Put the sbin directories on `PATH` (a plain `sudo` or cron `PATH` may lack them), so every
+/// tool found by [`preflight`] is also found when it is run.
+pub fn ensure_sbin_on_path() {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut dirs: Vec<PathBuf> = std::env::split_paths(&path).collect();
+    for sbin in ["/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/bin", "/bin"] {
+        if !dirs.iter().any(|dir| dir == Path::new(sbin)) {
+            dirs.push(PathBuf::from(sbin));
+        }
+    }
+    if let Ok(joined) = std::env::join_paths(dirs) {
+        std::env::set_var("PATH", joined);
+    }
 }
 
 /// The effective user id of this process, read from `/proc/self/status`.
@@ -63,7 +79,6 @@ pub fn effective_uid() -> Result<u32> {
 pub fn find_program(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
-        .chain(["/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
         .map(|dir| dir.join(program))
         .find(|candidate| candidate.is_file())
 }

@@ -140,6 +140,7 @@ impl Lab {
 
     /// Open the lab at an explicit state directory.
     pub fn open_at(dir: PathBuf) -> Result<Lab> {
+        host::ensure_sbin_on_path();
         let path = dir.join("lab.json");
         let state = match std::fs::read_to_string(&path) {
             Ok(text) => serde_json::from_str(&text)
