@@ -9,18 +9,31 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-const NODES: [(&str, &str); 3] = [("node1", "10.231.0.11"), ("node2", "10.231.0.12"), ("node3", "10.231.0.13")];
+const NODES: [(&str, &str); 3] = [
+    ("node1", "10.231.0.11"),
+    ("node2", "10.231.0.12"),
+    ("node3", "10.231.0.13"),
+];
 
 fn state_dir() -> PathBuf {
-    std::env::var_os("PGHA_LAB_DIR").map(PathBuf::from).unwrap_or_else(|| "/var/lib/pgha/lab".into())
+    std::env::var_os("PGHA_LAB_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/var/lib/pgha/lab".into())
 }
 
 fn pgha(args: &[&str]) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_pgha")).args(args).output().expect("run pgha");
+    let output = Command::new(env!("CARGO_BIN_EXE_pgha"))
+        .args(args)
+        .output()
+        .expect("run pgha");
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&output.stderr);
     eprintln!("$ pgha {}\n{stdout}{stderr}", args.join(" "));
-    assert!(output.status.success(), "`pgha {}` failed: {stderr}", args.join(" "));
+    assert!(
+        output.status.success(),
+        "`pgha {}` failed: {stderr}",
+        args.join(" ")
+    );
     stdout
 }
 
@@ -30,8 +43,16 @@ fn ssh(user: &str, address: &str, command: &str) -> Output {
     Command::new("ssh")
         .arg("-i")
         .arg(keys.join("id_ed25519"))
-        .arg(format!("-oUserKnownHostsFile={}", keys.join("known_hosts").display()))
-        .args(["-oStrictHostKeyChecking=yes", "-oBatchMode=yes", "-oConnectTimeout=5", "-oLogLevel=ERROR"])
+        .arg(format!(
+            "-oUserKnownHostsFile={}",
+            keys.join("known_hosts").display()
+        ))
+        .args([
+            "-oStrictHostKeyChecking=yes",
+            "-oBatchMode=yes",
+            "-oConnectTimeout=5",
+            "-oLogLevel=ERROR",
+        ])
         .arg(format!("{user}@{address}"))
         .arg(command)
         .output()
@@ -67,7 +88,10 @@ fn system_state(address: &str) -> String {
         let state = String::from_utf8_lossy(&output.stdout).trim().to_string();
         if !matches!(state.as_str(), "starting" | "initializing") || Instant::now() > deadline {
             if state == "degraded" {
-                eprintln!("{}", ssh_ok(address, "systemctl --failed --no-pager || true"));
+                eprintln!(
+                    "{}",
+                    ssh_ok(address, "systemctl --failed --no-pager || true")
+                );
             }
             return state;
         }
@@ -76,7 +100,8 @@ fn system_state(address: &str) -> String {
 }
 
 fn node_state(name: &str) -> String {
-    let status: serde_json::Value = serde_json::from_str(&pgha(&["lab", "status", "--json"])).expect("status JSON");
+    let status: serde_json::Value =
+        serde_json::from_str(&pgha(&["lab", "status", "--json"])).expect("status JSON");
     status["nodes"]
         .as_array()
         .and_then(|nodes| nodes.iter().find(|node| node["name"] == name))
@@ -87,13 +112,20 @@ fn node_state(name: &str) -> String {
 
 /// Whether `from` reaches `to` with one ping (one second timeout).
 fn reaches(from: &str, to: &str) -> bool {
-    ssh("root", from, &format!("ping -c1 -W1 {to}")).status.success()
+    ssh("root", from, &format!("ping -c1 -W1 {to}"))
+        .status
+        .success()
 }
 
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|status| status.lines().find_map(|line| line.strip_prefix("Uid:")).map(str::to_string))
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("Uid:"))
+                .map(str::to_string)
+        })
         .and_then(|ids| ids.split_whitespace().nth(1).map(|id| id == "0"))
         .unwrap_or(false)
 }
@@ -104,12 +136,19 @@ fn lab_processes(dir: &Path) -> Vec<String> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").expect("read /proc").flatten() {
         let path = entry.path();
-        let Ok(cmdline) = std::fs::read(path.join("cmdline")) else { continue };
+        let Ok(cmdline) = std::fs::read(path.join("cmdline")) else {
+            continue;
+        };
         let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
         let stat = std::fs::read_to_string(path.join("stat")).unwrap_or_default();
-        let zombie = stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z'));
+        let zombie = stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z'));
         if cmdline.contains(&needle) && !zombie && !cmdline.contains("cargo") {
-            found.push(format!("{}: {cmdline}", entry.file_name().to_string_lossy()));
+            found.push(format!(
+                "{}: {cmdline}",
+                entry.file_name().to_string_lossy()
+            ));
         }
     }
     found
@@ -117,22 +156,42 @@ fn lab_processes(dir: &Path) -> Vec<String> {
 
 fn assert_nothing_left(dir: &Path) {
     let namespaces: Vec<String> = std::fs::read_dir("/run/netns")
-        .map(|entries| entries.flatten().map(|entry| entry.file_name().to_string_lossy().into_owned()).collect())
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|entry| entry.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default();
-    assert!(!namespaces.iter().any(|name| name.starts_with("pgha-")), "namespaces left: {namespaces:?}");
-    assert!(!Path::new("/sys/class/net/pgha-br0").exists(), "bridge `pgha-br0` left");
+    assert!(
+        !namespaces.iter().any(|name| name.starts_with("pgha-")),
+        "namespaces left: {namespaces:?}"
+    );
+    assert!(
+        !Path::new("/sys/class/net/pgha-br0").exists(),
+        "bridge `pgha-br0` left"
+    );
     let mounts = std::fs::read_to_string("/proc/mounts").expect("read /proc/mounts");
     let needle = dir.display().to_string();
-    let left: Vec<&str> = mounts.lines().filter(|line| line.contains(&needle)).collect();
+    let left: Vec<&str> = mounts
+        .lines()
+        .filter(|line| line.contains(&needle))
+        .collect();
     assert!(left.is_empty(), "mounts left: {left:?}");
     let processes = lab_processes(dir);
     assert!(processes.is_empty(), "processes left: {processes:?}");
-    assert!(!Path::new("/sys/fs/cgroup/unified/pgha-lab").exists(), "cgroups left");
+    assert!(
+        !Path::new("/sys/fs/cgroup/unified/pgha-lab").exists(),
+        "cgroups left"
+    );
 }
 
 #[test]
 fn lab_boots_real_nodes_injects_faults_and_leaves_nothing_behind() {
-    assert!(is_root(), "the lab test needs root (network namespaces, mounts, cgroups): run it as root");
+    assert!(
+        is_root(),
+        "the lab test needs root (network namespaces, mounts, cgroups): run it as root"
+    );
     let dir = state_dir();
     pgha(&["lab", "down"]);
 
@@ -141,22 +200,39 @@ fn lab_boots_real_nodes_injects_faults_and_leaves_nothing_behind() {
     assert!(up.contains("booted"), "first `up` booted nothing: {up}");
     for (name, address) in NODES {
         assert_eq!(ssh_ok(address, "hostname"), name);
-        assert_eq!(system_state(address), "running", "`{name}` is not running cleanly");
+        assert_eq!(
+            system_state(address),
+            "running",
+            "`{name}` is not running cleanly"
+        );
         let deploy = ssh("deploy", address, "sudo -n id -u");
-        assert_eq!(String::from_utf8_lossy(&deploy.stdout).trim(), "0", "`deploy` has no passwordless sudo on `{name}`");
+        assert_eq!(
+            String::from_utf8_lossy(&deploy.stdout).trim(),
+            "0",
+            "`deploy` has no passwordless sudo on `{name}`"
+        );
     }
 
     // Packages come through the proxy (nodes reach nothing else).
     let update = ssh_ok("10.231.0.11", "apt-get update -q 2>&1");
-    assert!(update.contains("bookworm"), "apt-get update fetched nothing: {update}");
+    assert!(
+        update.contains("bookworm"),
+        "apt-get update fetched nothing: {update}"
+    );
     let routes = ssh_ok("10.231.0.11", "ip route");
-    assert!(!routes.contains("default"), "node1 has a default route; it must reach packages only through the proxy: {routes}");
+    assert!(
+        !routes.contains("default"),
+        "node1 has a default route; it must reach packages only through the proxy: {routes}"
+    );
 
     // Power cut of node2: unreachable, then back after `start`.
     pgha(&["lab", "kill", "node2"]);
     assert_eq!(node_state("node2"), "stopped");
     assert!(!sshd_answers("10.231.0.12"), "killed node2 still answers");
-    assert!(!reaches("10.231.0.11", "10.231.0.12"), "killed node2 still answers ping");
+    assert!(
+        !reaches("10.231.0.11", "10.231.0.12"),
+        "killed node2 still answers ping"
+    );
     pgha(&["lab", "start", "node2"]);
     assert_eq!(system_state("10.231.0.12"), "running");
     assert!(reaches("10.231.0.11", "10.231.0.12"));
@@ -165,12 +241,25 @@ fn lab_boots_real_nodes_injects_faults_and_leaves_nothing_behind() {
     ssh_ok("10.231.0.13", "systemd-run --unit=pgha-probe sleep 1000");
     pgha(&["lab", "partition", "node3"]);
     assert_eq!(node_state("node3"), "partitioned");
-    assert!(!reaches("10.231.0.11", "10.231.0.13"), "node1 still reaches partitioned node3");
-    assert!(!sshd_answers("10.231.0.13"), "partitioned node3 answers the host");
+    assert!(
+        !reaches("10.231.0.11", "10.231.0.13"),
+        "node1 still reaches partitioned node3"
+    );
+    assert!(
+        !sshd_answers("10.231.0.13"),
+        "partitioned node3 answers the host"
+    );
     pgha(&["lab", "heal", "node3"]);
     assert_eq!(node_state("node3"), "running");
-    assert!(reaches("10.231.0.11", "10.231.0.13"), "node1 does not reach healed node3");
-    assert_eq!(ssh_ok("10.231.0.13", "systemctl is-active pgha-probe"), "active", "node3's processes did not survive");
+    assert!(
+        reaches("10.231.0.11", "10.231.0.13"),
+        "node1 does not reach healed node3"
+    );
+    assert_eq!(
+        ssh_ok("10.231.0.13", "systemctl is-active pgha-probe"),
+        "active",
+        "node3's processes did not survive"
+    );
 
     // Freeze node1: its sshd stops answering; thaw: it answers again.
     pgha(&["lab", "freeze", "node1"]);
@@ -182,15 +271,24 @@ fn lab_boots_real_nodes_injects_faults_and_leaves_nothing_behind() {
 
     // Block node1 – node2 only: both directions cut, node3 unaffected; unblock restores it.
     pgha(&["lab", "block", "node1", "node2"]);
-    assert!(!reaches("10.231.0.11", "10.231.0.12"), "node1 still reaches node2");
-    assert!(!reaches("10.231.0.12", "10.231.0.11"), "node2 still reaches node1");
+    assert!(
+        !reaches("10.231.0.11", "10.231.0.12"),
+        "node1 still reaches node2"
+    );
+    assert!(
+        !reaches("10.231.0.12", "10.231.0.11"),
+        "node2 still reaches node1"
+    );
     assert!(reaches("10.231.0.11", "10.231.0.13") && reaches("10.231.0.12", "10.231.0.13"));
     pgha(&["lab", "unblock", "node1", "node2"]);
     assert!(reaches("10.231.0.11", "10.231.0.12") && reaches("10.231.0.12", "10.231.0.11"));
 
     // Idempotent: a second `up` changes nothing.
     let again = pgha(&["lab", "up", "--nodes", "3"]);
-    assert!(again.contains("nothing changed"), "second `up` changed something: {again}");
+    assert!(
+        again.contains("nothing changed"),
+        "second `up` changed something: {again}"
+    );
 
     // Down: nothing left running, mounted or configured.
     pgha(&["lab", "down"]);

@@ -100,10 +100,22 @@ fn status(lab: &Lab, json: bool) -> anyhow::Result<()> {
     }
     println!("{:<8} {:<12} {:<12} BLOCKED", "NODE", "ADDRESS", "STATE");
     for node in &status.nodes {
-        let blocked = if node.blocked.is_empty() { "-".to_string() } else { node.blocked.join(",") };
-        println!("{:<8} {:<12} {:<12} {blocked}", node.name, node.address, node.state.to_string());
+        let blocked = if node.blocked.is_empty() {
+            "-".to_string()
+        } else {
+            node.blocked.join(",")
+        };
+        println!(
+            "{:<8} {:<12} {:<12} {blocked}",
+            node.name,
+            node.address,
+            node.state.to_string()
+        );
     }
-    println!("proxy: {}", status.proxy.as_deref().unwrap_or("not running"));
+    println!(
+        "proxy: {}",
+        status.proxy.as_deref().unwrap_or("not running")
+    );
     println!("ssh key: {}", status.client_key.display());
     println!("known_hosts: {}", status.known_hosts.display());
     Ok(())

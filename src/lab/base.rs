@@ -71,7 +71,10 @@ impl Base {
 
     /// Whether a complete base exists.
     pub fn ready(&self) -> bool {
-        std::fs::read_to_string(self.dir.join(MARKER)).ok().as_deref() == Some(FORMAT)
+        std::fs::read_to_string(self.dir.join(MARKER))
+            .ok()
+            .as_deref()
+            == Some(FORMAT)
     }
 
     /// Build the base unless it is ready. Returns true if it was built; `resumed` reports a
@@ -86,13 +89,15 @@ impl Base {
             for dir in [&partial, &self.dir] {
                 host::unmount_all_under(dir)?;
                 if dir.exists() {
-                    std::fs::remove_dir_all(dir)
-                        .with_context(|| format!("failed to remove the unfinished base `{}`", dir.display()))?;
+                    std::fs::remove_dir_all(dir).with_context(|| {
+                        format!("failed to remove the unfinished base `{}`", dir.display())
+                    })?;
                 }
             }
         }
         self.debootstrap(mirrors, &partial)?;
-        configure(&partial, mirrors).with_context(|| format!("failed to configure the base in `{}`", partial.display()))?;
+        configure(&partial, mirrors)
+            .with_context(|| format!("failed to configure the base in `{}`", partial.display()))?;
         std::fs::write(partial.join(MARKER), FORMAT)?;
         std::fs::rename(&partial, &self.dir)
             .with_context(|| format!("failed to move the base into `{}`", self.dir.display()))?;
@@ -141,18 +146,38 @@ impl Base {
 fn configure(root: &Path, mirrors: &Mirrors) -> Result<()> {
     let passwd = std::fs::read_to_string(root.join("etc/passwd")).unwrap_or_default();
     if !passwd.lines().any(|line| line.starts_with("deploy:")) {
-        host::run(Command::new("chroot").arg(root).args(["useradd", "--create-home", "--shell", "/bin/bash", "deploy"]))?;
+        host::run(Command::new("chroot").arg(root).args([
+            "useradd",
+            "--create-home",
+            "--shell",
+            "/bin/bash",
+            "deploy",
+        ]))?;
     }
-    write(root, "etc/sudoers.d/pgha-deploy", "deploy ALL=(ALL:ALL) NOPASSWD: ALL\n", 0o440)?;
+    write(
+        root,
+        "etc/sudoers.d/pgha-deploy",
+        "deploy ALL=(ALL:ALL) NOPASSWD: ALL\n",
+        0o440,
+    )?;
 
     for entry in std::fs::read_dir(root.join("etc/ssh"))? {
         let path = entry?.path();
-        let name = path.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_default();
         if name.starts_with("ssh_host_") {
-            std::fs::remove_file(&path).with_context(|| format!("failed to remove `{}`", path.display()))?;
+            std::fs::remove_file(&path)
+                .with_context(|| format!("failed to remove `{}`", path.display()))?;
         }
     }
-    write(root, "etc/ssh/sshd_config.d/pgha-lab.conf", "HostKey /etc/ssh/ssh_host_ed25519_key\n", 0o644)?;
+    write(
+        root,
+        "etc/ssh/sshd_config.d/pgha-lab.conf",
+        "HostKey /etc/ssh/ssh_host_ed25519_key\n",
+        0o644,
+    )?;
     write(root, "etc/machine-id", "", 0o444)?;
     let _ = std::fs::remove_file(root.join("var/lib/dbus/machine-id"));
     let _ = std::fs::remove_file(root.join("etc/hostname"));
@@ -169,7 +194,12 @@ fn configure(root: &Path, mirrors: &Mirrors) -> Result<()> {
         &format!("Acquire::http::Proxy \"{}\";\n", proxy::url()),
         0o644,
     )?;
-    write(root, "etc/apt/sources.list.d/debian.sources", &mirror::node_sources(mirrors, SUITE), 0o644)?;
+    write(
+        root,
+        "etc/apt/sources.list.d/debian.sources",
+        &mirror::node_sources(mirrors, SUITE),
+        0o644,
+    )?;
     let _ = std::fs::remove_file(root.join("etc/apt/sources.list"));
     host::run(Command::new("chroot").arg(root).args(["apt-get", "clean"]))?;
     Ok(())
@@ -179,9 +209,11 @@ fn configure(root: &Path, mirrors: &Mirrors) -> Result<()> {
 pub fn write(root: &Path, relative: &str, content: &str, mode: u32) -> Result<()> {
     let path = root.join(relative);
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("failed to create `{}`", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("failed to create `{}`", dir.display()))?;
     }
-    std::fs::write(&path, content).with_context(|| format!("failed to write `{}`", path.display()))?;
+    std::fs::write(&path, content)
+        .with_context(|| format!("failed to write `{}`", path.display()))?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
         .with_context(|| format!("failed to set the mode of `{}`", path.display()))
 }

@@ -13,15 +13,42 @@ struct Tool {
 }
 
 const TOOLS: &[Tool] = &[
-    Tool { program: "debootstrap", package: "debootstrap" },
-    Tool { program: "systemd-nspawn", package: "systemd-container" },
-    Tool { program: "apt-cacher-ng", package: "apt-cacher-ng" },
-    Tool { program: "ip", package: "iproute2" },
-    Tool { program: "ssh-keygen", package: "openssh-client" },
-    Tool { program: "mount", package: "mount" },
-    Tool { program: "umount", package: "mount" },
-    Tool { program: "setsid", package: "util-linux" },
-    Tool { program: "chroot", package: "coreutils" },
+    Tool {
+        program: "debootstrap",
+        package: "debootstrap",
+    },
+    Tool {
+        program: "systemd-nspawn",
+        package: "systemd-container",
+    },
+    Tool {
+        program: "apt-cacher-ng",
+        package: "apt-cacher-ng",
+    },
+    Tool {
+        program: "ip",
+        package: "iproute2",
+    },
+    Tool {
+        program: "ssh-keygen",
+        package: "openssh-client",
+    },
+    Tool {
+        program: "mount",
+        package: "mount",
+    },
+    Tool {
+        program: "umount",
+        package: "mount",
+    },
+    Tool {
+        program: "setsid",
+        package: "util-linux",
+    },
+    Tool {
+        program: "chroot",
+        package: "coreutils",
+    },
 ];
 
 /// Check everything the lab needs from this machine before touching it: Linux, root, and every
@@ -34,11 +61,17 @@ pub fn preflight() -> Result<()> {
         bail!("the lab needs root; hint: run `sudo pgha lab ...`");
     }
     ensure_sbin_on_path();
-    let missing: Vec<&Tool> = TOOLS.iter().filter(|tool| find_program(tool.program).is_none()).collect();
+    let missing: Vec<&Tool> = TOOLS
+        .iter()
+        .filter(|tool| find_program(tool.program).is_none())
+        .collect();
     if !missing.is_empty() {
         let mut packages: Vec<&str> = missing.iter().map(|tool| tool.package).collect();
         packages.dedup();
-        let programs: Vec<String> = missing.iter().map(|tool| format!("`{}`", tool.program)).collect();
+        let programs: Vec<String> = missing
+            .iter()
+            .map(|tool| format!("`{}`", tool.program))
+            .collect();
         let verb = if missing.len() == 1 { "is" } else { "are" };
         bail!(
             "{} {verb} not found; hint: apt-get install {}",
@@ -66,7 +99,8 @@ pub fn ensure_sbin_on_path() {
 
 /// The effective user id of this process, read from `/proc/self/status`.
 pub fn effective_uid() -> Result<u32> {
-    let status = std::fs::read_to_string("/proc/self/status").context("failed to read `/proc/self/status`")?;
+    let status = std::fs::read_to_string("/proc/self/status")
+        .context("failed to read `/proc/self/status`")?;
     status
         .lines()
         .find_map(|line| line.strip_prefix("Uid:"))
@@ -86,7 +120,11 @@ pub fn find_program(program: &str) -> Option<PathBuf> {
 /// A command line as the user would type it, for error messages.
 pub fn describe(command: &Command) -> String {
     let mut words = vec![command.get_program().to_string_lossy().into_owned()];
-    words.extend(command.get_args().map(|arg| arg.to_string_lossy().into_owned()));
+    words.extend(
+        command
+            .get_args()
+            .map(|arg| arg.to_string_lossy().into_owned()),
+    );
     words.join(" ")
 }
 
@@ -98,7 +136,12 @@ pub fn run(command: &mut Command) -> Result<String> {
         .with_context(|| format!("failed to run `{}`", describe(command)))?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
-        bail!("`{}` failed ({}): {}", describe(command), output.status, stderr.trim());
+        bail!(
+            "`{}` failed ({}): {}",
+            describe(command),
+            output.status,
+            stderr.trim()
+        );
     }
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
@@ -124,7 +167,10 @@ pub fn process_alive(pid: u32, program: &str) -> bool {
     let Some((head, tail)) = stat.rsplit_once(')') else {
         return false;
     };
-    let comm = head.split_once('(').map(|(_, comm)| comm).unwrap_or_default();
+    let comm = head
+        .split_once('(')
+        .map(|(_, comm)| comm)
+        .unwrap_or_default();
     let state = tail.trim_start().chars().next().unwrap_or('Z');
     // The kernel truncates comm to 15 characters.
     let expected: String = program.chars().take(15).collect();
@@ -133,13 +179,16 @@ pub fn process_alive(pid: u32, program: &str) -> bool {
 
 /// Send a signal to a process with the system `kill` (std has no portable API for it).
 pub fn signal(pid: u32, signal: &str) -> Result<()> {
-    run(Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()))?;
+    run(Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string()))?;
     Ok(())
 }
 
 /// Mount points at or under `dir`, deepest first, from `/proc/mounts`.
 pub fn mounts_under(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mounts = std::fs::read_to_string("/proc/mounts").context("failed to read `/proc/mounts`")?;
+    let mounts =
+        std::fs::read_to_string("/proc/mounts").context("failed to read `/proc/mounts`")?;
     let mut found: Vec<PathBuf> = mounts
         .lines()
         .filter_map(|line| line.split_whitespace().nth(1))

@@ -31,7 +31,10 @@ impl Keys {
 
     /// The private host key of `node` (its `.pub` beside it).
     pub fn host_key(&self, node: &Node) -> PathBuf {
-        self.dir.join("hosts").join(node.name()).join("ssh_host_ed25519_key")
+        self.dir
+            .join("hosts")
+            .join(node.name())
+            .join("ssh_host_ed25519_key")
     }
 
     /// Create missing keys for the client and `nodes`, and rewrite `known_hosts`. Returns the
@@ -75,7 +78,8 @@ fn generate(path: &Path, comment: &str) -> Result<bool> {
         return Ok(false);
     }
     let dir = path.parent().context("key path has no directory")?;
-    std::fs::create_dir_all(dir).with_context(|| format!("failed to create `{}`", dir.display()))?;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("failed to create `{}`", dir.display()))?;
     let _ = std::fs::remove_file(path);
     let _ = std::fs::remove_file(public_path(path));
     host::run(
@@ -92,7 +96,10 @@ pub fn known_hosts_line(address: &str, public_key: &str) -> Result<String> {
     let mut fields = public_key.split_whitespace();
     match (fields.next(), fields.next()) {
         (Some(kind), Some(key)) => Ok(format!("{address} {kind} {key}\n")),
-        _ => anyhow::bail!("malformed public key for `{address}`: `{}`", public_key.trim()),
+        _ => anyhow::bail!(
+            "malformed public key for `{address}`: `{}`",
+            public_key.trim()
+        ),
     }
 }
 
@@ -110,7 +117,10 @@ mod tests {
     #[test]
     fn known_hosts_line_drops_the_comment() {
         let line = known_hosts_line("10.231.0.11", "ssh-ed25519 AAAAC3Nza root@node1\n");
-        assert_eq!(line.ok().as_deref(), Some("10.231.0.11 ssh-ed25519 AAAAC3Nza\n"));
+        assert_eq!(
+            line.ok().as_deref(),
+            Some("10.231.0.11 ssh-ed25519 AAAAC3Nza\n")
+        );
     }
 
     #[test]
@@ -120,6 +130,9 @@ mod tests {
 
     #[test]
     fn public_key_sits_beside_the_private_one() {
-        assert_eq!(public_path(Path::new("/s/id_ed25519")), PathBuf::from("/s/id_ed25519.pub"));
+        assert_eq!(
+            public_path(Path::new("/s/id_ed25519")),
+            PathBuf::from("/s/id_ed25519.pub")
+        );
     }
 }

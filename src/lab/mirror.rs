@@ -75,7 +75,12 @@ fn parse_deb822(text: &str) -> Vec<Source> {
             let Some((key, value)) = line.split_once(':') else {
                 continue;
             };
-            let words = || value.split_whitespace().map(str::to_string).collect::<Vec<_>>();
+            let words = || {
+                value
+                    .split_whitespace()
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            };
             match key.trim().to_ascii_lowercase().as_str() {
                 "types" => types = words(),
                 "uris" => uris = words(),
@@ -102,12 +107,18 @@ fn parse_one_line(text: &str) -> Vec<Source> {
         let rest = rest.trim_start();
         // Skip `[arch=amd64 signed-by=...]`.
         let rest = match rest.strip_prefix('[') {
-            Some(options) => options.split_once(']').map(|(_, rest)| rest).unwrap_or_default(),
+            Some(options) => options
+                .split_once(']')
+                .map(|(_, rest)| rest)
+                .unwrap_or_default(),
             None => rest,
         };
         let mut words = rest.split_whitespace();
         if let (Some(uri), Some(suite)) = (words.next(), words.next()) {
-            sources.push(Source { uris: vec![uri.to_string()], suites: vec![suite.to_string()] });
+            sources.push(Source {
+                uris: vec![uri.to_string()],
+                suites: vec![suite.to_string()],
+            });
         }
     }
     sources
@@ -204,11 +215,15 @@ Components: main
 
     #[test]
     fn one_line_sources_with_options_are_read() {
-        let text = "# comment\ndeb [arch=amd64 signed-by=/k.gpg] http://a.example/debian bookworm main\n\
+        let text =
+            "# comment\ndeb [arch=amd64 signed-by=/k.gpg] http://a.example/debian bookworm main\n\
                     deb http://a.example/debian-security bookworm-security main # trailing\n\
                     deb-src http://a.example/debian bookworm main\n";
         let mirrors = choose(&parse_one_line(text));
-        assert_eq!(mirrors.as_ref().map(|m| m.debian.as_str()), Some("http://a.example/debian"));
+        assert_eq!(
+            mirrors.as_ref().map(|m| m.debian.as_str()),
+            Some("http://a.example/debian")
+        );
         assert_eq!(
             mirrors.and_then(|m| m.security).as_deref(),
             Some("http://a.example/debian-security")
@@ -217,7 +232,12 @@ Components: main
 
     #[test]
     fn no_deb_source_is_none() {
-        assert_eq!(choose(&parse_deb822("Types: deb-src\nURIs: http://x/debian\nSuites: bookworm\n")), None);
+        assert_eq!(
+            choose(&parse_deb822(
+                "Types: deb-src\nURIs: http://x/debian\nSuites: bookworm\n"
+            )),
+            None
+        );
     }
 
     #[test]
@@ -228,7 +248,9 @@ Components: main
         };
         let text = node_sources(&mirrors, "bookworm");
         assert!(text.contains("URIs: http://m.example/debian\nSuites: bookworm bookworm-updates\n"));
-        assert!(text.contains("URIs: http://m.example/debian-security\nSuites: bookworm-security\n"));
+        assert!(
+            text.contains("URIs: http://m.example/debian-security\nSuites: bookworm-security\n")
+        );
         assert_eq!(host_and_path(&mirrors.debian), "m.example/debian");
     }
 }

@@ -134,7 +134,9 @@ pub struct Lab {
 impl Lab {
     /// Open the lab's state directory (`PGHA_LAB_DIR` or `/var/lib/pgha/lab`); it need not exist.
     pub fn open() -> Result<Lab> {
-        let dir = std::env::var_os("PGHA_LAB_DIR").map(PathBuf::from).unwrap_or_else(|| DEFAULT_STATE_DIR.into());
+        let dir = std::env::var_os("PGHA_LAB_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| DEFAULT_STATE_DIR.into());
         Lab::open_at(dir)
     }
 
@@ -143,11 +145,19 @@ impl Lab {
         host::ensure_sbin_on_path();
         let path = dir.join("lab.json");
         let state = match std::fs::read_to_string(&path) {
-            Ok(text) => serde_json::from_str(&text)
-                .with_context(|| format!("failed to read the lab state `{}`; hint: `pgha lab down` resets it", path.display()))?,
+            Ok(text) => serde_json::from_str(&text).with_context(|| {
+                format!(
+                    "failed to read the lab state `{}`; hint: `pgha lab down` resets it",
+                    path.display()
+                )
+            })?,
             Err(_) => State::default(),
         };
-        Ok(Lab { dir, state, progress: Box::new(|_| {}) })
+        Ok(Lab {
+            dir,
+            state,
+            progress: Box::new(|_| {}),
+        })
     }
 
     /// Send progress lines (e.g. "building the Debian base") to `progress`.
@@ -202,7 +212,8 @@ impl Lab {
     fn save(&self) -> Result<()> {
         let path = self.dir.join("lab.json");
         let text = serde_json::to_string_pretty(&self.state)?;
-        std::fs::write(&path, text + "\n").with_context(|| format!("failed to write `{}`", path.display()))
+        std::fs::write(&path, text + "\n")
+            .with_context(|| format!("failed to write `{}`", path.display()))
     }
 
     /// Resolve a node name, failing if the lab is down or has no such node.
@@ -229,11 +240,16 @@ impl Lab {
         let mut changes = Vec::new();
         let cgroups = node::Cgroups::detect()?;
         let mirrors = mirror::Mirrors::from_host()?;
-        std::fs::create_dir_all(&self.dir).with_context(|| format!("failed to create `{}`", self.dir.display()))?;
+        std::fs::create_dir_all(&self.dir)
+            .with_context(|| format!("failed to create `{}`", self.dir.display()))?;
 
         let nodes = topology::nodes(options.nodes);
         let keys = self.keys();
-        changes.extend(keys.ensure(&nodes)?.into_iter().map(|key| format!("generated the {key}")));
+        changes.extend(
+            keys.ensure(&nodes)?
+                .into_iter()
+                .map(|key| format!("generated the {key}")),
+        );
         if network::ensure_bridge()? {
             changes.push(format!("created the bridge `{BRIDGE}` ({BRIDGE_ADDRESS})"));
         }
@@ -242,12 +258,22 @@ impl Lab {
         }
         let base = self.base();
         if !base.ready() {
-            (self.progress)(&format!("building the Debian {} base (once; about a minute)", base::SUITE));
+            (self.progress)(&format!(
+                "building the Debian {} base (once; about a minute)",
+                base::SUITE
+            ));
             let build_started = Instant::now();
             let mut resumed = false;
             base.ensure(&mirrors, &mut resumed)?;
-            let redo = if resumed { " (redoing an unfinished build)" } else { "" };
-            changes.push(format!("built the Debian base in {:.1} s{redo}", build_started.elapsed().as_secs_f64()));
+            let redo = if resumed {
+                " (redoing an unfinished build)"
+            } else {
+                ""
+            };
+            changes.push(format!(
+                "built the Debian base in {:.1} s{redo}",
+                build_started.elapsed().as_secs_f64()
+            ));
         }
         self.state.nodes = options.nodes;
         self.save()?;
@@ -256,7 +282,10 @@ impl Lab {
         let mut booted = Vec::new();
         for node in &nodes {
             if network::ensure_node(node)? {
-                changes.push(format!("created the network of `{node}` ({})", node.address()));
+                changes.push(format!(
+                    "created the network of `{node}` ({})",
+                    node.address()
+                ));
             }
             let dirs = self.node_dirs(node);
             if dirs.pid().is_some() {
@@ -285,7 +314,11 @@ impl Lab {
         let unchanged_reason = changes
             .is_empty()
             .then(|| format!("the lab is already up with {} nodes", options.nodes));
-        Ok(Report { changes, unchanged_reason, elapsed: started.elapsed() })
+        Ok(Report {
+            changes,
+            unchanged_reason,
+            elapsed: started.elapsed(),
+        })
     }
 
     /// Stop every node and remove the lab's mounts, namespaces, bridge, cgroups and proxy.
@@ -324,25 +357,38 @@ impl Lab {
             changes.push("unmounted the node roots".to_string());
         }
         cgroups.remove_all()?;
-        changes.extend(network::remove_all()?.into_iter().map(|object| format!("deleted the {object}")));
+        changes.extend(
+            network::remove_all()?
+                .into_iter()
+                .map(|object| format!("deleted the {object}")),
+        );
         if self.proxy().stop()? {
             changes.push("stopped the apt proxy".to_string());
         }
         let nodes_dir = self.nodes_dir();
         if nodes_dir.exists() {
-            std::fs::remove_dir_all(&nodes_dir).with_context(|| format!("failed to remove `{}`", nodes_dir.display()))?;
+            std::fs::remove_dir_all(&nodes_dir)
+                .with_context(|| format!("failed to remove `{}`", nodes_dir.display()))?;
         }
         self.state = State::default();
         if options.purge {
             if self.dir.exists() {
-                std::fs::remove_dir_all(&self.dir).with_context(|| format!("failed to remove `{}`", self.dir.display()))?;
-                changes.push(format!("deleted `{}` (base, proxy cache, keys)", self.dir.display()));
+                std::fs::remove_dir_all(&self.dir)
+                    .with_context(|| format!("failed to remove `{}`", self.dir.display()))?;
+                changes.push(format!(
+                    "deleted `{}` (base, proxy cache, keys)",
+                    self.dir.display()
+                ));
             }
         } else if self.dir.exists() {
             self.save()?;
         }
         let unchanged_reason = changes.is_empty().then(|| "the lab is not up".to_string());
-        Ok(Report { changes, unchanged_reason, elapsed: started.elapsed() })
+        Ok(Report {
+            changes,
+            unchanged_reason,
+            elapsed: started.elapsed(),
+        })
     }
 
     /// Each node's state and address.
@@ -353,7 +399,10 @@ impl Lab {
             let running = self.node_dirs(&node).pid().is_some();
             let state = if !running {
                 NodeState::Stopped
-            } else if cgroups.as_ref().is_some_and(|cgroups| node::frozen(&node, cgroups)) {
+            } else if cgroups
+                .as_ref()
+                .is_some_and(|cgroups| node::frozen(&node, cgroups))
+            {
                 NodeState::Frozen
             } else if !network::link_up(&node) {
                 NodeState::Partitioned
@@ -362,10 +411,19 @@ impl Lab {
             };
             let blocked = network::blocked_peers(&node)?
                 .into_iter()
-                .filter_map(|address| self.nodes().into_iter().find(|peer| peer.address() == address))
+                .filter_map(|address| {
+                    self.nodes()
+                        .into_iter()
+                        .find(|peer| peer.address() == address)
+                })
                 .map(|peer| peer.name())
                 .collect();
-            nodes.push(NodeStatus { name: node.name(), address: node.address().to_string(), state, blocked });
+            nodes.push(NodeStatus {
+                name: node.name(),
+                address: node.address().to_string(),
+                state,
+                blocked,
+            });
         }
         Ok(Status {
             up: self.is_up(),
@@ -407,7 +465,10 @@ impl Lab {
         let message = if clean {
             format!("stopped `{node}`")
         } else {
-            format!("`{node}` did not power off within {} s: cut its power", STOP_GRACE.as_secs())
+            format!(
+                "`{node}` did not power off within {} s: cut its power",
+                STOP_GRACE.as_secs()
+            )
         };
         Ok(changed(started, message))
     }
@@ -433,7 +494,13 @@ impl Lab {
         };
         node::launch(&node, &dirs, self.base().dir(), &cgroups, &identity)?;
         node::wait_for_ssh(&[(node.clone(), dirs.console_log())], BOOT_TIMEOUT)?;
-        Ok(changed(started, format!("started `{node}` (sshd answered after {:.1} s)", started.elapsed().as_secs_f64())))
+        Ok(changed(
+            started,
+            format!(
+                "started `{node}` (sshd answered after {:.1} s)",
+                started.elapsed().as_secs_f64()
+            ),
+        ))
     }
 
     /// Cut the node off the network; its processes keep running.
@@ -455,7 +522,11 @@ impl Lab {
             return Ok(unchanged(started, format!("`{node}` is already {already}")));
         }
         network::set_link(&node, up)?;
-        let message = if up { format!("healed `{node}`") } else { format!("partitioned `{node}`") };
+        let message = if up {
+            format!("healed `{node}`")
+        } else {
+            format!("partitioned `{node}`")
+        };
         Ok(changed(started, message))
     }
 
@@ -475,14 +546,21 @@ impl Lab {
         let started = Instant::now();
         let cgroups = node::Cgroups::detect()?;
         if self.node_dirs(&node).pid().is_none() {
-            return Err(UserError(format!("`{node}` is not running; hint: `pgha lab start {node}`")).into());
+            return Err(UserError(format!(
+                "`{node}` is not running; hint: `pgha lab start {node}`"
+            ))
+            .into());
         }
         if node::frozen(&node, &cgroups) == frozen {
             let already = if frozen { "frozen" } else { "not frozen" };
             return Ok(unchanged(started, format!("`{node}` is already {already}")));
         }
         node::set_frozen(&node, &cgroups, frozen)?;
-        let message = if frozen { format!("froze `{node}`") } else { format!("thawed `{node}`") };
+        let message = if frozen {
+            format!("froze `{node}`")
+        } else {
+            format!("thawed `{node}`")
+        };
         Ok(changed(started, message))
     }
 
@@ -499,7 +577,10 @@ impl Lab {
     fn set_blocked(&mut self, a: &str, b: &str, blocked: bool) -> Result<Report> {
         let (first, second) = (self.node(a)?, self.node(b)?);
         if first == second {
-            return Err(UserError(format!("`{first}` cannot be cut off from itself; hint: name two different nodes")).into());
+            return Err(UserError(format!(
+                "`{first}` cannot be cut off from itself; hint: name two different nodes"
+            ))
+            .into());
         }
         host::preflight()?;
         let started = Instant::now();
@@ -507,19 +588,33 @@ impl Lab {
             && network::blocked_peers(&second)?.contains(&first.address());
         if is_blocked == blocked {
             let already = if blocked { "blocked" } else { "open" };
-            return Ok(unchanged(started, format!("the link `{first}` – `{second}` is already {already}")));
+            return Ok(unchanged(
+                started,
+                format!("the link `{first}` – `{second}` is already {already}"),
+            ));
         }
         network::set_blocked(&first, &second, blocked)?;
         network::set_blocked(&second, &first, blocked)?;
         let verb = if blocked { "blocked" } else { "unblocked" };
-        Ok(changed(started, format!("{verb} the link `{first}` – `{second}`")))
+        Ok(changed(
+            started,
+            format!("{verb} the link `{first}` – `{second}`"),
+        ))
     }
 }
 
 fn changed(started: Instant, change: String) -> Report {
-    Report { changes: vec![change], unchanged_reason: None, elapsed: started.elapsed() }
+    Report {
+        changes: vec![change],
+        unchanged_reason: None,
+        elapsed: started.elapsed(),
+    }
 }
 
 fn unchanged(started: Instant, reason: String) -> Report {
-    Report { changes: Vec::new(), unchanged_reason: Some(reason), elapsed: started.elapsed() }
+    Report {
+        changes: Vec::new(),
+        unchanged_reason: Some(reason),
+        elapsed: started.elapsed(),
+    }
 }

@@ -91,8 +91,19 @@ pub fn ensure_node(node: &Node) -> Result<bool> {
         changed = true;
     }
     if !interface_exists(&veth) {
-        host::run(ip().args(["link", "add", &veth, "type", "veth", "peer", "name", NODE_INTERFACE, "netns", &namespace]))
-            .with_context(|| format!("failed to create the veth pair of `{node}`"))?;
+        host::run(ip().args([
+            "link",
+            "add",
+            &veth,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            NODE_INTERFACE,
+            "netns",
+            &namespace,
+        ]))
+        .with_context(|| format!("failed to create the veth pair of `{node}`"))?;
         host::run(ip().args(["link", "set", &veth, "master", BRIDGE, "up"]))?;
         host::run(ip().args(["-n", &namespace, "link", "set", NODE_INTERFACE, "up"]))?;
         add_address(node)?;
@@ -109,8 +120,16 @@ pub fn restore(node: &Node) -> Result<()> {
 
 fn add_address(node: &Node) -> Result<()> {
     let address = format!("{}/{PREFIX_LENGTH}", node.address());
-    host::run(ip().args(["-n", &node.namespace(), "address", "replace", &address, "dev", NODE_INTERFACE]))
-        .with_context(|| format!("failed to give `{node}` the address `{address}`"))?;
+    host::run(ip().args([
+        "-n",
+        &node.namespace(),
+        "address",
+        "replace",
+        &address,
+        "dev",
+        NODE_INTERFACE,
+    ]))
+    .with_context(|| format!("failed to give `{node}` the address `{address}`"))?;
     host::run(ip().args(["-n", &node.namespace(), "link", "set", NODE_INTERFACE, "up"]))?;
     Ok(())
 }
@@ -130,8 +149,15 @@ pub fn link_up(node: &Node) -> bool {
 
 /// Remove every address of the node (a VIP it held must not outlive a power cut).
 pub fn flush_addresses(node: &Node) -> Result<()> {
-    host::run(ip().args(["-n", &node.namespace(), "address", "flush", "dev", NODE_INTERFACE]))
-        .with_context(|| format!("failed to flush the addresses of `{node}`"))?;
+    host::run(ip().args([
+        "-n",
+        &node.namespace(),
+        "address",
+        "flush",
+        "dev",
+        NODE_INTERFACE,
+    ]))
+    .with_context(|| format!("failed to flush the addresses of `{node}`"))?;
     Ok(())
 }
 
@@ -144,15 +170,33 @@ pub fn set_blocked(node: &Node, peer: &Node, blocked: bool) -> Result<()> {
     let namespace = node.namespace();
     let mut command = ip();
     if blocked {
-        command.args(["-n", &namespace, "neigh", "replace", &address, "lladdr", NOWHERE_MAC])
+        command
+            .args([
+                "-n",
+                &namespace,
+                "neigh",
+                "replace",
+                &address,
+                "lladdr",
+                NOWHERE_MAC,
+            ])
             .args(["dev", NODE_INTERFACE, "nud", "permanent"]);
     } else {
         if !blocked_peers(node)?.contains(&peer.address()) {
             return Ok(());
         }
-        command.args(["-n", &namespace, "neigh", "del", &address, "dev", NODE_INTERFACE]);
+        command.args([
+            "-n",
+            &namespace,
+            "neigh",
+            "del",
+            &address,
+            "dev",
+            NODE_INTERFACE,
+        ]);
     }
-    host::run(&mut command).with_context(|| format!("failed to change the link from `{node}` to `{peer}`"))?;
+    host::run(&mut command)
+        .with_context(|| format!("failed to change the link from `{node}` to `{peer}`"))?;
     Ok(())
 }
 
@@ -161,7 +205,15 @@ pub fn blocked_peers(node: &Node) -> Result<Vec<Ipv4Addr>> {
     if !namespace_exists(node) {
         return Ok(Vec::new());
     }
-    let neighbours = host::run(ip().args(["-n", &node.namespace(), "-4", "neigh", "show", "dev", NODE_INTERFACE]))?;
+    let neighbours = host::run(ip().args([
+        "-n",
+        &node.namespace(),
+        "-4",
+        "neigh",
+        "show",
+        "dev",
+        NODE_INTERFACE,
+    ]))?;
     Ok(parse_blocked(&neighbours))
 }
 

@@ -44,7 +44,11 @@ impl Cgroups {
             bail!("no cgroup2 hierarchy at `/sys/fs/cgroup` or `/sys/fs/cgroup/unified`; hint: mount cgroup2 (`mount -t cgroup2 none /sys/fs/cgroup/unified`)");
         };
         let present = |name: &str| Some(root.join(name)).filter(|dir| dir.join("tasks").exists());
-        Ok(Cgroups { unified, named_systemd: present("systemd"), freezer: present("freezer") })
+        Ok(Cgroups {
+            unified,
+            named_systemd: present("systemd"),
+            freezer: present("freezer"),
+        })
     }
 
     fn hierarchies(&self) -> Vec<&Path> {
@@ -55,7 +59,10 @@ impl Cgroups {
     }
 
     fn node_dirs(&self, node: &Node) -> Vec<PathBuf> {
-        self.hierarchies().iter().map(|root| root.join(CGROUP_GROUP).join(node.name())).collect()
+        self.hierarchies()
+            .iter()
+            .map(|root| root.join(CGROUP_GROUP).join(node.name()))
+            .collect()
     }
 
     fn unified_dir(&self, node: &Node) -> PathBuf {
@@ -66,7 +73,9 @@ impl Cgroups {
     fn process_count(&self, node: &Node) -> usize {
         let mut count = 0;
         walk(&self.unified_dir(node), &mut |dir| {
-            count += std::fs::read_to_string(dir.join("cgroup.procs")).map(|procs| procs.lines().count()).unwrap_or(0);
+            count += std::fs::read_to_string(dir.join("cgroup.procs"))
+                .map(|procs| procs.lines().count())
+                .unwrap_or(0);
         });
         count
     }
@@ -75,7 +84,8 @@ impl Cgroups {
     fn prepare(&self, node: &Node) -> Result<()> {
         for dir in self.node_dirs(node) {
             remove_tree(&dir, false)?;
-            std::fs::create_dir_all(&dir).with_context(|| format!("failed to create the cgroup `{}`", dir.display()))?;
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("failed to create the cgroup `{}`", dir.display()))?;
         }
         Ok(())
     }
@@ -113,8 +123,12 @@ fn remove_tree(dir: &Path, itself: bool) -> Result<()> {
     }
     dirs.sort_by_key(|path| std::cmp::Reverse(path.components().count()));
     for found in dirs {
-        std::fs::remove_dir(&found)
-            .with_context(|| format!("failed to remove the cgroup `{}` (processes still in it?)", found.display()))?;
+        std::fs::remove_dir(&found).with_context(|| {
+            format!(
+                "failed to remove the cgroup `{}` (processes still in it?)",
+                found.display()
+            )
+        })?;
     }
     Ok(())
 }
@@ -126,7 +140,9 @@ pub struct NodeDirs {
 
 impl NodeDirs {
     pub fn new(nodes_dir: &Path, node: &Node) -> NodeDirs {
-        NodeDirs { dir: nodes_dir.join(node.name()) }
+        NodeDirs {
+            dir: nodes_dir.join(node.name()),
+        }
     }
 
     /// The merged root the container boots from.
@@ -144,7 +160,11 @@ impl NodeDirs {
 
     /// The running launcher's pid, if the node runs.
     pub fn pid(&self) -> Option<u32> {
-        let pid = std::fs::read_to_string(self.pid_file()).ok()?.trim().parse().ok()?;
+        let pid = std::fs::read_to_string(self.pid_file())
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
         host::process_alive(pid, LAUNCHER).then_some(pid)
     }
 
@@ -159,11 +179,21 @@ impl NodeDirs {
         }
         let (upper, work, root) = (self.dir.join("upper"), self.dir.join("work"), self.root());
         for dir in [&upper, &work, &root] {
-            std::fs::create_dir_all(dir).with_context(|| format!("failed to create `{}`", dir.display()))?;
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("failed to create `{}`", dir.display()))?;
         }
-        let options = format!("lowerdir={},upperdir={},workdir={}", base.display(), upper.display(), work.display());
-        host::run(Command::new("mount").args(["-t", "overlay", "overlay", "-o", &options]).arg(&root))
-            .with_context(|| format!("failed to mount the overlay root `{}`", root.display()))?;
+        let options = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            base.display(),
+            upper.display(),
+            work.display()
+        );
+        host::run(
+            Command::new("mount")
+                .args(["-t", "overlay", "overlay", "-o", &options])
+                .arg(&root),
+        )
+        .with_context(|| format!("failed to mount the overlay root `{}`", root.display()))?;
         Ok(())
     }
 }
@@ -177,9 +207,16 @@ pub struct Identity<'a> {
 
 /// Mount the node's root, write its identity, and boot it in its own cgroups and namespace.
 /// Returns the launcher's pid. The caller waits for SSH with [`wait_for_ssh`].
-pub fn launch(node: &Node, dirs: &NodeDirs, base: &Path, cgroups: &Cgroups, identity: &Identity) -> Result<u32> {
+pub fn launch(
+    node: &Node,
+    dirs: &NodeDirs,
+    base: &Path,
+    cgroups: &Cgroups,
+    identity: &Identity,
+) -> Result<u32> {
     dirs.mount(base)?;
-    write_identity(node, &dirs.root(), identity).with_context(|| format!("failed to prepare the root of `{node}`"))?;
+    write_identity(node, &dirs.root(), identity)
+        .with_context(|| format!("failed to prepare the root of `{node}`"))?;
     cgroups.prepare(node)?;
 
     let console = dirs.console_log();
@@ -195,12 +232,29 @@ pub fn launch(node: &Node, dirs: &NodeDirs, base: &Path, cgroups: &Cgroups, iden
         .collect();
     // The shell moves itself into the node's cgroups, then becomes systemd-nspawn; `setsid`
     // (not a group leader here, so it does not fork) detaches it from our session.
-    let script = r#"for procs in $PGHA_CGROUP_PROCS; do echo $$ > "$procs" || exit 1; done; exec "$@""#;
+    let script =
+        r#"for procs in $PGHA_CGROUP_PROCS; do echo $$ > "$procs" || exit 1; done; exec "$@""#;
     let mut command = Command::new("setsid");
     command
-        .args(["sh", "-c", script, "sh", LAUNCHER, "--boot", "--keep-unit", "--register=no"])
-        .arg(format!("--network-namespace-path=/run/netns/{}", node.namespace()))
-        .args(["--capability=CAP_NET_ADMIN", "--link-journal=no", "--console=read-only"])
+        .args([
+            "sh",
+            "-c",
+            script,
+            "sh",
+            LAUNCHER,
+            "--boot",
+            "--keep-unit",
+            "--register=no",
+        ])
+        .arg(format!(
+            "--network-namespace-path=/run/netns/{}",
+            node.namespace()
+        ))
+        .args([
+            "--capability=CAP_NET_ADMIN",
+            "--link-journal=no",
+            "--console=read-only",
+        ])
         .arg(format!("--machine={node}"))
         .arg("-D")
         .arg(dirs.root())
@@ -209,9 +263,12 @@ pub fn launch(node: &Node, dirs: &NodeDirs, base: &Path, cgroups: &Cgroups, iden
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
-    let child = command
-        .spawn()
-        .with_context(|| format!("failed to start `{node}` with `{}`", host::describe(&command)))?;
+    let child = command.spawn().with_context(|| {
+        format!(
+            "failed to start `{node}` with `{}`",
+            host::describe(&command)
+        )
+    })?;
     let pid = child.id();
     std::fs::write(dirs.pid_file(), format!("{pid}\n"))
         .with_context(|| format!("failed to write `{}`", dirs.pid_file().display()))?;
@@ -221,7 +278,12 @@ pub fn launch(node: &Node, dirs: &NodeDirs, base: &Path, cgroups: &Cgroups, iden
 /// Files that make the node itself: name, hosts, machine id, SSH host key, authorised client key.
 fn write_identity(node: &Node, root: &Path, identity: &Identity) -> Result<()> {
     base::write(root, "etc/hostname", &format!("{node}\n"), 0o644)?;
-    base::write(root, "etc/hosts", &topology::hosts_file(node, identity.all_nodes), 0o644)?;
+    base::write(
+        root,
+        "etc/hosts",
+        &topology::hosts_file(node, identity.all_nodes),
+        0o644,
+    )?;
     let machine_id = std::fs::read_to_string("/proc/sys/kernel/random/uuid")
         .context("failed to read a random id")?
         .trim()
@@ -236,14 +298,31 @@ fn write_identity(node: &Node, root: &Path, identity: &Identity) -> Result<()> {
     base::write(root, "etc/ssh/ssh_host_ed25519_key", &private, 0o600)?;
     base::write(root, "etc/ssh/ssh_host_ed25519_key.pub", &public, 0o644)?;
 
-    base::write(root, "root/.ssh/authorized_keys", identity.client_public_key, 0o600)?;
-    std::fs::set_permissions(root.join("root/.ssh"), std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+    base::write(
+        root,
+        "root/.ssh/authorized_keys",
+        identity.client_public_key,
+        0o600,
+    )?;
+    std::fs::set_permissions(
+        root.join("root/.ssh"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )?;
     let (uid, gid) = user_ids(root, "deploy")?;
-    base::write(root, "home/deploy/.ssh/authorized_keys", identity.client_public_key, 0o600)?;
+    base::write(
+        root,
+        "home/deploy/.ssh/authorized_keys",
+        identity.client_public_key,
+        0o600,
+    )?;
     let ssh_dir = root.join("home/deploy/.ssh");
-    std::fs::set_permissions(&ssh_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+    std::fs::set_permissions(
+        &ssh_dir,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )?;
     for path in [ssh_dir.clone(), ssh_dir.join("authorized_keys")] {
-        chown(&path, Some(uid), Some(gid)).with_context(|| format!("failed to chown `{}`", path.display()))?;
+        chown(&path, Some(uid), Some(gid))
+            .with_context(|| format!("failed to chown `{}`", path.display()))?;
     }
     Ok(())
 }
@@ -285,7 +364,11 @@ pub fn wait_for_ssh(nodes: &[(Node, PathBuf)], timeout: Duration) -> Result<()> 
                 .iter()
                 .map(|(node, console)| format!("`{node}` (console: `{}`)", console.display()))
                 .collect();
-            bail!("sshd did not answer within {} s on {}", timeout.as_secs(), names.join(", "));
+            bail!(
+                "sshd did not answer within {} s on {}",
+                timeout.as_secs(),
+                names.join(", ")
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -319,7 +402,8 @@ pub fn kill(node: &Node, cgroups: &Cgroups) -> Result<()> {
     let dir = cgroups.unified_dir(node);
     let kill_file = dir.join("cgroup.kill");
     if kill_file.exists() {
-        std::fs::write(&kill_file, "1").with_context(|| format!("failed to write `{}`", kill_file.display()))?;
+        std::fs::write(&kill_file, "1")
+            .with_context(|| format!("failed to write `{}`", kill_file.display()))?;
     } else {
         // Kernels before 5.14 have no cgroup.kill: signal every process in the subtree.
         walk(&dir, &mut |cgroup| {
@@ -340,7 +424,10 @@ fn wait_empty(node: &Node, cgroups: &Cgroups) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while cgroups.process_count(node) > 0 {
         if Instant::now() > deadline {
-            bail!("processes of `{node}` did not exit within 10 s; hint: see `{}`", cgroups.unified_dir(node).display());
+            bail!(
+                "processes of `{node}` did not exit within 10 s; hint: see `{}`",
+                cgroups.unified_dir(node).display()
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -356,7 +443,10 @@ pub fn set_frozen(node: &Node, cgroups: &Cgroups, frozen: bool) -> Result<()> {
             .with_context(|| format!("failed to write `{}`", freeze.display()))?;
     }
     if let Some(root) = &cgroups.freezer {
-        let state = root.join(CGROUP_GROUP).join(node.name()).join("freezer.state");
+        let state = root
+            .join(CGROUP_GROUP)
+            .join(node.name())
+            .join("freezer.state");
         if state.exists() && (!freeze.exists() || !frozen) {
             std::fs::write(&state, if frozen { "FROZEN" } else { "THAWED" })
                 .with_context(|| format!("failed to write `{}`", state.display()))?;
@@ -373,8 +463,12 @@ pub fn frozen(node: &Node, cgroups: &Cgroups) -> bool {
     let unified = std::fs::read_to_string(cgroups.unified_dir(node).join("cgroup.freeze"))
         .is_ok_and(|value| value.trim() == "1");
     let legacy = cgroups.freezer.as_ref().is_some_and(|root| {
-        std::fs::read_to_string(root.join(CGROUP_GROUP).join(node.name()).join("freezer.state"))
-            .is_ok_and(|value| value.trim() != "THAWED")
+        std::fs::read_to_string(
+            root.join(CGROUP_GROUP)
+                .join(node.name())
+                .join("freezer.state"),
+        )
+        .is_ok_and(|value| value.trim() != "THAWED")
     });
     unified || legacy
 }

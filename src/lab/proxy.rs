@@ -46,7 +46,11 @@ impl Proxy {
 
     /// The running proxy's pid, from its pid file.
     pub fn pid(&self) -> Option<u32> {
-        let pid = std::fs::read_to_string(self.pid_file()).ok()?.trim().parse().ok()?;
+        let pid = std::fs::read_to_string(self.pid_file())
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
         host::process_alive(pid, "apt-cacher-ng").then_some(pid)
     }
 
@@ -57,7 +61,8 @@ impl Proxy {
         }
         check_port_free()?;
         for dir in [self.config_dir(), self.dir.join("cache"), self.log_dir()] {
-            std::fs::create_dir_all(&dir).with_context(|| format!("failed to create `{}`", dir.display()))?;
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("failed to create `{}`", dir.display()))?;
         }
         let config = self.config_dir().join("acng.conf");
         std::fs::write(&config, self.config(mirrors))
@@ -94,7 +99,11 @@ impl Proxy {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        bail!("`apt-cacher-ng` did not listen on `{}` within 15 s; hint: see `{}`", url(), console.display())
+        bail!(
+            "`apt-cacher-ng` did not listen on `{}` within 15 s; hint: see `{}`",
+            url(),
+            console.display()
+        )
     }
 
     /// Stop the proxy if it runs. True if it was running.
@@ -159,7 +168,8 @@ fn port_open() -> bool {
 
 /// Fail if something else listens on the proxy's port on the bridge or on every address.
 fn check_port_free() -> Result<()> {
-    let table = std::fs::read_to_string("/proc/net/tcp").context("failed to read `/proc/net/tcp`")?;
+    let table =
+        std::fs::read_to_string("/proc/net/tcp").context("failed to read `/proc/net/tcp`")?;
     for line in table.lines().skip(1) {
         let fields: Vec<&str> = line.split_whitespace().collect();
         let (Some(local), Some(state)) = (fields.get(1), fields.get(3)) else {
@@ -171,7 +181,8 @@ fn check_port_free() -> Result<()> {
         let listening = *state == "0A";
         let port = u16::from_str_radix(port, 16).unwrap_or_default();
         let address = u32::from_str_radix(address, 16).map(|raw| Ipv4Addr::from(u32::from_be(raw)));
-        let clashes = matches!(address, Ok(address) if address == BRIDGE_ADDRESS || address.is_unspecified());
+        let clashes =
+            matches!(address, Ok(address) if address == BRIDGE_ADDRESS || address.is_unspecified());
         if listening && port == PORT && clashes {
             bail!(
                 "port {PORT} is already in use on `{BRIDGE_ADDRESS}`; \
@@ -196,7 +207,9 @@ mod tests {
         assert!(text.contains("BindAddress: 10.231.0.1\n"));
         assert!(text.contains("Port: 3142\n"));
         assert!(text.contains("CacheDir: /state/proxy/cache\n"));
-        assert!(text.contains("Remap-debrep: m.example/debian /debian ; http://m.example/debian/\n"));
+        assert!(
+            text.contains("Remap-debrep: m.example/debian /debian ; http://m.example/debian/\n")
+        );
         assert!(text.contains("Remap-secdeb: m.example/debian-security /debian-security ; http://m.example/debian-security/\n"));
     }
 }

@@ -17,7 +17,7 @@ pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 231, 0, 100);
 /// Last octet of `node1`'s address; `nodeN` gets `FIRST_HOST + N - 1`.
 const FIRST_HOST: u8 = 11;
 /// The most nodes that fit below the VIP.
-pub const MAX_NODES: usize = (100 - FIRST_HOST as usize) as usize;
+pub const MAX_NODES: usize = (VIP.octets()[3] - FIRST_HOST) as usize;
 /// Name of the interface inside every node's namespace.
 pub const NODE_INTERFACE: &str = "eth0";
 
@@ -99,7 +99,9 @@ fn node_range(count: usize) -> String {
 
 /// `/etc/hosts` for a node: localhost, its own name, and every lab node.
 pub fn hosts_file(own: &Node, all: &[Node]) -> String {
-    let mut text = format!("127.0.0.1\tlocalhost\n127.0.1.1\t{own}\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    let mut text = format!(
+        "127.0.0.1\tlocalhost\n127.0.1.1\t{own}\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+    );
     for node in all {
         text.push_str(&format!("{}\t{}\n", node.address(), node));
     }
@@ -115,19 +117,29 @@ mod tests {
         let all = nodes(MAX_NODES);
         assert_eq!(all[0].address(), Ipv4Addr::new(10, 231, 0, 11));
         assert_eq!(all[2].address(), Ipv4Addr::new(10, 231, 0, 13));
-        assert!(all.iter().all(|node| node.address() != VIP && node.address() != BRIDGE_ADDRESS));
-        assert_eq!(all.last().map(Node::address), Some(Ipv4Addr::new(10, 231, 0, 99)));
+        assert!(all
+            .iter()
+            .all(|node| node.address() != VIP && node.address() != BRIDGE_ADDRESS));
+        assert_eq!(
+            all.last().map(Node::address),
+            Some(Ipv4Addr::new(10, 231, 0, 99))
+        );
     }
 
     #[test]
     fn interface_names_fit_the_kernel_limit() {
-        assert!(nodes(MAX_NODES).iter().all(|node| node.host_interface().len() <= 15));
+        assert!(nodes(MAX_NODES)
+            .iter()
+            .all(|node| node.host_interface().len() <= 15));
         assert_eq!(nodes(1)[0].namespace(), "pgha-node1");
     }
 
     #[test]
     fn node_names_are_validated_against_the_lab() {
-        assert_eq!(node("node3", 3).map(|node| node.address()).ok(), Some(Ipv4Addr::new(10, 231, 0, 13)));
+        assert_eq!(
+            node("node3", 3).map(|node| node.address()).ok(),
+            Some(Ipv4Addr::new(10, 231, 0, 13))
+        );
         for bad in ["node4", "node0", "node01", "nodeX", "n1", ""] {
             let error = node(bad, 3).expect_err(bad);
             assert!(error.0.contains("`node1` to `node3`"), "{}", error.0);
