@@ -351,6 +351,7 @@ impl Lab {
                 // Leftovers of a node whose launcher died (nothing happens if there are none).
                 node::kill(node, &cgroups)?;
             }
+            node::remove_runtime_leftovers(node);
         }
         if !host::mounts_under(&self.dir)?.is_empty() {
             host::unmount_all_under(&self.dir)?;

@@ -254,12 +254,16 @@ pub fn launch(
             "--capability=CAP_NET_ADMIN",
             "--link-journal=no",
             "--console=read-only",
+            // SIGTERM to nspawn then means `poweroff` inside (its default signal means `halt`).
+            "--kill-signal=SIGRTMIN+4",
         ])
         .arg(format!("--machine={node}"))
         .arg("-D")
         .arg(dirs.root())
         .env("PGHA_CGROUP_PROCS", procs.join(" "))
         .env("SYSTEMD_NSPAWN_API_VFS_WRITABLE", "network")
+        // No image lock files in `/run/systemd/nspawn/locks`: the lab keeps its own pid files.
+        .env("SYSTEMD_NSPAWN_LOCK", "0")
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
@@ -395,6 +399,11 @@ pub fn stop(node: &Node, dirs: &NodeDirs, cgroups: &Cgroups, grace: Duration) ->
     }
     wait_empty(node, cgroups)?;
     Ok(true)
+}
+
+/// Remove the empty directory systemd-nspawn leaves in `/run` for a stopped node.
+pub fn remove_runtime_leftovers(node: &Node) {
+    let _ = std::fs::remove_dir(Path::new("/run/systemd/nspawn/propagate").join(node.name()));
 }
 
 /// Power cut: kill every process of the node at once and wait until they are gone.
