@@ -1,54 +1,24 @@
-//! Facts about the machine the lab runs on and the one way the lab runs external tools.
-//! Owns the up-front checks (Linux, root, tools present); it must not change anything.
+//! The machine the lab runs on: the up-front checks (Linux, root, tools present, each missing
+//! tool named with its package) and the one way the lab runs external tools, signals processes
+//! and finds its mounts. It knows nothing about nodes or the network plan.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
 
-/// A tool the lab runs and the Debian package that provides it.
-struct Tool {
-    program: &'static str,
-    package: &'static str,
-}
-
-const TOOLS: &[Tool] = &[
-    Tool {
-        program: "debootstrap",
-        package: "debootstrap",
-    },
-    Tool {
-        program: "systemd-nspawn",
-        package: "systemd-container",
-    },
-    Tool {
-        program: "apt-cacher-ng",
-        package: "apt-cacher-ng",
-    },
-    Tool {
-        program: "ip",
-        package: "iproute2",
-    },
-    Tool {
-        program: "ssh-keygen",
-        package: "openssh-client",
-    },
-    Tool {
-        program: "mount",
-        package: "mount",
-    },
-    Tool {
-        program: "umount",
-        package: "mount",
-    },
-    Tool {
-        program: "setsid",
-        package: "util-linux",
-    },
-    Tool {
-        program: "chroot",
-        package: "coreutils",
-    },
+/// Every program the lab runs, with the Debian package that provides it.
+const TOOLS: &[(&str, &str)] = &[
+    ("debootstrap", "debootstrap"),
+    ("systemd-nspawn", "systemd-container"),
+    ("apt-cacher-ng", "apt-cacher-ng"),
+    ("ip", "iproute2"),
+    ("ssh-keygen", "openssh-client"),
+    ("mount", "mount"),
+    ("umount", "mount"),
+    ("setsid", "util-linux"),
+    ("kill", "procps"),
+    ("chroot", "coreutils"),
 ];
 
 /// Check everything the lab needs from this machine before touching it: Linux, root, and every
@@ -61,25 +31,34 @@ pub fn preflight() -> Result<()> {
         bail!("the lab needs root; hint: run `sudo pgha lab ...`");
     }
     ensure_sbin_on_path();
-    let missing: Vec<&Tool> = TOOLS
+    let missing: Vec<(&str, &str)> = TOOLS
         .iter()
-        .filter(|tool| find_program(tool.program).is_none())
+        .copied()
+        .filter(|(program, _)| find_program(program).is_none())
         .collect();
-    if !missing.is_empty() {
-        let mut packages: Vec<&str> = missing.iter().map(|tool| tool.package).collect();
-        packages.dedup();
-        let programs: Vec<String> = missing
-            .iter()
-            .map(|tool| format!("`{}`", tool.program))
-            .collect();
-        let verb = if missing.len() == 1 { "is" } else { "are" };
-        bail!(
-            "{} {verb} not found; hint: apt-get install {}",
-            programs.join(", "),
-            packages.join(" ")
-        );
+    match missing_tools_message(&missing) {
+        Some(message) => bail!(message),
+        None => Ok(()),
     }
-    Ok(())
+}
+
+/// "`a`, `b` are not found; hint: apt-get install pa pb", or None if nothing is missing.
+fn missing_tools_message(missing: &[(&str, &str)]) -> Option<String> {
+    if missing.is_empty() {
+        return None;
+    }
+    let programs: Vec<String> = missing
+        .iter()
+        .map(|(program, _)| format!("`{program}`"))
+        .collect();
+    let mut packages: Vec<&str> = missing.iter().map(|(_, package)| *package).collect();
+    packages.dedup();
+    let verb = if missing.len() == 1 { "is" } else { "are" };
+    Some(format!(
+        "{} {verb} not found; hint: apt-get install {}",
+        programs.join(", "),
+        packages.join(" ")
+    ))
 }
 
 /// Put the sbin directories on `PATH` (a plain `sudo` or cron `PATH` may lack them), so every
@@ -226,6 +205,20 @@ pub fn unmount_all_under(dir: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn missing_tools_are_named_with_their_packages() {
+        assert_eq!(missing_tools_message(&[]), None);
+        assert_eq!(
+            missing_tools_message(&[("debootstrap", "debootstrap")]).as_deref(),
+            Some("`debootstrap` is not found; hint: apt-get install debootstrap")
+        );
+        assert_eq!(
+            missing_tools_message(&[("mount", "mount"), ("umount", "mount"), ("ip", "iproute2")])
+                .as_deref(),
+            Some("`mount`, `umount`, `ip` are not found; hint: apt-get install mount iproute2")
+        );
+    }
 
     #[test]
     fn mount_paths_are_unescaped() {
