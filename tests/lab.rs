@@ -1,0 +1,298 @@
+//! End-to-end: a real 3-node lab on this machine (needs root, Linux and the lab's host packages).
+//! One test, because only one lab can exist on a machine at a time. It reads like the spec of
+//! `pgha lab`: nodes boot with systemd and strict SSH, apt works through the proxy, every fault
+//! does what it says and is undone, a second `up` changes nothing, `down` leaves nothing behind.
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+const NODES: [(&str, &str); 3] = [
+    ("node1", "10.231.0.11"),
+    ("node2", "10.231.0.12"),
+    ("node3", "10.231.0.13"),
+];
+
+fn state_dir() -> PathBuf {
+    std::env::var_os("PGHA_LAB_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/var/lib/pgha/lab".into())
+}
+
+fn pgha(args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_pgha"))
+        .args(args)
+        .output()
+        .expect("run pgha");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    eprintln!("$ pgha {}\n{stdout}{stderr}", args.join(" "));
+    assert!(
+        output.status.success(),
+        "`pgha {}` failed: {stderr}",
+        args.join(" ")
+    );
+    stdout
+}
+
+/// Run a command on a node over SSH with strict host-key checking against the lab's known_hosts.
+fn ssh(user: &str, address: &str, command: &str) -> Output {
+    let keys = state_dir().join("ssh");
+    Command::new("ssh")
+        .arg("-i")
+        .arg(keys.join("id_ed25519"))
+        .arg(format!(
+            "-oUserKnownHostsFile={}",
+            keys.join("known_hosts").display()
+        ))
+        .args([
+            "-oStrictHostKeyChecking=yes",
+            "-oBatchMode=yes",
+            "-oConnectTimeout=5",
+            "-oLogLevel=ERROR",
+        ])
+        .arg(format!("{user}@{address}"))
+        .arg(command)
+        .output()
+        .expect("run ssh")
+}
+
+fn ssh_ok(address: &str, command: &str) -> String {
+    let output = ssh("root", address, command);
+    assert!(
+        output.status.success(),
+        "`{command}` on {address} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+/// Whether sshd on `address` sends its banner within a second.
+fn sshd_answers(address: &str) -> bool {
+    let socket: SocketAddr = format!("{address}:22").parse().expect("address");
+    let Ok(mut stream) = TcpStream::connect_timeout(&socket, Duration::from_secs(1)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    let mut banner = [0u8; 4];
+    stream.read_exact(&mut banner).is_ok() && &banner == b"SSH-"
+}
+
+/// `systemctl is-system-running` on the node once it has left `starting`.
+fn system_state(address: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let output = ssh("root", address, "systemctl is-system-running");
+        let state = String::from_utf8_lossy(&output.stdout).trim().to_string();
+        if !matches!(state.as_str(), "starting" | "initializing") || Instant::now() > deadline {
+            if state == "degraded" {
+                eprintln!(
+                    "{}",
+                    ssh_ok(address, "systemctl --failed --no-pager || true")
+                );
+            }
+            return state;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn node_state(name: &str) -> String {
+    let status: serde_json::Value =
+        serde_json::from_str(&pgha(&["lab", "status", "--json"])).expect("status JSON");
+    status["nodes"]
+        .as_array()
+        .and_then(|nodes| nodes.iter().find(|node| node["name"] == name))
+        .and_then(|node| node["state"].as_str())
+        .unwrap_or("missing")
+        .to_string()
+}
+
+/// Whether `from` reaches `to` with one ping (one second timeout).
+fn reaches(from: &str, to: &str) -> bool {
+    ssh("root", from, &format!("ping -c1 -W1 {to}"))
+        .status
+        .success()
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("Uid:"))
+                .map(str::to_string)
+        })
+        .and_then(|ids| ids.split_whitespace().nth(1).map(|id| id == "0"))
+        .unwrap_or(false)
+}
+
+/// Live (not zombie) processes whose command line mentions the lab's state directory.
+fn lab_processes(dir: &Path) -> Vec<String> {
+    let needle = dir.display().to_string();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("read /proc").flatten() {
+        let path = entry.path();
+        let Ok(cmdline) = std::fs::read(path.join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let stat = std::fs::read_to_string(path.join("stat")).unwrap_or_default();
+        let zombie = stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z'));
+        if cmdline.contains(&needle) && !zombie && !cmdline.contains("cargo") {
+            found.push(format!(
+                "{}: {cmdline}",
+                entry.file_name().to_string_lossy()
+            ));
+        }
+    }
+    found
+}
+
+fn assert_nothing_left(dir: &Path) {
+    let namespaces: Vec<String> = std::fs::read_dir("/run/netns")
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|entry| entry.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        !namespaces.iter().any(|name| name.starts_with("pgha-")),
+        "namespaces left: {namespaces:?}"
+    );
+    assert!(
+        !Path::new("/sys/class/net/pgha-br0").exists(),
+        "bridge `pgha-br0` left"
+    );
+    let mounts = std::fs::read_to_string("/proc/mounts").expect("read /proc/mounts");
+    let needle = dir.display().to_string();
+    let left: Vec<&str> = mounts
+        .lines()
+        .filter(|line| line.contains(&needle))
+        .collect();
+    assert!(left.is_empty(), "mounts left: {left:?}");
+    let processes = lab_processes(dir);
+    assert!(processes.is_empty(), "processes left: {processes:?}");
+    assert!(
+        !Path::new("/sys/fs/cgroup/unified/pgha-lab").exists(),
+        "cgroups left"
+    );
+}
+
+#[test]
+fn lab_boots_real_nodes_injects_faults_and_leaves_nothing_behind() {
+    assert!(
+        is_root(),
+        "the lab test needs root (network namespaces, mounts, cgroups): run it as root"
+    );
+    let dir = state_dir();
+    pgha(&["lab", "down"]);
+
+    // Up: three nodes with systemd and strict SSH as root and as `deploy` with sudo.
+    let up = pgha(&["lab", "up", "--nodes", "3"]);
+    assert!(up.contains("booted"), "first `up` booted nothing: {up}");
+    for (name, address) in NODES {
+        assert_eq!(ssh_ok(address, "hostname"), name);
+        assert_eq!(
+            system_state(address),
+            "running",
+            "`{name}` is not running cleanly"
+        );
+        let deploy = ssh("deploy", address, "sudo -n id -u");
+        assert_eq!(
+            String::from_utf8_lossy(&deploy.stdout).trim(),
+            "0",
+            "`deploy` has no passwordless sudo on `{name}`"
+        );
+    }
+
+    // Packages come through the proxy (nodes reach nothing else).
+    let update = ssh_ok("10.231.0.11", "apt-get update -q 2>&1");
+    assert!(
+        update.contains("bookworm"),
+        "apt-get update fetched nothing: {update}"
+    );
+    let routes = ssh_ok("10.231.0.11", "ip route");
+    assert!(
+        !routes.contains("default"),
+        "node1 has a default route; it must reach packages only through the proxy: {routes}"
+    );
+
+    // Power cut of node2: unreachable, then back after `start`.
+    pgha(&["lab", "kill", "node2"]);
+    assert_eq!(node_state("node2"), "stopped");
+    assert!(!sshd_answers("10.231.0.12"), "killed node2 still answers");
+    assert!(
+        !reaches("10.231.0.11", "10.231.0.12"),
+        "killed node2 still answers ping"
+    );
+    pgha(&["lab", "start", "node2"]);
+    assert_eq!(system_state("10.231.0.12"), "running");
+    assert!(reaches("10.231.0.11", "10.231.0.12"));
+
+    // Partition node3: cut off from node1 and the host while its processes keep running.
+    ssh_ok("10.231.0.13", "systemd-run --unit=pgha-probe sleep 1000");
+    pgha(&["lab", "partition", "node3"]);
+    assert_eq!(node_state("node3"), "partitioned");
+    assert!(
+        !reaches("10.231.0.11", "10.231.0.13"),
+        "node1 still reaches partitioned node3"
+    );
+    assert!(
+        !sshd_answers("10.231.0.13"),
+        "partitioned node3 answers the host"
+    );
+    pgha(&["lab", "heal", "node3"]);
+    assert_eq!(node_state("node3"), "running");
+    assert!(
+        reaches("10.231.0.11", "10.231.0.13"),
+        "node1 does not reach healed node3"
+    );
+    assert_eq!(
+        ssh_ok("10.231.0.13", "systemctl is-active pgha-probe"),
+        "active",
+        "node3's processes did not survive"
+    );
+
+    // Freeze node1: its sshd stops answering; thaw: it answers again.
+    pgha(&["lab", "freeze", "node1"]);
+    assert_eq!(node_state("node1"), "frozen");
+    assert!(!sshd_answers("10.231.0.11"), "frozen node1 still answers");
+    pgha(&["lab", "thaw", "node1"]);
+    assert_eq!(node_state("node1"), "running");
+    assert!(sshd_answers("10.231.0.11"), "thawed node1 does not answer");
+
+    // Block node1 – node2 only: both directions cut, node3 unaffected; unblock restores it.
+    pgha(&["lab", "block", "node1", "node2"]);
+    assert!(
+        !reaches("10.231.0.11", "10.231.0.12"),
+        "node1 still reaches node2"
+    );
+    assert!(
+        !reaches("10.231.0.12", "10.231.0.11"),
+        "node2 still reaches node1"
+    );
+    assert!(reaches("10.231.0.11", "10.231.0.13") && reaches("10.231.0.12", "10.231.0.13"));
+    pgha(&["lab", "unblock", "node1", "node2"]);
+    assert!(reaches("10.231.0.11", "10.231.0.12") && reaches("10.231.0.12", "10.231.0.11"));
+
+    // Idempotent: a second `up` changes nothing.
+    let again = pgha(&["lab", "up", "--nodes", "3"]);
+    assert!(
+        again.contains("nothing changed"),
+        "second `up` changed something: {again}"
+    );
+
+    // Down: nothing left running, mounted or configured.
+    pgha(&["lab", "down"]);
+    assert_nothing_left(&dir);
+    let status = pgha(&["lab", "status"]);
+    assert!(status.contains("not up"), "status after down: {status}");
+}
