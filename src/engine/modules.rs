@@ -326,7 +326,6 @@ impl Planner<'_> {
                     Some(ServiceState::Stopped) if running => Some("stop"),
                     Some(ServiceState::Restarted) => Some("restart"),
                     Some(ServiceState::Reloaded) if running => Some("reload"),
-                    Some(ServiceState::Reloaded) => Some("start"),
                     _ => None,
                 };
                 if let Some(verb) = verb {
