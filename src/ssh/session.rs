@@ -181,43 +181,55 @@ impl Session {
             }
             writer.eof().await
         };
-        let collect = async {
-            let mut output = CommandOutput {
-                exit_code: None,
-                signal: None,
-                stdout: Vec::new(),
-                stderr: Vec::new(),
-            };
-            let mut refused = false;
-            while let Some(message) = reader.wait().await {
-                match message {
-                    ChannelMsg::Data { data } => output.stdout.extend_from_slice(&data),
-                    ChannelMsg::ExtendedData { data, ext: 1 } => {
+        tokio::pin!(feed);
+        let mut feeding = true;
+        let mut fed = Ok(());
+        let mut refused = false;
+        let mut output = CommandOutput {
+            exit_code: None,
+            signal: None,
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+        };
+        loop {
+            tokio::select! {
+                result = &mut feed, if feeding => {
+                    feeding = false;
+                    fed = result;
+                }
+                message = reader.wait() => match message {
+                    Some(ChannelMsg::Data { data }) => output.stdout.extend_from_slice(&data),
+                    Some(ChannelMsg::ExtendedData { data, ext: 1 }) => {
                         output.stderr.extend_from_slice(&data)
                     }
-                    ChannelMsg::ExitStatus { exit_status } => {
+                    Some(ChannelMsg::ExitStatus { exit_status }) => {
                         output.exit_code = i32::try_from(exit_status).ok()
                     }
-                    ChannelMsg::ExitSignal { signal_name, .. } => {
+                    Some(ChannelMsg::ExitSignal { signal_name, .. }) => {
                         output.signal = Some(signal_text(&signal_name))
                     }
-                    ChannelMsg::Failure => refused = true,
-                    ChannelMsg::Close => break,
-                    _ => {}
-                }
+                    Some(ChannelMsg::Failure) => refused = true,
+                    Some(ChannelMsg::Close) | None => break,
+                    Some(_) => {}
+                },
             }
-            (output, refused)
-        };
-        let (fed, (output, refused)) = tokio::join!(feed, collect);
+            // A command may exit without reading all its input (like `true < big`). Then the
+            // server grants no more window and waits for our end-of-file: stop feeding and
+            // send it, or both sides wait forever.
+            let finished = output.exit_code.is_some() || output.signal.is_some();
+            if feeding && finished {
+                feeding = false;
+                // The channel may already be closing; its close message still arrives.
+                let _ = writer.eof().await;
+            }
+        }
         if refused {
             return Err(SshError::ExecRefused {
                 host: self.inner.host.clone(),
                 command: command.summary(),
             });
         }
-        // A command may exit without reading all its input (like `true < big`); that is its
-        // business, reported by its exit status. Only a command that never finished makes a
-        // failed write an error.
+        // A failed write matters only for a command that never finished.
         if output.exit_code.is_none() && output.signal.is_none() {
             fed.map_err(channel_error)?;
         }
