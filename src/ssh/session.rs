@@ -208,7 +208,11 @@ impl Session {
                     Some(ChannelMsg::ExitSignal { signal_name, .. }) => {
                         output.signal = Some(signal_text(&signal_name))
                     }
-                    Some(ChannelMsg::Failure) => refused = true,
+                    // The exec request itself was refused: no exit status or close follows.
+                    Some(ChannelMsg::Failure) => {
+                        refused = true;
+                        break;
+                    }
                     Some(ChannelMsg::Close) | None => break,
                     Some(_) => {}
                 },
@@ -289,26 +293,28 @@ async fn authenticate(
     }
 
     match AgentClient::connect_env().await {
-        Ok(mut agent) => {
-            let keys: Vec<PublicKey> = agent.request_identities().await.unwrap_or_default();
-            for key in &keys {
-                let hash = rsa_hash(handle, key.algorithm().is_rsa())
-                    .await
-                    .map_err(protocol_error)?;
-                let result = handle
-                    .authenticate_publickey_with(
-                        target.user.as_str(),
-                        key.clone(),
-                        hash,
-                        &mut agent,
-                    )
-                    .await;
-                if result.is_ok_and(|result| result.success()) {
-                    return Ok(());
+        Ok(mut agent) => match agent.request_identities().await {
+            Ok(keys) => {
+                for key in &keys {
+                    let hash = rsa_hash(handle, key.algorithm().is_rsa())
+                        .await
+                        .map_err(protocol_error)?;
+                    let result = handle
+                        .authenticate_publickey_with(
+                            target.user.as_str(),
+                            key.clone(),
+                            hash,
+                            &mut agent,
+                        )
+                        .await;
+                    if result.is_ok_and(|result| result.success()) {
+                        return Ok(());
+                    }
                 }
+                tried.push(format!("{} key(s) from `ssh-agent`", keys.len()));
             }
-            tried.push(format!("{} key(s) from `ssh-agent`", keys.len()));
-        }
+            Err(error) => tried.push(format!("`ssh-agent`, which failed to list keys: {error}")),
+        },
         Err(_) => tried.push("no usable `ssh-agent` (`SSH_AUTH_SOCK`)".to_string()),
     }
 
