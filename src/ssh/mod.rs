@@ -6,7 +6,7 @@
 //! - [`known_hosts`]: the pure host key verdict and recording of accepted keys.
 //! - [`command`]: remote commands as data and the shell quoting of every word.
 //! - [`upload`]: checksum-first, temp-file-then-rename uploads.
-//! - [`error`]: [`SshError`].
+//! - [`error`]: the typed [`SshError`].
 //!
 //! Security rules kept here: host keys are always checked (an unknown key is only recorded when
 //! the caller asked for it, a changed or revoked key is always refused), every word of a command

@@ -181,43 +181,59 @@ impl Session {
             }
             writer.eof().await
         };
-        let collect = async {
-            let mut output = CommandOutput {
-                exit_code: None,
-                signal: None,
-                stdout: Vec::new(),
-                stderr: Vec::new(),
-            };
-            let mut refused = false;
-            while let Some(message) = reader.wait().await {
-                match message {
-                    ChannelMsg::Data { data } => output.stdout.extend_from_slice(&data),
-                    ChannelMsg::ExtendedData { data, ext: 1 } => {
+        tokio::pin!(feed);
+        let mut feeding = true;
+        let mut fed = Ok(());
+        let mut refused = false;
+        let mut output = CommandOutput {
+            exit_code: None,
+            signal: None,
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+        };
+        loop {
+            tokio::select! {
+                result = &mut feed, if feeding => {
+                    feeding = false;
+                    fed = result;
+                }
+                message = reader.wait() => match message {
+                    Some(ChannelMsg::Data { data }) => output.stdout.extend_from_slice(&data),
+                    Some(ChannelMsg::ExtendedData { data, ext: 1 }) => {
                         output.stderr.extend_from_slice(&data)
                     }
-                    ChannelMsg::ExitStatus { exit_status } => {
+                    Some(ChannelMsg::ExitStatus { exit_status }) => {
                         output.exit_code = i32::try_from(exit_status).ok()
                     }
-                    ChannelMsg::ExitSignal { signal_name, .. } => {
+                    Some(ChannelMsg::ExitSignal { signal_name, .. }) => {
                         output.signal = Some(signal_text(&signal_name))
                     }
-                    ChannelMsg::Failure => refused = true,
-                    ChannelMsg::Close => break,
-                    _ => {}
-                }
+                    // The exec request itself was refused: no exit status or close follows.
+                    Some(ChannelMsg::Failure) => {
+                        refused = true;
+                        break;
+                    }
+                    Some(ChannelMsg::Close) | None => break,
+                    Some(_) => {}
+                },
             }
-            (output, refused)
-        };
-        let (fed, (output, refused)) = tokio::join!(feed, collect);
+            // A command may exit without reading all its input (like `true < big`). Then the
+            // server grants no more window and waits for our end-of-file: stop feeding and
+            // send it, or both sides wait forever.
+            let finished = output.exit_code.is_some() || output.signal.is_some();
+            if feeding && finished {
+                feeding = false;
+                // The channel may already be closing; its close message still arrives.
+                let _ = writer.eof().await;
+            }
+        }
         if refused {
             return Err(SshError::ExecRefused {
                 host: self.inner.host.clone(),
                 command: command.summary(),
             });
         }
-        // A command may exit without reading all its input (like `true < big`); that is its
-        // business, reported by its exit status. Only a command that never finished makes a
-        // failed write an error.
+        // A failed write matters only for a command that never finished.
         if output.exit_code.is_none() && output.signal.is_none() {
             fed.map_err(channel_error)?;
         }
@@ -277,26 +293,28 @@ async fn authenticate(
     }
 
     match AgentClient::connect_env().await {
-        Ok(mut agent) => {
-            let keys: Vec<PublicKey> = agent.request_identities().await.unwrap_or_default();
-            for key in &keys {
-                let hash = rsa_hash(handle, key.algorithm().is_rsa())
-                    .await
-                    .map_err(protocol_error)?;
-                let result = handle
-                    .authenticate_publickey_with(
-                        target.user.as_str(),
-                        key.clone(),
-                        hash,
-                        &mut agent,
-                    )
-                    .await;
-                if result.is_ok_and(|result| result.success()) {
-                    return Ok(());
+        Ok(mut agent) => match agent.request_identities().await {
+            Ok(keys) => {
+                for key in &keys {
+                    let hash = rsa_hash(handle, key.algorithm().is_rsa())
+                        .await
+                        .map_err(protocol_error)?;
+                    let result = handle
+                        .authenticate_publickey_with(
+                            target.user.as_str(),
+                            key.clone(),
+                            hash,
+                            &mut agent,
+                        )
+                        .await;
+                    if result.is_ok_and(|result| result.success()) {
+                        return Ok(());
+                    }
                 }
+                tried.push(format!("{} key(s) from `ssh-agent`", keys.len()));
             }
-            tried.push(format!("{} key(s) from `ssh-agent`", keys.len()));
-        }
+            Err(error) => tried.push(format!("`ssh-agent`, which failed to list keys: {error}")),
+        },
         Err(_) => tried.push("no usable `ssh-agent` (`SSH_AUTH_SOCK`)".to_string()),
     }
 

@@ -1,0 +1,820 @@
+//! The SSH transport against a real OpenSSH `sshd`: each test starts its own daemon on
+//! 127.0.0.1 with a fresh host key, client key and known_hosts file, and kills it (by PID) when
+//! done. Needs root (sshd privilege separation, test users for sudo) and `/usr/sbin/sshd`.
+
+use std::fs;
+use std::net::TcpListener;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use pgha::ssh::{sha256_hex, shell_quote, RemoteCommand, Session, SshError, SshTarget, Upload};
+
+const SSHD: &str = "/usr/sbin/sshd";
+
+/// A running sshd and the files it uses; dropping it kills the daemon.
+struct Sshd {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Sshd {
+    fn start() -> Sshd {
+        let mut dir = tempfile::tempdir().expect("tempdir");
+        // sshd reads `AuthorizedKeysFile` as the logging-in user, so non-root test users need
+        // to reach it.
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+        fs::create_dir_all("/run/sshd").expect("create privilege separation directory");
+        keygen(&dir.path().join("host_ed25519"), "ed25519");
+        keygen(&dir.path().join("client_ed25519"), "ed25519");
+        keygen(&dir.path().join("client_rsa"), "rsa");
+        keygen(&dir.path().join("stranger_ed25519"), "ed25519");
+        let authorized = [
+            read(&dir.path().join("client_ed25519.pub")),
+            read(&dir.path().join("client_rsa.pub")),
+        ]
+        .concat();
+        let authorized_path = dir.path().join("authorized_keys");
+        fs::write(&authorized_path, authorized).expect("write authorized_keys");
+        fs::set_permissions(&authorized_path, fs::Permissions::from_mode(0o644)).expect("chmod");
+
+        for _attempt in 0..5 {
+            let port = free_port();
+            let config = dir.path().join("sshd_config");
+            fs::write(
+                &config,
+                format!(
+                    "Port {port}\n\
+                     ListenAddress 127.0.0.1\n\
+                     HostKey {dir}/host_ed25519\n\
+                     AuthorizedKeysFile {dir}/authorized_keys\n\
+                     PidFile {dir}/sshd.pid\n\
+                     StrictModes no\n\
+                     UsePAM no\n\
+                     PasswordAuthentication no\n\
+                     KbdInteractiveAuthentication no\n\
+                     PermitRootLogin prohibit-password\n\
+                     LogLevel VERBOSE\n",
+                    dir = dir.path().display()
+                ),
+            )
+            .expect("write sshd_config");
+            let log = fs::File::create(dir.path().join("sshd.log")).expect("create log");
+            let child = Command::new(SSHD)
+                .arg("-D")
+                .arg("-e")
+                .arg("-f")
+                .arg(&config)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("start sshd");
+            let mut sshd = Sshd { child, port, dir };
+            if sshd.wait_until_listening() {
+                return sshd;
+            }
+            // The port was taken between choosing and binding it: try another one.
+            dir = sshd.take_dir();
+        }
+        panic!("sshd did not start; see its log above");
+    }
+
+    fn wait_until_listening(&mut self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                eprintln!("sshd exited with {status}:\n{}", self.log());
+                return false;
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// Hand the directory to the next attempt; the dead daemon keeps an empty one.
+    fn take_dir(&mut self) -> tempfile::TempDir {
+        std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"))
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(self.path("sshd.log")).unwrap_or_default()
+    }
+
+    /// The host's public key as `type base64`.
+    fn host_key(&self) -> String {
+        key_without_comment(&read(&self.path("host_ed25519.pub")))
+    }
+
+    fn host_fingerprint(&self) -> String {
+        fingerprint(&self.path("host_ed25519.pub"))
+    }
+
+    fn known_hosts(&self) -> PathBuf {
+        self.path("known_hosts")
+    }
+
+    /// Record the real host key the way `ssh` would.
+    fn trust_host_key(&self) {
+        let line = format!("[127.0.0.1]:{} {}\n", self.port, self.host_key());
+        fs::write(self.known_hosts(), line).expect("write known_hosts");
+    }
+
+    fn target(&self, user: &str) -> SshTarget {
+        SshTarget {
+            host: "127.0.0.1".to_string(),
+            port: self.port,
+            user: user.to_string(),
+            identity_file: Some(self.path("client_ed25519")),
+            known_hosts: self.known_hosts(),
+            accept_new_host_keys: false,
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+
+    async fn connect_as_root(&self) -> Session {
+        self.trust_host_key();
+        Session::connect(&self.target("root"))
+            .await
+            .unwrap_or_else(|error| panic!("connect: {error}\nsshd log:\n{}", self.log()))
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        // Kill exactly the daemon this test started (its PID), then reap it.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn keygen(path: &Path, kind: &str) {
+    let status = Command::new("ssh-keygen")
+        .args(["-q", "-t", kind, "-N", "", "-C", "", "-f"])
+        .arg(path)
+        .stdout(Stdio::null())
+        .status()
+        .expect("run ssh-keygen");
+    assert!(status.success(), "ssh-keygen failed for {}", path.display());
+}
+
+/// The SHA256 fingerprint of a public key file as `ssh-keygen -l` prints it.
+fn fingerprint(public_key: &Path) -> String {
+    let output = Command::new("ssh-keygen")
+        .arg("-lf")
+        .arg(public_key)
+        .output()
+        .expect("run ssh-keygen -l");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    text.split_whitespace()
+        .nth(1)
+        .expect("fingerprint field")
+        .to_string()
+}
+
+fn read(path: &Path) -> String {
+    fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+fn key_without_comment(line: &str) -> String {
+    line.split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("local addr").port()
+}
+
+fn error_text(error: &SshError) -> String {
+    error.to_string()
+}
+
+#[tokio::test]
+async fn host_key_listed_in_known_hosts_is_accepted() {
+    let sshd = Sshd::start();
+    let session = sshd.connect_as_root().await;
+    let output = session
+        .run(&RemoteCommand::argv(["id", "-un"]))
+        .await
+        .expect("run id");
+    assert_eq!(output.stdout_text(), "root\n");
+    assert!(output.success());
+}
+
+#[tokio::test]
+async fn unknown_host_is_refused_with_a_hint() {
+    let sshd = Sshd::start();
+    let error = Session::connect(&sshd.target("root"))
+        .await
+        .err()
+        .expect("an unknown host must be refused");
+    assert!(
+        matches!(error, SshError::HostKeyUnknown { .. }),
+        "{error:?}"
+    );
+    let message = error_text(&error);
+    assert!(
+        message.contains(&format!("[127.0.0.1]:{}", sshd.port)),
+        "{message}"
+    );
+    assert!(message.contains(&sshd.host_fingerprint()), "{message}");
+    assert!(
+        message.contains("hint: re-run with `--accept-new-host-keys`"),
+        "{message}"
+    );
+    assert!(
+        message.contains(&sshd.known_hosts().display().to_string()),
+        "{message}"
+    );
+    assert!(
+        !sshd.known_hosts().exists(),
+        "nothing may be recorded without consent"
+    );
+}
+
+#[tokio::test]
+async fn accept_new_records_the_key_and_later_connections_are_strict() {
+    let sshd = Sshd::start();
+    fs::write(sshd.known_hosts(), "# existing comment, no newline").expect("write");
+    let mut target = sshd.target("root");
+    target.accept_new_host_keys = true;
+    Session::connect(&target).await.expect("accept new key");
+
+    let text = read(&sshd.known_hosts());
+    let line = format!("[127.0.0.1]:{} {}", sshd.port, sshd.host_key());
+    assert_eq!(text, format!("# existing comment, no newline\n{line}\n"));
+
+    // OpenSSH itself finds the recorded entry.
+    let found = Command::new("ssh-keygen")
+        .arg("-F")
+        .arg(format!("[127.0.0.1]:{}", sshd.port))
+        .arg("-f")
+        .arg(sshd.known_hosts())
+        .output()
+        .expect("run ssh-keygen -F");
+    assert!(
+        found.status.success(),
+        "ssh-keygen -F did not find the entry"
+    );
+
+    target.accept_new_host_keys = false;
+    let session = Session::connect(&target).await.expect("strict connect");
+    let output = session
+        .run(&RemoteCommand::argv(["true"]))
+        .await
+        .expect("run");
+    assert!(output.success());
+    assert_eq!(
+        read(&sshd.known_hosts()),
+        text,
+        "a known host is not recorded twice"
+    );
+}
+
+#[tokio::test]
+async fn changed_host_key_is_refused_even_with_accept_new() {
+    let sshd = Sshd::start();
+    let stranger = sshd.path("stranger_ed25519.pub");
+    let original = format!(
+        "# pinned\n[127.0.0.1]:{} {}\n",
+        sshd.port,
+        key_without_comment(&read(&stranger))
+    );
+    fs::write(sshd.known_hosts(), &original).expect("write known_hosts");
+    let mut target = sshd.target("root");
+    target.accept_new_host_keys = true;
+
+    let error = Session::connect(&target)
+        .await
+        .err()
+        .expect("a changed key must be refused");
+    assert!(
+        matches!(error, SshError::HostKeyChanged { .. }),
+        "{error:?}"
+    );
+    let message = error_text(&error);
+    assert!(
+        message.starts_with("REMOTE HOST KEY CHANGED for"),
+        "{message}"
+    );
+    assert!(message.contains(&fingerprint(&stranger)), "{message}");
+    assert!(message.contains(&sshd.host_fingerprint()), "{message}");
+    assert!(
+        message.contains(&format!("{}:2", sshd.known_hosts().display())),
+        "{message}"
+    );
+    assert!(message.contains("ssh-keygen -f"), "{message}");
+    assert_eq!(
+        read(&sshd.known_hosts()),
+        original,
+        "known_hosts must not change"
+    );
+}
+
+#[tokio::test]
+async fn hashed_known_hosts_entry_is_honoured() {
+    let sshd = Sshd::start();
+    sshd.trust_host_key();
+    let status = Command::new("ssh-keygen")
+        .arg("-H")
+        .arg("-f")
+        .arg(sshd.known_hosts())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("run ssh-keygen -H");
+    assert!(status.success());
+    assert!(
+        read(&sshd.known_hosts()).starts_with("|1|"),
+        "entry was hashed"
+    );
+    Session::connect(&sshd.target("root"))
+        .await
+        .expect("hashed entry matches");
+}
+
+#[tokio::test]
+async fn rsa_identity_authenticates() {
+    let sshd = Sshd::start();
+    sshd.trust_host_key();
+    let mut target = sshd.target("root");
+    target.identity_file = Some(sshd.path("client_rsa"));
+    let session = Session::connect(&target).await.expect("rsa auth");
+    let output = session
+        .run(&RemoteCommand::argv(["true"]))
+        .await
+        .expect("run");
+    assert!(output.success());
+    assert!(
+        sshd.log().contains("Accepted publickey for root"),
+        "{}",
+        sshd.log()
+    );
+}
+
+#[tokio::test]
+async fn unauthorized_identity_is_refused() {
+    let sshd = Sshd::start();
+    sshd.trust_host_key();
+    let mut target = sshd.target("root");
+    target.identity_file = Some(sshd.path("stranger_ed25519"));
+    let error = Session::connect(&target)
+        .await
+        .err()
+        .expect("an unauthorized key must fail");
+    assert!(matches!(error, SshError::Auth { .. }), "{error:?}");
+    let message = error_text(&error);
+    assert!(message.contains("`root@127.0.0.1`"), "{message}");
+    assert!(message.contains("stranger_ed25519"), "{message}");
+}
+
+#[tokio::test]
+async fn exit_codes_stdout_stderr_and_signals_are_reported() {
+    let sshd = Sshd::start();
+    let session = sshd.connect_as_root().await;
+    let script = RemoteCommand::script("echo out\necho err >&2\nexit 3");
+    let output = session.run(&script).await.expect("run");
+    assert_eq!(output.exit_code, Some(3));
+    assert_eq!(output.stdout_text(), "out\n");
+    assert_eq!(output.stderr_text(), "err\n");
+
+    let error = session
+        .run_checked(&script)
+        .await
+        .expect_err("non-zero exit is an error for run_checked");
+    let message = error_text(&error);
+    assert!(message.contains("exit code 3"), "{message}");
+    assert!(message.ends_with(": err"), "{message}");
+
+    let killed = session
+        .run(&RemoteCommand::script("kill -KILL $$"))
+        .await
+        .expect("run");
+    assert_eq!(killed.exit_code, None);
+    assert_eq!(killed.signal.as_deref(), Some("KILL"));
+
+    let missing = session
+        .run(&RemoteCommand::argv(["/nonexistent/program"]))
+        .await
+        .expect("run");
+    assert_eq!(missing.exit_code, Some(127));
+}
+
+#[tokio::test]
+async fn stdin_is_delivered_exactly_even_when_large() {
+    let sshd = Sshd::start();
+    let session = sshd.connect_as_root().await;
+    let secret = b"s3cr3t 'pass' $(word)\n".to_vec();
+    let output = session
+        .run(&RemoteCommand::argv(["cat"]).stdin(secret.clone()))
+        .await
+        .expect("run cat");
+    assert_eq!(output.stdout, secret);
+
+    // Several MiB both ways at once: stdin must be fed while output is read.
+    let big: Vec<u8> = (0..6 * 1024 * 1024u32)
+        .map(|i| (i * 7 % 251) as u8)
+        .collect();
+    let output = session
+        .run(&RemoteCommand::argv(["cat"]).stdin(big.clone()))
+        .await
+        .expect("run cat with big input");
+    assert_eq!(output.stdout.len(), big.len());
+    assert!(output.stdout == big, "big stdin came back altered");
+
+    let output = session
+        .run(&RemoteCommand::argv(["sha256sum"]).stdin(big.clone()))
+        .await
+        .expect("run sha256sum");
+    assert!(output.stdout_text().starts_with(&sha256_hex(&big)));
+
+    // A command that ignores its input still finishes normally.
+    let output = session
+        .run(&RemoteCommand::argv(["true"]).stdin(big))
+        .await
+        .expect("run true");
+    assert!(output.success());
+
+    // Without stdin the command sees end-of-file, not a hang.
+    let output = session
+        .run(&RemoteCommand::argv(["wc", "-c"]))
+        .await
+        .expect("run wc");
+    assert_eq!(output.stdout_text().trim(), "0");
+}
+
+const HOSTILE: &[&str] = &[
+    "",
+    " ",
+    "it's",
+    "'",
+    "'\\''",
+    "\"",
+    "$(touch /tmp/pgha-pwned)",
+    "`touch /tmp/pgha-pwned`",
+    "$HOME ${PATH} $$ $0 $1",
+    "line one\nline two\n",
+    "\ttab\r\n",
+    "; rm -rf / #",
+    "a && b || c | d > e < f & g",
+    "*?[a-z]{x,y}~",
+    "-n",
+    "--",
+    "ünïcødé ✓ 🐘 日本語",
+    "\\\\ \\n \\' \\\"",
+];
+
+#[tokio::test]
+async fn hostile_strings_round_trip_through_quoting() {
+    let sshd = Sshd::start();
+    let session = sshd.connect_as_root().await;
+    for word in HOSTILE {
+        let output = session
+            .run(&RemoteCommand::argv(["printf", "%s", word]))
+            .await
+            .expect("run printf");
+        assert_eq!(
+            output.stdout_text(),
+            *word,
+            "argv word {}",
+            shell_quote(word)
+        );
+
+        let output = session
+            .run(&RemoteCommand::script("printf %s \"$1\"").arg(*word))
+            .await
+            .expect("run script");
+        assert_eq!(
+            output.stdout_text(),
+            *word,
+            "script arg {}",
+            shell_quote(word)
+        );
+
+        // The word inside the script text itself, quoted by the caller.
+        let script = format!("printf %s {}", shell_quote(word));
+        let output = session
+            .run(&RemoteCommand::script(script))
+            .await
+            .expect("run inline script");
+        assert_eq!(output.stdout_text(), *word, "inline {}", shell_quote(word));
+    }
+    assert!(
+        !Path::new("/tmp/pgha-pwned").exists(),
+        "a quoted word was executed"
+    );
+}
+
+fn leftovers(dir: &Path) -> Vec<String> {
+    fs::read_dir(dir)
+        .expect("read dir")
+        .filter_map(|entry| entry.ok())
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.contains("pgha-upload"))
+        .collect()
+}
+
+#[tokio::test]
+async fn upload_is_atomic_idempotent_and_sets_owner_and_mode() {
+    let sshd = Sshd::start();
+    let session = sshd.connect_as_root().await;
+    let remote_dir = sshd.path("remote");
+    fs::create_dir(&remote_dir).expect("mkdir");
+    let path = remote_dir.join("patroni.yml");
+    let mut upload = Upload {
+        path: path.display().to_string(),
+        contents: b"scope: demo\npassword: 'x$(y)'\n".to_vec(),
+        owner: "nobody".to_string(),
+        group: "nogroup".to_string(),
+        mode: 0o640,
+    };
+
+    assert!(
+        session.upload(&upload).await.expect("first upload"),
+        "first upload changes"
+    );
+    let metadata = fs::metadata(&path).expect("stat");
+    assert_eq!(fs::read(&path).expect("read"), upload.contents);
+    assert_eq!(metadata.mode() & 0o7777, 0o640);
+    assert_eq!(metadata.uid(), 65534);
+    assert_eq!(metadata.gid(), 65534);
+    let inode = metadata.ino();
+
+    assert!(
+        !session.upload(&upload).await.expect("second upload"),
+        "same file: no change"
+    );
+    assert_eq!(
+        fs::metadata(&path).expect("stat").ino(),
+        inode,
+        "not rewritten"
+    );
+
+    upload.mode = 0o600;
+    assert!(
+        session.upload(&upload).await.expect("mode change"),
+        "mode differs"
+    );
+    assert_eq!(fs::metadata(&path).expect("stat").mode() & 0o7777, 0o600);
+
+    // A reader holding the old file keeps seeing it whole: the new one is renamed over it.
+    let mut reader = fs::File::open(&path).expect("open old file");
+    let old_contents = upload.contents.clone();
+    upload.contents = b"scope: other\n".to_vec();
+    assert!(session.upload(&upload).await.expect("content change"));
+    assert_eq!(fs::read(&path).expect("read"), upload.contents);
+    let mut seen = Vec::new();
+    std::io::Read::read_to_end(&mut reader, &mut seen).expect("read old file");
+    assert_eq!(seen, old_contents, "the old file was rewritten in place");
+    let old_inode = reader.metadata().expect("stat").ino();
+    assert_ne!(fs::metadata(&path).expect("stat").ino(), old_inode);
+    assert!(
+        leftovers(&remote_dir).is_empty(),
+        "{:?}",
+        leftovers(&remote_dir)
+    );
+
+    // A failed write (unknown owner) leaves the old file and no temporary file behind.
+    let mut bad = upload.clone();
+    bad.contents = b"never\n".to_vec();
+    bad.owner = "no-such-user-pgha".to_string();
+    let error = session.upload(&bad).await.expect_err("unknown owner fails");
+    assert!(matches!(error, SshError::CommandFailed { .. }), "{error:?}");
+    assert_eq!(fs::read(&path).expect("read"), upload.contents);
+    assert!(
+        leftovers(&remote_dir).is_empty(),
+        "{:?}",
+        leftovers(&remote_dir)
+    );
+
+    // Missing directory and relative paths are clear errors.
+    let mut missing = upload.clone();
+    missing.path = remote_dir.join("nope/file").display().to_string();
+    assert!(session.upload(&missing).await.is_err());
+    missing.path = "relative/file".to_string();
+    let error = session.upload(&missing).await.expect_err("relative path");
+    assert!(error_text(&error).contains("must be absolute"), "{error}");
+}
+
+#[tokio::test]
+async fn closed_port_fails_fast_with_a_clear_error() {
+    let port = free_port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let target = SshTarget {
+        host: "127.0.0.1".to_string(),
+        port,
+        user: "root".to_string(),
+        identity_file: None,
+        known_hosts: dir.path().join("known_hosts"),
+        accept_new_host_keys: false,
+        connect_timeout: Duration::from_secs(10),
+    };
+    let started = Instant::now();
+    let error = Session::connect(&target)
+        .await
+        .err()
+        .expect("nothing listens");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(matches!(error, SshError::Connect { .. }), "{error:?}");
+    let message = error_text(&error);
+    assert!(
+        message.contains(&format!("`127.0.0.1:{port}`")),
+        "{message}"
+    );
+    assert!(message.contains("hint:"), "{message}");
+}
+
+#[tokio::test]
+async fn silent_peer_times_out() {
+    // A socket that accepts and never speaks SSH: the handshake stage must give up.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let hold = tokio::spawn(async move {
+        let accepted = listener.accept().await;
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        drop(accepted);
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let target = SshTarget {
+        host: "127.0.0.1".to_string(),
+        port,
+        user: "root".to_string(),
+        identity_file: None,
+        known_hosts: dir.path().join("known_hosts"),
+        accept_new_host_keys: false,
+        connect_timeout: Duration::from_millis(300),
+    };
+    let error = Session::connect(&target)
+        .await
+        .err()
+        .expect("must time out");
+    hold.abort();
+    assert!(matches!(error, SshError::Timeout { .. }), "{error:?}");
+    assert_eq!(
+        error_text(&error),
+        format!("SSH handshake with `127.0.0.1:{port}` timed out after 300ms")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_parallel_commands_share_one_connection() {
+    let sshd = Sshd::start();
+    let session = sshd.connect_as_root().await;
+    let tasks: Vec<_> = (0..40)
+        .map(|i| {
+            let session = session.clone();
+            tokio::spawn(async move {
+                let command =
+                    RemoteCommand::script("sleep 0.1; printf %s \"$1\"").arg(i.to_string());
+                session.run(&command).await
+            })
+        })
+        .collect();
+    for (i, task) in tasks.into_iter().enumerate() {
+        let output = task.await.expect("join").expect("run");
+        assert_eq!(output.stdout_text(), i.to_string());
+    }
+    let logins = sshd.log().matches("Accepted publickey").count();
+    assert_eq!(logins, 1, "one connection, one login:\n{}", sshd.log());
+}
+
+/// Test users for the sudo path, created once per test run if missing: `pgha-test` with
+/// passwordless sudo and `pgha-test-nosudo` without any sudo rule. Their password field is `*`
+/// (no password, but not locked, so sshd lets them in with a key).
+fn ensure_test_users() {
+    static USERS: Once = Once::new();
+    USERS.call_once(|| {
+        for user in ["pgha-test", "pgha-test-nosudo"] {
+            let exists = Command::new("id")
+                .arg(user)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("run id")
+                .success();
+            if !exists {
+                let status = Command::new("useradd")
+                    .args([
+                        "--no-create-home",
+                        "--home-dir",
+                        "/tmp",
+                        "--shell",
+                        "/bin/sh",
+                    ])
+                    .args(["--password", "*", user])
+                    .status()
+                    .expect("run useradd");
+                assert!(status.success(), "useradd {user}");
+            }
+        }
+        let rule = Path::new("/etc/sudoers.d/pgha-test");
+        if !rule.exists() {
+            fs::write(rule, "pgha-test ALL=(ALL) NOPASSWD: ALL\n").expect("write sudoers rule");
+            fs::set_permissions(rule, fs::Permissions::from_mode(0o440)).expect("chmod");
+        }
+    });
+}
+
+#[tokio::test]
+async fn non_root_user_runs_root_commands_through_sudo() {
+    if !Path::new("/usr/bin/sudo").exists() {
+        // Without sudo on this machine the sudo path cannot be exercised for real.
+        eprintln!("skipped: /usr/bin/sudo is not installed");
+        return;
+    }
+    ensure_test_users();
+    let sshd = Sshd::start();
+    sshd.trust_host_key();
+    let session = Session::connect(&sshd.target("pgha-test"))
+        .await
+        .unwrap_or_else(|error| panic!("connect: {error}\n{}", sshd.log()));
+
+    let plain = session
+        .run(&RemoteCommand::argv(["id", "-un"]))
+        .await
+        .expect("run");
+    assert_eq!(plain.stdout_text(), "pgha-test\n");
+    let root = session
+        .run(&RemoteCommand::argv(["id", "-un"]).as_root())
+        .await
+        .expect("run as root");
+    assert_eq!(
+        root.stdout_text(),
+        "root\n",
+        "stderr: {}",
+        root.stderr_text()
+    );
+
+    let hostile = "it's $(id) `id`\n";
+    let output = session
+        .run(
+            &RemoteCommand::script("id -un; printf %s \"$1\"; cat")
+                .arg(hostile)
+                .stdin("from stdin")
+                .as_root(),
+        )
+        .await
+        .expect("script as root");
+    assert_eq!(output.stdout_text(), format!("root\n{hostile}from stdin"));
+
+    let remote_dir = sshd.path("remote");
+    fs::create_dir(&remote_dir).expect("mkdir");
+    fs::set_permissions(&remote_dir, fs::Permissions::from_mode(0o700)).expect("chmod");
+    let upload = Upload {
+        path: remote_dir.join("secret.conf").display().to_string(),
+        contents: b"password=hunter2\n".to_vec(),
+        owner: "root".to_string(),
+        group: "root".to_string(),
+        mode: 0o600,
+    };
+    assert!(session.upload(&upload).await.expect("upload via sudo"));
+    assert!(!session
+        .upload(&upload)
+        .await
+        .expect("second upload via sudo"));
+    assert_eq!(
+        fs::read(remote_dir.join("secret.conf")).expect("read"),
+        upload.contents
+    );
+}
+
+#[tokio::test]
+async fn sudo_that_wants_a_password_is_a_clear_error() {
+    if !Path::new("/usr/bin/sudo").exists() {
+        eprintln!("skipped: /usr/bin/sudo is not installed");
+        return;
+    }
+    ensure_test_users();
+    let sshd = Sshd::start();
+    sshd.trust_host_key();
+    let session = Session::connect(&sshd.target("pgha-test-nosudo"))
+        .await
+        .unwrap_or_else(|error| panic!("connect: {error}\n{}", sshd.log()));
+    let started = Instant::now();
+    let error = session
+        .run(&RemoteCommand::argv(["true"]).as_root())
+        .await
+        .expect_err("sudo must not prompt");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(matches!(error, SshError::SudoPassword { .. }), "{error:?}");
+    assert!(error_text(&error).contains("hint:"), "{error}");
+}
