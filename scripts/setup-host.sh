@@ -20,7 +20,7 @@ packages=(
     haproxy keepalived                         # config checkers for rendered files
     postgresql-client                          # psql for tests and users
     python3 python3-venv python3-pip           # building the Patroni wheels shipped to nodes
-    curl ca-certificates util-linux
+    curl ca-certificates util-linux sudo       # sudo: transport tests log in as a sudo user
 )
 missing=()
 for package in "${packages[@]}"; do

@@ -18,14 +18,26 @@ use std::time::{Duration, Instant};
 const VIP: &str = "10.231.0.100";
 
 fn pgha(args: &[&str]) -> Output {
-    let output = Command::new(env!("CARGO_BIN_EXE_pgha")).args(args).output().expect("run pgha");
-    eprintln!("$ pgha {}\n{}", args.join(" "), String::from_utf8_lossy(&output.stderr));
+    let output = Command::new(env!("CARGO_BIN_EXE_pgha"))
+        .args(args)
+        .output()
+        .expect("run pgha");
+    eprintln!(
+        "$ pgha {}\n{}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
     output
 }
 
 fn pgha_ok(args: &[&str]) -> String {
     let output = pgha(args);
-    assert!(output.status.success(), "`pgha {}` failed:\n{}", args.join(" "), String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "`pgha {}` failed:\n{}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
@@ -34,18 +46,30 @@ struct Lab;
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        let _ = Command::new(env!("CARGO_BIN_EXE_pgha")).args(["lab", "down"]).status();
+        let _ = Command::new(env!("CARGO_BIN_EXE_pgha"))
+            .args(["lab", "down"])
+            .status();
     }
 }
 
 fn deploy_json(inventory: &Path) -> serde_json::Value {
     let output = pgha(&["deploy", "-i", inventory.to_str().unwrap(), "--json"]);
-    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|error| panic!("deploy printed no JSON ({error}): {}", String::from_utf8_lossy(&output.stdout)));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
+        panic!(
+            "deploy printed no JSON ({error}): {}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    });
     json
 }
 
 fn changed(result: &serde_json::Value) -> u64 {
-    result["hosts"].as_object().unwrap().values().map(|host| host["changed"].as_u64().unwrap()).sum()
+    result["hosts"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|host| host["changed"].as_u64().unwrap())
+        .sum()
 }
 
 fn superuser_password(inventory_dir: &Path) -> String {
@@ -78,7 +102,9 @@ fn eventually<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Resul
     loop {
         match probe() {
             Ok(value) => return value,
-            Err(error) if start.elapsed() > timeout => panic!("{what} did not happen within {timeout:?}: {error}"),
+            Err(error) if start.elapsed() > timeout => {
+                panic!("{what} did not happen within {timeout:?}: {error}")
+            }
             Err(_) => std::thread::sleep(Duration::from_millis(500)),
         }
     }
@@ -98,16 +124,31 @@ fn start_times(inventory: &Path) -> serde_json::Value {
 }
 
 fn all_members_streaming(password: &str) -> Result<(), String> {
-    let count = psql(5000, password, "select count(*) from pg_stat_replication where state = 'streaming'")?;
-    if count == "2" { Ok(()) } else { Err(format!("{count} replicas streaming")) }
+    let count = psql(
+        5000,
+        password,
+        "select count(*) from pg_stat_replication where state = 'streaming'",
+    )?;
+    if count == "2" {
+        Ok(())
+    } else {
+        Err(format!("{count} replicas streaming"))
+    }
 }
 
 #[test]
 fn deploy_converges_routes_and_is_idempotent() {
-    assert!(unsafe_is_root(), "the end-to-end test needs root (it runs the lab)");
+    assert!(
+        unsafe_is_root(),
+        "the end-to-end test needs root (it runs the lab)"
+    );
     let dir = tempfile::tempdir().unwrap();
     let inventory: PathBuf = dir.path().join("lab.yml");
-    std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("inventories/lab.yml"), &inventory).unwrap();
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("inventories/lab.yml"),
+        &inventory,
+    )
+    .unwrap();
     let inventory_arg = inventory.to_str().unwrap();
 
     let _lab = Lab;
@@ -122,41 +163,88 @@ fn deploy_converges_routes_and_is_idempotent() {
         .unwrap();
     std::thread::sleep(Duration::from_secs(25));
     // SIGINT, as a terminal's Ctrl-C would send.
-    let _ = Command::new("kill").args(["-INT", &interrupted.id().to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-INT", &interrupted.id().to_string()])
+        .status();
     let _ = interrupted.wait();
     let first = deploy_json(&inventory);
-    assert_eq!(first["success"], true, "deploy after an interrupted one failed: {first:#}");
+    assert_eq!(
+        first["success"], true,
+        "deploy after an interrupted one failed: {first:#}"
+    );
 
     // 2. Writes through VIP:5000 reach the primary; reads through VIP:5001 come from a replica.
     let password = superuser_password(dir.path());
     let marker = format!("e2e-{}", std::process::id());
-    psql(5000, &password, "create table if not exists pgha_e2e (id text primary key)").unwrap();
-    psql(5000, &password, &format!("insert into pgha_e2e values ('{marker}')")).unwrap();
-    assert_eq!(psql(5000, &password, "select pg_is_in_recovery()").unwrap(), "f", "VIP:5000 must land on the primary");
-    let on_replica = eventually("the row shows up through VIP:5001", Duration::from_secs(20), || {
-        let recovery = psql(5001, &password, "select pg_is_in_recovery()")?;
-        let rows = psql(5001, &password, &format!("select count(*) from pgha_e2e where id = '{marker}'"))?;
-        if recovery == "t" && rows == "1" { Ok(true) } else { Err(format!("recovery={recovery} rows={rows}")) }
-    });
+    psql(
+        5000,
+        &password,
+        "create table if not exists pgha_e2e (id text primary key)",
+    )
+    .unwrap();
+    psql(
+        5000,
+        &password,
+        &format!("insert into pgha_e2e values ('{marker}')"),
+    )
+    .unwrap();
+    assert_eq!(
+        psql(5000, &password, "select pg_is_in_recovery()").unwrap(),
+        "f",
+        "VIP:5000 must land on the primary"
+    );
+    let on_replica = eventually(
+        "the row shows up through VIP:5001",
+        Duration::from_secs(20),
+        || {
+            let recovery = psql(5001, &password, "select pg_is_in_recovery()")?;
+            let rows = psql(
+                5001,
+                &password,
+                &format!("select count(*) from pgha_e2e where id = '{marker}'"),
+            )?;
+            if recovery == "t" && rows == "1" {
+                Ok(true)
+            } else {
+                Err(format!("recovery={recovery} rows={rows}"))
+            }
+        },
+    );
     assert!(on_replica);
-    eventually("both replicas stream", Duration::from_secs(60), || all_members_streaming(&password));
+    eventually("both replicas stream", Duration::from_secs(60), || {
+        all_members_streaming(&password)
+    });
 
     // 3. A second deploy changes nothing and restarts nothing.
     let before = start_times(&inventory);
     let second = deploy_json(&inventory);
     assert_eq!(second["success"], true, "{second:#}");
-    assert_eq!(changed(&second), 0, "a converged cluster must report 0 changed: {:#}", second["changes"]);
+    assert_eq!(
+        changed(&second),
+        0,
+        "a converged cluster must report 0 changed: {:#}",
+        second["changes"]
+    );
     for (host, recap) in second["hosts"].as_object().unwrap() {
-        assert_eq!(recap["connections"], 1, "{host}: one SSH connection per host for the run");
+        assert_eq!(
+            recap["connections"], 1,
+            "{host}: one SSH connection per host for the run"
+        );
     }
     let after = start_times(&inventory);
     assert_eq!(before, after, "a no-op deploy must restart no service");
 
     // 4. The same cluster through the non-root `deploy` user with sudo: still nothing to do.
     let as_deploy = dir.path().join("lab-as-deploy.yml");
-    let text = std::fs::read_to_string(&inventory).unwrap().replace("user: root", "user: deploy");
+    let text = std::fs::read_to_string(&inventory)
+        .unwrap()
+        .replace("user: root", "user: deploy");
     std::fs::write(&as_deploy, text).unwrap();
-    std::fs::copy(dir.path().join("lab.secrets.yml"), dir.path().join("lab-as-deploy.secrets.yml")).unwrap();
+    std::fs::copy(
+        dir.path().join("lab.secrets.yml"),
+        dir.path().join("lab-as-deploy.secrets.yml"),
+    )
+    .unwrap();
     let via_sudo = deploy_json(&as_deploy);
     assert_eq!(via_sudo["success"], true, "{via_sudo:#}");
     assert_eq!(changed(&via_sudo), 0, "{:#}", via_sudo["changes"]);
@@ -171,11 +259,24 @@ fn deploy_converges_routes_and_is_idempotent() {
     pgha_ok(&["lab", "start", "node3"]);
     let healed = deploy_json(&inventory);
     assert_eq!(healed["success"], true, "{healed:#}");
-    eventually("both replicas stream after node3 is back", Duration::from_secs(90), || all_members_streaming(&password));
-    let rows = psql(5000, &password, &format!("select count(*) from pgha_e2e where id = '{marker}'")).unwrap();
+    eventually(
+        "both replicas stream after node3 is back",
+        Duration::from_secs(90),
+        || all_members_streaming(&password),
+    );
+    let rows = psql(
+        5000,
+        &password,
+        &format!("select count(*) from pgha_e2e where id = '{marker}'"),
+    )
+    .unwrap();
     assert_eq!(rows, "1", "the acknowledged row survived");
 }
 
 fn unsafe_is_root() -> bool {
-    Command::new("id").arg("-u").output().map(|output| output.stdout.starts_with(b"0\n")).unwrap_or(false)
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|output| output.stdout.starts_with(b"0\n"))
+        .unwrap_or(false)
 }

@@ -525,6 +525,21 @@ pub fn file_diff(path: &str, old: &str, new: &str, secrets: &[&str]) -> String {
         .to_string()
 }
 
+/// Installs the packages given as arguments. An earlier run cut off mid-install leaves dpkg
+/// half-configured, so that is finished first; a hung index download (seen on the lab when
+/// several nodes fetch through one proxy at once) is cut off and retried.
+const APT_INSTALL: &str = r#"
+dpkg --configure -a >/dev/null 2>&1 || true
+apt_options="-o DPkg::Lock::Timeout=120 -o Acquire::Retries=3 -o Acquire::http::Timeout=30"
+updated=no
+for attempt in 1 2 3; do
+  if timeout 180 apt-get $apt_options update -q >/dev/null; then updated=yes; break; fi
+  sleep 2
+done
+if [ "$updated" != yes ]; then echo "apt-get update failed 3 times" >&2; exit 1; fi
+timeout 1200 apt-get $apt_options install -y -q --no-install-recommends -o Dpkg::Options::=--force-confold "$@"
+"#;
+
 /// Perform `action`; returns the command's output for `register` where there is one.
 pub async fn apply(session: &Session, action: &Action) -> anyhow::Result<Option<CommandOutput>> {
     match action {
@@ -541,7 +556,7 @@ pub async fn apply(session: &Session, action: &Action) -> anyhow::Result<Option<
                 ));
             }
             if !install.is_empty() {
-                script.push_str("# An earlier run cut off mid-install leaves dpkg half-configured: finish that first.\ndpkg --configure -a >/dev/null 2>&1 || true\napt-get -o DPkg::Lock::Timeout=120 update -q >/dev/null && apt-get -o DPkg::Lock::Timeout=120 install -y -q --no-install-recommends -o Dpkg::Options::=--force-confold \"$@\"\n");
+                script.push_str(APT_INSTALL);
             }
             let mut command = RemoteCommand::script(script).as_root();
             for name in install {
