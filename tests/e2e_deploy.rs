@@ -151,6 +151,8 @@ fn deploy_converges_routes_and_is_idempotent() {
     .unwrap();
     let inventory_arg = inventory.to_str().unwrap();
 
+    // A clean slate: fresh nodes from the cached base.
+    pgha_ok(&["lab", "down"]);
     let _lab = Lab;
     pgha_ok(&["lab", "up", "--nodes", "3"]);
 

@@ -576,6 +576,13 @@ impl Run {
                 &format!("would {summary}"),
                 diff,
             );
+            if let Some(name) = &task.register {
+                // Nothing ran: later conditions see an empty, skipped result.
+                vars.insert(
+                    name.clone(),
+                    minijinja::context! { changed => changes, skipped => true, rc => 0, stdout => "", stderr => "" },
+                );
+            }
             return Ok(changes);
         }
         let diff = if self.options.diff && changes {
