@@ -12,6 +12,10 @@
 //! - [`lab`]: throw-away Debian nodes on this machine (systemd-nspawn, netns, apt proxy) and
 //!   fault injection.
 //! - [`ssh`]: the russh transport: strict host keys, one connection per host, exec and upload.
+//! - [`engine`]: playbooks of typed tasks: facts, plan/apply per module, serial batches,
+//!   handlers, the run report; `ops` holds the operations `run`, `deploy` and `exec` call.
+//! - [`wheels`]: the pinned Patroni wheels fetched once on the control machine and shipped.
+//! - [`yaml_position`]: file:line:column of YAML paths, for inventory and playbook errors.
 
 pub mod cli;
 pub mod engine;
