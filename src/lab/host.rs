@@ -175,6 +175,9 @@ pub fn mounts_under(dir: &Path) -> Result<Vec<PathBuf>> {
         .map(PathBuf::from)
         .filter(|mount_point| mount_point.starts_with(dir))
         .collect();
+    // Deepest first; at equal depth the later mount first (an overlay before the tmpfs that
+    // holds its upper layer). /proc/mounts lists mounts in the order they were made.
+    found.reverse();
     found.sort_by_key(|path| std::cmp::Reverse(path.components().count()));
     found.dedup();
     Ok(found)

@@ -177,7 +177,21 @@ impl NodeDirs {
         if self.mounted()? {
             return Ok(());
         }
-        let (upper, work, root) = (self.dir.join("upper"), self.dir.join("work"), self.root());
+        // The node's own layer lives in RAM (tmpfs): a deployed node writes hundreds of MB of
+        // packages, and deleting that from disk made `lab down` take minutes; unmounting a
+        // tmpfs takes milliseconds.
+        let layer = self.dir.join("layer");
+        std::fs::create_dir_all(&layer)
+            .with_context(|| format!("failed to create `{}`", layer.display()))?;
+        if !host::mounts_under(&layer)?.contains(&layer) {
+            host::run(
+                Command::new("mount")
+                    .args(["-t", "tmpfs", "-o", "mode=755", "pgha-lab-layer"])
+                    .arg(&layer),
+            )
+            .with_context(|| format!("failed to mount the node layer `{}`", layer.display()))?;
+        }
+        let (upper, work, root) = (layer.join("upper"), layer.join("work"), self.root());
         for dir in [&upper, &work, &root] {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("failed to create `{}`", dir.display()))?;
