@@ -14,10 +14,12 @@
 //! - [`ssh`]: the russh transport: strict host keys, one connection per host, exec and upload.
 //! - [`engine`]: playbooks of typed tasks: facts, plan/apply per module, serial batches,
 //!   handlers, the run report; `ops` holds the operations `run`, `deploy` and `exec` call.
+//! - [`cluster`]: the live cluster: observation over SSH, `verify`, `status`, `switchover`.
 //! - [`wheels`]: the pinned Patroni wheels fetched once on the control machine and shipped.
 //! - [`yaml_position`]: file:line:column of YAML paths, for inventory and playbook errors.
 
 pub mod cli;
+pub mod cluster;
 pub mod engine;
 pub mod error;
 pub mod inventory;

@@ -310,6 +310,11 @@ fn template_error(dir: Option<&Path>, error: &minijinja::Error) -> anyhow::Error
     .into()
 }
 
+/// `address` as the host part of a URL: `[addr]` for IPv6, IPv4 unchanged.
+pub fn url_host_of(address: &IpAddr) -> String {
+    url_host(address.to_string())
+}
+
 /// `[addr]` for IPv6 so `host:port` stays unambiguous; IPv4 unchanged.
 fn url_host(address: String) -> String {
     if address.contains(':') {

@@ -1,6 +1,7 @@
 //! Command-line interface. Each subcommand turns its arguments into an options value and calls
 //! one operation; this module owns printing errors and choosing the exit code.
 
+mod cluster;
 mod inventory;
 mod lab;
 mod render;
@@ -32,6 +33,12 @@ enum Command {
     Run(run::RunArgs),
     /// Run an ad-hoc shell command on the inventory's hosts (as root)
     Exec(run::ExecArgs),
+    /// End-to-end assertions about the live cluster (etcd, Patroni, routing, VIP, security)
+    Verify(cluster::VerifyArgs),
+    /// The live cluster at a glance: members, etcd, VIP holder, write routing
+    Status(cluster::StatusArgs),
+    /// Planned switchover through Patroni, checked before and after
+    Switchover(cluster::SwitchoverArgs),
     /// A throw-away cluster of real Debian nodes on this machine (needs root)
     #[command(subcommand)]
     Lab(lab::LabCommand),
@@ -46,6 +53,9 @@ pub fn main() -> ExitCode {
         Command::Deploy(args) => run::deploy(args),
         Command::Run(args) => run::run(args),
         Command::Exec(args) => run::exec(args),
+        Command::Verify(args) => cluster::verify(args),
+        Command::Status(args) => cluster::status(args),
+        Command::Switchover(args) => cluster::switchover(args),
         Command::Lab(command) => lab::run(command),
     };
     match result {
