@@ -5,8 +5,10 @@
 //! 2. a row written through VIP:5000 lands on the primary and is read back through VIP:5001
 //!    from a replica;
 //! 3. a second deploy reports 0 changed and restarts no service (unit start times unchanged);
-//! 4. the same inventory deployed as the non-root `deploy` user (sudo) also changes nothing;
-//! 5. a node killed with `pgha lab kill` makes the deploy fail on that node only, and after
+//! 4. `pgha verify` passes, and fails naming the assertion when HAProxy on one node or a
+//!    replica's Patroni is stopped; `pgha switchover` moves the primary, checked after;
+//! 5. the same inventory deployed as the non-root `deploy` user (sudo) also changes nothing;
+//! 6. a node killed with `pgha lab kill` makes the deploy fail on that node only, and after
 //!    `pgha lab start` a re-run converges with every member streaming again.
 //!
 //! Needs root. One test function: only one lab can exist at a time.
@@ -123,6 +125,56 @@ fn start_times(inventory: &Path) -> serde_json::Value {
     serde_json::from_str(&stdout).unwrap()
 }
 
+fn verify(inventory: &Path) -> serde_json::Value {
+    let output = pgha(&["verify", "-i", inventory.to_str().unwrap(), "--json"]);
+    serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|error| panic!("verify printed no JSON ({error})"))
+}
+
+fn failed_checks(result: &serde_json::Value) -> Vec<String> {
+    result["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|check| check["pass"] == false)
+        .map(|check| check["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Run a shell command as root on one node.
+fn exec(inventory: &Path, node: &str, command: &str) {
+    pgha_ok(&[
+        "exec",
+        "-i",
+        inventory.to_str().unwrap(),
+        "--limit",
+        node,
+        "--",
+        command,
+    ]);
+}
+
+/// A replica: the last member that is not the leader, from `pgha status --json`.
+fn second_replica(inventory: &Path) -> String {
+    let status: serde_json::Value = serde_json::from_str(&pgha_ok(&[
+        "status",
+        "-i",
+        inventory.to_str().unwrap(),
+        "--json",
+    ]))
+    .unwrap();
+    status["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|member| member["role"] != "leader")
+        .last()
+        .unwrap()["name"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 fn all_members_streaming(password: &str) -> Result<(), String> {
     let count = psql(
         5000,
@@ -235,6 +287,59 @@ fn deploy_converges_routes_and_is_idempotent() {
     }
     let after = start_times(&inventory);
     assert_eq!(before, after, "a no-op deploy must restart no service");
+
+    // `pgha verify` passes on the fresh cluster, and names what breaks.
+    let verified = verify(&inventory);
+    assert_eq!(verified["success"], true, "{verified:#}");
+    exec(&inventory, "node3", "systemctl stop haproxy");
+    let broken = verify(&inventory);
+    assert_eq!(broken["success"], false);
+    let failed = failed_checks(&broken);
+    assert!(
+        failed.iter().any(|name| name == "routing.node3.write"),
+        "stopped HAProxy must fail routing.node3.write: {failed:?}"
+    );
+    exec(&inventory, "node3", "systemctl start haproxy");
+    let replica = second_replica(&inventory);
+    exec(&inventory, &replica, "systemctl stop patroni");
+    let broken = verify(&inventory);
+    let failed = failed_checks(&broken);
+    assert!(
+        failed
+            .iter()
+            .any(|name| name == "patroni.replicas_streaming"),
+        "a stopped replica must fail patroni.replicas_streaming: {failed:?}"
+    );
+    exec(&inventory, &replica, "systemctl start patroni");
+    eventually("verify passes again", Duration::from_secs(90), || {
+        let result = verify(&inventory);
+        if result["success"] == true {
+            Ok(())
+        } else {
+            Err(format!("{:?}", failed_checks(&result)))
+        }
+    });
+
+    // A planned switchover: a new leader, routed by every HAProxy, the old primary streaming.
+    let switched: serde_json::Value =
+        serde_json::from_str(&pgha_ok(&["switchover", "-i", inventory_arg, "--json"])).unwrap();
+    assert_ne!(switched["from"], switched["to"]);
+    assert_eq!(
+        psql(5000, &password, "select pg_is_in_recovery()").unwrap(),
+        "f"
+    );
+    eventually(
+        "verify passes after the switchover",
+        Duration::from_secs(60),
+        || {
+            let result = verify(&inventory);
+            if result["success"] == true {
+                Ok(())
+            } else {
+                Err(format!("{:?}", failed_checks(&result)))
+            }
+        },
+    );
 
     // 4. The same cluster through the non-root `deploy` user with sudo: still nothing to do.
     let as_deploy = dir.path().join("lab-as-deploy.yml");

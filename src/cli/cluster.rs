@@ -53,12 +53,27 @@ pub fn verify(args: VerifyArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&verification)?);
     } else {
         for check in &verification.checks {
-            println!("{}  {:<34} {}", if check.pass { "PASS" } else { "FAIL" }, check.name, check.evidence);
+            println!(
+                "{}  {:<34} {}",
+                if check.pass { "PASS" } else { "FAIL" },
+                check.name,
+                check.evidence
+            );
         }
     }
-    let failed: Vec<&str> = verification.checks.iter().filter(|check| !check.pass).map(|check| check.name.as_str()).collect();
+    let failed: Vec<&str> = verification
+        .checks
+        .iter()
+        .filter(|check| !check.pass)
+        .map(|check| check.name.as_str())
+        .collect();
     if !failed.is_empty() {
-        bail!("{} of {} checks failed: {}", failed.len(), verification.checks.len(), failed.join(", "));
+        bail!(
+            "{} of {} checks failed: {}",
+            failed.len(),
+            verification.checks.len(),
+            failed.join(", ")
+        );
     }
     eprintln!("all {} checks passed", verification.checks.len());
     Ok(())
@@ -76,19 +91,54 @@ pub fn status(args: StatusArgs) -> anyhow::Result<()> {
                 print!("\x1b[2J\x1b[H");
             }
             println!("cluster `{}`", cluster.inventory.cluster.name);
-            println!("{:<10} {:<14} {:<10} {:>8} {:>10}", "MEMBER", "ROLE", "STATE", "TIMELINE", "LAG");
+            println!(
+                "{:<10} {:<14} {:<10} {:>8} {:>10}",
+                "MEMBER", "ROLE", "STATE", "TIMELINE", "LAG"
+            );
             for member in &status.members {
                 let lag = member.lag.map_or("-".to_string(), |lag| lag.to_string());
-                let timeline = member.timeline.map_or("-".to_string(), |timeline| timeline.to_string());
-                println!("{:<10} {:<14} {:<10} {:>8} {:>10}", member.name, member.role, member.state, timeline, lag);
+                let timeline = member
+                    .timeline
+                    .map_or("-".to_string(), |timeline| timeline.to_string());
+                println!(
+                    "{:<10} {:<14} {:<10} {:>8} {:>10}",
+                    member.name, member.role, member.state, timeline, lag
+                );
             }
-            let etcd: Vec<String> = status.etcd.iter().map(|(name, healthy)| format!("{name}={}", match healthy { Some(true) => "healthy", Some(false) => "UNHEALTHY", None => "?" })).collect();
+            let etcd: Vec<String> = status
+                .etcd
+                .iter()
+                .map(|(name, healthy)| {
+                    format!(
+                        "{name}={}",
+                        match healthy {
+                            Some(true) => "healthy",
+                            Some(false) => "UNHEALTHY",
+                            None => "?",
+                        }
+                    )
+                })
+                .collect();
             println!("etcd: {}", etcd.join(" "));
             if cluster.inventory.cluster.vip.is_some() {
-                println!("VIP held by: {}", if status.vip_holders.is_empty() { "NOBODY".to_string() } else { status.vip_holders.join(", ") });
+                println!(
+                    "VIP held by: {}",
+                    if status.vip_holders.is_empty() {
+                        "NOBODY".to_string()
+                    } else {
+                        status.vip_holders.join(", ")
+                    }
+                );
             }
             for (node, servers) in &status.write_routes {
-                println!("haproxy on {node} routes writes to: {}", if servers.is_empty() { "NOTHING".to_string() } else { servers.join(", ") });
+                println!(
+                    "haproxy on {node} routes writes to: {}",
+                    if servers.is_empty() {
+                        "NOTHING".to_string()
+                    } else {
+                        servers.join(", ")
+                    }
+                );
             }
             for (node, reason) in &status.unreachable {
                 println!("{node}: UNREACHABLE ({reason})");

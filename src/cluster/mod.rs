@@ -33,7 +33,11 @@ impl Cluster {
         let secrets = Secrets::load(&inventory.cluster.secrets_file)
             .context("the cluster's secrets file is needed (it is made by `pgha deploy`)")?;
         let connections = Arc::new(Connections::new(inventory.clone(), accept_new_host_keys));
-        Ok(Cluster { inventory, secrets, connections })
+        Ok(Cluster {
+            inventory,
+            secrets,
+            connections,
+        })
     }
 
     pub async fn observe(&self) -> Vec<NodeView> {
@@ -52,7 +56,9 @@ impl Cluster {
             .env("PGCONNECT_TIMEOUT", "3")
             .output()
             .await
-            .map_err(|error| format!("cannot run `psql` ({error}); hint: apt-get install postgresql-client"))?;
+            .map_err(|error| {
+                format!("cannot run `psql` ({error}); hint: apt-get install postgresql-client")
+            })?;
         if output.status.success() {
             Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
         } else {
@@ -65,9 +71,16 @@ impl Cluster {
     async fn routing_checks(&self, views: &[NodeView]) -> Vec<Check> {
         let mut checks = Vec::new();
         let primary = leader_name(views);
-        let primary_address = primary.as_ref().and_then(|name| self.inventory.node(name)).map(|node| node.address.to_string());
+        let primary_address = primary
+            .as_ref()
+            .and_then(|name| self.inventory.node(name))
+            .map(|node| node.address.to_string());
         let ports = self.inventory.cluster.ports;
-        let mut entries: Vec<(String, String)> = self.inventory.nodes_with(Role::Haproxy).map(|node| (node.name.clone(), node.address.to_string())).collect();
+        let mut entries: Vec<(String, String)> = self
+            .inventory
+            .nodes_with(Role::Haproxy)
+            .map(|node| (node.name.clone(), node.address.to_string()))
+            .collect();
         if let Some(vip) = self.inventory.cluster.vip {
             entries.push(("vip".to_string(), vip.address.to_string()));
         }
@@ -75,24 +88,50 @@ impl Cluster {
         for (name, address) in &entries {
             let write = self.sql(address, ports.write, probe).await;
             let pass = matches!(&write, Ok(answer) if Some(answer.clone()) == primary_address.as_ref().map(|primary| format!("{primary} false")));
-            checks.push(Check::new(format!("routing.{name}.write"), pass, format!("{address}:{} answered {write:?}; primary {primary_address:?}", ports.write)));
+            checks.push(Check::new(
+                format!("routing.{name}.write"),
+                pass,
+                format!(
+                    "{address}:{} answered {write:?}; primary {primary_address:?}",
+                    ports.write
+                ),
+            ));
             let read = self.sql(address, ports.read, probe).await;
             let pass = matches!(&read, Ok(answer) if answer.ends_with(" true") && primary_address.as_ref().is_none_or(|primary| !answer.starts_with(&format!("{primary} "))));
-            checks.push(Check::new(format!("routing.{name}.read"), pass, format!("{address}:{} answered {read:?}", ports.read)));
+            checks.push(Check::new(
+                format!("routing.{name}.read"),
+                pass,
+                format!("{address}:{} answered {read:?}", ports.read),
+            ));
         }
         // A row written through the write port must reach every replica.
-        let Some((_, entry)) = entries.last() else { return checks };
-        let marker = format!("verify-{}-{}", std::process::id(), Instant::now().elapsed().as_nanos());
+        let Some((_, entry)) = entries.last() else {
+            return checks;
+        };
+        let marker = format!(
+            "verify-{}-{}",
+            std::process::id(),
+            Instant::now().elapsed().as_nanos()
+        );
         let written = self
             .sql(entry, ports.write, &format!("create table if not exists pgha_verify (id text primary key, at timestamptz default now()); delete from pgha_verify where at < now() - interval '1 day'; insert into pgha_verify (id) values ('{marker}')"))
             .await;
         if let Err(error) = written {
-            checks.push(Check::new("routing.replication", false, format!("write through {entry}:{} failed: {error}", ports.write)));
+            checks.push(Check::new(
+                "routing.replication",
+                false,
+                format!("write through {entry}:{} failed: {error}", ports.write),
+            ));
             return checks;
         }
         let started = Instant::now();
         let reporter = Reporter::new(true, Vec::new(), Vec::new());
-        let replicas: Vec<_> = self.inventory.nodes_with(Role::Postgres).filter(|node| Some(&node.name) != primary.as_ref()).cloned().collect();
+        let replicas: Vec<_> = self
+            .inventory
+            .nodes_with(Role::Postgres)
+            .filter(|node| Some(&node.name) != primary.as_ref())
+            .cloned()
+            .collect();
         let mut missing: Vec<String> = replicas.iter().map(|node| node.name.clone()).collect();
         while !missing.is_empty() && started.elapsed() < Duration::from_secs(10) {
             let mut still = Vec::new();
@@ -117,7 +156,15 @@ impl Cluster {
         checks.push(Check::new(
             "routing.replication",
             missing.is_empty(),
-            if missing.is_empty() { format!("a row written through {entry}:{} was on every replica after {} ms", ports.write, started.elapsed().as_millis()) } else { format!("not on {missing:?} within 10 s") },
+            if missing.is_empty() {
+                format!(
+                    "a row written through {entry}:{} was on every replica after {} ms",
+                    ports.write,
+                    started.elapsed().as_millis()
+                )
+            } else {
+                format!("not on {missing:?} within 10 s")
+            },
         ));
         checks
     }
@@ -135,7 +182,10 @@ pub async fn verify(cluster: &Cluster) -> Verification {
     let mut checks = assess(&cluster.inventory, &views);
     checks.extend(cluster.routing_checks(&views).await);
     cluster.connections.close().await;
-    Verification { success: checks.iter().all(|check| check.pass), checks }
+    Verification {
+        success: checks.iter().all(|check| check.pass),
+        checks,
+    }
 }
 
 /// One screen about the live cluster.
@@ -153,14 +203,48 @@ pub async fn status(cluster: &Cluster) -> Status {
     let views = cluster.observe().await;
     let status = Status {
         members: members(&views),
-        etcd: views.iter().filter(|view| cluster.inventory.node(&view.name).is_some_and(|node| node.has(Role::Etcd))).map(|view| (view.name.clone(), view.etcd_health)).collect(),
-        vip_holders: views.iter().filter(|view| view.holds_vip == Some(true)).map(|view| view.name.clone()).collect(),
+        etcd: views
+            .iter()
+            .filter(|view| {
+                cluster
+                    .inventory
+                    .node(&view.name)
+                    .is_some_and(|node| node.has(Role::Etcd))
+            })
+            .map(|view| (view.name.clone(), view.etcd_health))
+            .collect(),
+        vip_holders: views
+            .iter()
+            .filter(|view| view.holds_vip == Some(true))
+            .map(|view| view.name.clone())
+            .collect(),
         write_routes: views
             .iter()
             .filter(|view| !view.haproxy.is_empty())
-            .map(|view| (view.name.clone(), view.haproxy.get("pgha_write").map(|servers| servers.iter().filter(|(_, status)| status.starts_with("UP")).map(|(name, _)| name.clone()).collect()).unwrap_or_default()))
+            .map(|view| {
+                (
+                    view.name.clone(),
+                    view.haproxy
+                        .get("pgha_write")
+                        .map(|servers| {
+                            servers
+                                .iter()
+                                .filter(|(_, status)| status.starts_with("UP"))
+                                .map(|(name, _)| name.clone())
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                )
+            })
             .collect(),
-        unreachable: views.iter().filter_map(|view| view.unreachable.clone().map(|reason| (view.name.clone(), reason))).collect(),
+        unreachable: views
+            .iter()
+            .filter_map(|view| {
+                view.unreachable
+                    .clone()
+                    .map(|reason| (view.name.clone(), reason))
+            })
+            .collect(),
     };
     status
 }
@@ -181,16 +265,26 @@ pub struct Switchover {
 pub async fn switchover(cluster: &Cluster, to: Option<&str>) -> anyhow::Result<Switchover> {
     let views = cluster.observe().await;
     let members = members(&views);
-    let Some(leader) = leader_name(&views) else { bail!("the cluster has no leader now; hint: see `pgha status`") };
+    let Some(leader) = leader_name(&views) else {
+        bail!("the cluster has no leader now; hint: see `pgha status`")
+    };
     let sync = cluster.inventory.cluster.synchronous_mode != SyncMode::Off;
     let eligible = |name: &str| {
-        members.iter().any(|member| member.name == name && member.state == "streaming" && (!sync || member.role == "sync_standby"))
-            && cluster.inventory.node(name).is_some_and(|node| !node.tags.nofailover)
+        members.iter().any(|member| {
+            member.name == name
+                && member.state == "streaming"
+                && (!sync || member.role == "sync_standby")
+        }) && cluster
+            .inventory
+            .node(name)
+            .is_some_and(|node| !node.tags.nofailover)
     };
     let candidate = match to {
         Some(name) => {
             if cluster.inventory.node(name).is_none() {
-                bail!(UserError(format!("`{name}` is not a node of this inventory")));
+                bail!(UserError(format!(
+                    "`{name}` is not a node of this inventory"
+                )));
             }
             if name == leader {
                 bail!(UserError(format!("`{name}` is already the primary")));
@@ -204,12 +298,33 @@ pub async fn switchover(cluster: &Cluster, to: Option<&str>) -> anyhow::Result<S
             .iter()
             .map(|member| member.name.clone())
             .find(|name| *name != leader && eligible(name))
-            .ok_or_else(|| anyhow::anyhow!("no healthy candidate{}; hint: see `pgha status`", if sync { " (a streaming synchronous standby)" } else { "" }))?,
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "no healthy candidate{}; hint: see `pgha status`",
+                    if sync {
+                        " (a streaming synchronous standby)"
+                    } else {
+                        ""
+                    }
+                )
+            })?,
     };
-    let leader_node = cluster.inventory.node(&leader).context("the leader is not in the inventory")?.clone();
+    let leader_node = cluster
+        .inventory
+        .node(&leader)
+        .context("the leader is not in the inventory")?
+        .clone();
     let reporter = Reporter::new(true, Vec::new(), Vec::new());
-    let session = cluster.connections.get(&leader_node, &reporter).await.map_err(|reason| anyhow::anyhow!(reason))?;
-    let url = format!("http://{}:{}/switchover", crate::render::url_host_of(&leader_node.address), cluster.inventory.cluster.ports.patroni_api);
+    let session = cluster
+        .connections
+        .get(&leader_node, &reporter)
+        .await
+        .map_err(|reason| anyhow::anyhow!(reason))?;
+    let url = format!(
+        "http://{}:{}/switchover",
+        crate::render::url_host_of(&leader_node.address),
+        cluster.inventory.cluster.ports.patroni_api
+    );
     let body = serde_json::json!({"leader": leader, "candidate": candidate}).to_string();
     // The REST password travels on stdin as a curl config line, never in argv.
     let credentials = format!("user = \"pgha:{}\"\n", cluster.secrets.restapi_password);
@@ -220,30 +335,59 @@ pub async fn switchover(cluster: &Cluster, to: Option<&str>) -> anyhow::Result<S
     let answer = output.stdout_text();
     let code = answer.lines().last().unwrap_or_default().trim().to_string();
     if code != "200" {
-        bail!("Patroni refused the switchover ({code}): {}", answer.lines().next().unwrap_or_default());
+        bail!(
+            "Patroni refused the switchover ({code}): {}",
+            answer.lines().next().unwrap_or_default()
+        );
     }
     let (mut leader_changed, mut routed, mut streaming) = (None, None, None);
     while started.elapsed() < Duration::from_secs(90) {
         let views = cluster.observe().await;
         let now = started.elapsed().as_millis();
         let members = observe::members(&views);
-        if leader_changed.is_none() && members.iter().any(|member| member.name == candidate && member.role == "leader" && member.state == "running") {
+        if leader_changed.is_none()
+            && members.iter().any(|member| {
+                member.name == candidate && member.role == "leader" && member.state == "running"
+            })
+        {
             leader_changed = Some(now);
         }
         if leader_changed.is_some() && routed.is_none() {
-            let all_routed = views.iter().filter(|view| !view.haproxy.is_empty()).all(|view| {
-                view.haproxy.get("pgha_write").is_some_and(|servers| servers.iter().filter(|(_, status)| status.starts_with("UP")).map(|(name, _)| name.as_str()).eq([candidate.as_str()]))
-            });
+            let all_routed = views
+                .iter()
+                .filter(|view| !view.haproxy.is_empty())
+                .all(|view| {
+                    view.haproxy.get("pgha_write").is_some_and(|servers| {
+                        servers
+                            .iter()
+                            .filter(|(_, status)| status.starts_with("UP"))
+                            .map(|(name, _)| name.as_str())
+                            .eq([candidate.as_str()])
+                    })
+                });
             if all_routed {
                 routed = Some(now);
             }
         }
-        if leader_changed.is_some() && streaming.is_none() && members.iter().any(|member| member.name == leader && member.state == "streaming") {
+        if leader_changed.is_some()
+            && streaming.is_none()
+            && members
+                .iter()
+                .any(|member| member.name == leader && member.state == "streaming")
+        {
             streaming = Some(now);
         }
-        if let (Some(leader_changed), Some(routed), Some(streaming)) = (leader_changed, routed, streaming) {
+        if let (Some(leader_changed), Some(routed), Some(streaming)) =
+            (leader_changed, routed, streaming)
+        {
             cluster.connections.close().await;
-            return Ok(Switchover { from: leader, to: candidate, leader_changed_ms: leader_changed, routed_ms: routed, old_primary_streaming_ms: streaming });
+            return Ok(Switchover {
+                from: leader,
+                to: candidate,
+                leader_changed_ms: leader_changed,
+                routed_ms: routed,
+                old_primary_streaming_ms: streaming,
+            });
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -51,8 +51,13 @@ pub struct NodeView {
 /// the role. The etcd endpoints and keys are passed as arguments.
 fn probe(inventory: &Inventory, node: &Node) -> RemoteCommand {
     let ports = &inventory.cluster.ports;
-    let api = format!("http://{}:{}", crate::render::url_host_of(&node.address), ports.patroni_api);
-    let mut script = String::from("api=\"$1\"; scope=\"$2\"; vip=\"$3\"; stats=\"$4\"; etcd_port=\"$5\"\n");
+    let api = format!(
+        "http://{}:{}",
+        crate::render::url_host_of(&node.address),
+        ports.patroni_api
+    );
+    let mut script =
+        String::from("api=\"$1\"; scope=\"$2\"; vip=\"$3\"; stats=\"$4\"; etcd_port=\"$5\"\n");
     if node.has(Role::Postgres) {
         script.push_str(
             r#"echo '### patroni'; curl -s --max-time 2 "$api/patroni"; echo
@@ -77,12 +82,20 @@ echo '### dcs_initialize'; etcdctl --endpoints="$endpoint" --command-timeout=2s 
         );
     }
     if node.has(Role::Haproxy) {
-        script.push_str("echo '### haproxy'; curl -s --max-time 2 \"http://127.0.0.1:$stats/;csv\"\n");
+        script.push_str(
+            "echo '### haproxy'; curl -s --max-time 2 \"http://127.0.0.1:$stats/;csv\"\n",
+        );
     }
     if node.has(Role::Keepalived) && inventory.cluster.vip.is_some() {
-        script.push_str("echo '### vip'; ip -o addr show to \"$vip\" | grep -q . && echo true || echo false\n");
+        script.push_str(
+            "echo '### vip'; ip -o addr show to \"$vip\" | grep -q . && echo true || echo false\n",
+        );
     }
-    let vip = inventory.cluster.vip.map(|vip| vip.address.to_string()).unwrap_or_default();
+    let vip = inventory
+        .cluster
+        .vip
+        .map(|vip| vip.address.to_string())
+        .unwrap_or_default();
     RemoteCommand::script(script)
         .arg(api)
         .arg(inventory.cluster.name.clone())
@@ -94,7 +107,11 @@ echo '### dcs_initialize'; etcdctl --endpoints="$endpoint" --command-timeout=2s 
 
 /// Parse one node's probe output.
 pub fn parse(name: &str, address: &str, output: &str) -> NodeView {
-    let mut view = NodeView { name: name.to_string(), address: address.to_string(), ..NodeView::default() };
+    let mut view = NodeView {
+        name: name.to_string(),
+        address: address.to_string(),
+        ..NodeView::default()
+    };
     let mut sections: BTreeMap<String, String> = BTreeMap::new();
     let mut current: Option<String> = None;
     for line in output.lines() {
@@ -107,9 +124,23 @@ pub fn parse(name: &str, address: &str, output: &str) -> NodeView {
             text.push('\n');
         }
     }
-    let json = |key: &str| sections.get(key).and_then(|text| serde_json::from_str::<Value>(text.trim()).ok());
-    let code = |key: &str| sections.get(key).and_then(|text| text.trim().parse::<u16>().ok()).filter(|code| *code > 0);
-    let text = |key: &str| sections.get(key).map(|text| text.trim().to_string()).filter(|text| !text.is_empty());
+    let json = |key: &str| {
+        sections
+            .get(key)
+            .and_then(|text| serde_json::from_str::<Value>(text.trim()).ok())
+    };
+    let code = |key: &str| {
+        sections
+            .get(key)
+            .and_then(|text| text.trim().parse::<u16>().ok())
+            .filter(|code| *code > 0)
+    };
+    let text = |key: &str| {
+        sections
+            .get(key)
+            .map(|text| text.trim().to_string())
+            .filter(|text| !text.is_empty())
+    };
     view.patroni = json("patroni");
     view.primary_status = code("primary_status");
     view.cluster = json("cluster");
@@ -125,7 +156,11 @@ pub fn parse(name: &str, address: &str, output: &str) -> NodeView {
         view.haproxy = parse_haproxy_csv(csv);
     }
     if let Some(hba) = sections.get("hba") {
-        view.hba = hba.lines().filter(|line| !line.trim().is_empty()).map(str::to_string).collect();
+        view.hba = hba
+            .lines()
+            .filter(|line| !line.trim().is_empty())
+            .map(str::to_string)
+            .collect();
     }
     if let Some(modes) = sections.get("modes") {
         view.secret_file_modes = modes
@@ -142,8 +177,15 @@ pub fn parse_haproxy_csv(csv: &str) -> BTreeMap<String, BTreeMap<String, String>
     let mut backends: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
     for line in csv.lines().filter(|line| !line.starts_with('#')) {
         let fields: Vec<&str> = line.split(',').collect();
-        if fields.len() > 17 && fields[1] != "FRONTEND" && fields[1] != "BACKEND" && !fields[0].is_empty() {
-            backends.entry(fields[0].to_string()).or_default().insert(fields[1].to_string(), fields[17].to_string());
+        if fields.len() > 17
+            && fields[1] != "FRONTEND"
+            && fields[1] != "BACKEND"
+            && !fields[0].is_empty()
+        {
+            backends
+                .entry(fields[0].to_string())
+                .or_default()
+                .insert(fields[1].to_string(), fields[17].to_string());
         }
     }
     backends
@@ -154,10 +196,16 @@ pub async fn observe(inventory: Arc<Inventory>, connections: Arc<Connections>) -
     let reporter = Arc::new(Reporter::new(true, Vec::new(), Vec::new()));
     let mut handles = Vec::new();
     for node in inventory.nodes.clone() {
-        let (inventory, connections, reporter) = (inventory.clone(), connections.clone(), reporter.clone());
+        let (inventory, connections, reporter) =
+            (inventory.clone(), connections.clone(), reporter.clone());
         handles.push(tokio::spawn(async move {
             let address = node.address.to_string();
-            let unreachable = |reason: String| NodeView { name: node.name.clone(), address: address.clone(), unreachable: Some(reason), ..NodeView::default() };
+            let unreachable = |reason: String| NodeView {
+                name: node.name.clone(),
+                address: address.clone(),
+                unreachable: Some(reason),
+                ..NodeView::default()
+            };
             let session = match connections.get(&node, &reporter).await {
                 Ok(session) => session,
                 Err(reason) => return unreachable(reason),
@@ -190,7 +238,9 @@ pub struct Member {
 
 /// The members as the first node that answered `/cluster` sees them.
 pub fn members(views: &[NodeView]) -> Vec<Member> {
-    let Some(cluster) = views.iter().find_map(|view| view.cluster.as_ref()) else { return Vec::new() };
+    let Some(cluster) = views.iter().find_map(|view| view.cluster.as_ref()) else {
+        return Vec::new();
+    };
     cluster["members"]
         .as_array()
         .map(|members| {

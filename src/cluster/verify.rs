@@ -18,13 +18,20 @@ pub struct Check {
 
 impl Check {
     pub fn new(name: impl Into<String>, pass: bool, evidence: impl Into<String>) -> Check {
-        Check { name: name.into(), pass, evidence: evidence.into() }
+        Check {
+            name: name.into(),
+            pass,
+            evidence: evidence.into(),
+        }
     }
 }
 
 /// The name of the node holding the Patroni leader role, as `/cluster` reports it.
 pub fn leader_name(views: &[NodeView]) -> Option<String> {
-    members(views).into_iter().find(|member| member.role == "leader").map(|member| member.name)
+    members(views)
+        .into_iter()
+        .find(|member| member.role == "leader")
+        .map(|member| member.name)
 }
 
 /// Everything that can be judged from node observations alone.
@@ -32,20 +39,46 @@ pub fn assess(inventory: &Inventory, views: &[NodeView]) -> Vec<Check> {
     let mut checks = Vec::new();
     for view in views {
         if let Some(reason) = &view.unreachable {
-            checks.push(Check::new(format!("ssh.{}", view.name), false, format!("unreachable: {reason}")));
+            checks.push(Check::new(
+                format!("ssh.{}", view.name),
+                false,
+                format!("unreachable: {reason}"),
+            ));
         }
     }
-    let reachable: Vec<&NodeView> = views.iter().filter(|view| view.unreachable.is_none()).collect();
-    let is = |role: Role, view: &NodeView| inventory.node(&view.name).is_some_and(|node| node.has(role));
+    let reachable: Vec<&NodeView> = views
+        .iter()
+        .filter(|view| view.unreachable.is_none())
+        .collect();
+    let is = |role: Role, view: &NodeView| {
+        inventory
+            .node(&view.name)
+            .is_some_and(|node| node.has(role))
+    };
 
     // etcd
-    let etcd_views: Vec<&NodeView> = reachable.iter().copied().filter(|view| is(Role::Etcd, view)).collect();
-    let unhealthy: Vec<&str> = etcd_views.iter().filter(|view| view.etcd_health != Some(true)).map(|view| view.name.as_str()).collect();
+    let etcd_views: Vec<&NodeView> = reachable
+        .iter()
+        .copied()
+        .filter(|view| is(Role::Etcd, view))
+        .collect();
+    let unhealthy: Vec<&str> = etcd_views
+        .iter()
+        .filter(|view| view.etcd_health != Some(true))
+        .map(|view| view.name.as_str())
+        .collect();
     let etcd_count = inventory.nodes_with(Role::Etcd).count();
     checks.push(Check::new(
         "etcd.members_healthy",
         unhealthy.is_empty() && etcd_views.len() == etcd_count,
-        if unhealthy.is_empty() { format!("{} of {etcd_count} members answer healthy", etcd_views.len()) } else { format!("unhealthy: {}", unhealthy.join(", ")) },
+        if unhealthy.is_empty() {
+            format!(
+                "{} of {etcd_count} members answer healthy",
+                etcd_views.len()
+            )
+        } else {
+            format!("unhealthy: {}", unhealthy.join(", "))
+        },
     ));
     let leaders: std::collections::BTreeSet<u64> = etcd_views
         .iter()
@@ -53,110 +86,281 @@ pub fn assess(inventory: &Inventory, views: &[NodeView]) -> Vec<Check> {
         .filter_map(|status| status[0]["Status"]["leader"].as_u64())
         .filter(|leader| *leader != 0)
         .collect();
-    checks.push(Check::new("etcd.one_leader", leaders.len() == 1, format!("leader ids seen by members: {leaders:?}")));
-    let expected: std::collections::BTreeSet<String> = inventory.nodes_with(Role::Etcd).map(|node| node.name.clone()).collect();
-    let listed: Option<std::collections::BTreeSet<String>> = etcd_views.iter().find_map(|view| view.etcd_members.as_ref()).map(|members| {
-        members["members"].as_array().map(|list| list.iter().filter_map(|member| member["name"].as_str().map(str::to_string)).collect()).unwrap_or_default()
-    });
+    checks.push(Check::new(
+        "etcd.one_leader",
+        leaders.len() == 1,
+        format!("leader ids seen by members: {leaders:?}"),
+    ));
+    let expected: std::collections::BTreeSet<String> = inventory
+        .nodes_with(Role::Etcd)
+        .map(|node| node.name.clone())
+        .collect();
+    let listed: Option<std::collections::BTreeSet<String>> = etcd_views
+        .iter()
+        .find_map(|view| view.etcd_members.as_ref())
+        .map(|members| {
+            members["members"]
+                .as_array()
+                .map(|list| {
+                    list.iter()
+                        .filter_map(|member| member["name"].as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default()
+        });
     checks.push(Check::new(
         "etcd.member_list",
         listed.as_ref() == Some(&expected),
-        format!("members: {:?}, inventory: {expected:?}", listed.unwrap_or_default()),
+        format!(
+            "members: {:?}, inventory: {expected:?}",
+            listed.unwrap_or_default()
+        ),
     ));
 
     // Patroni
     let members = members(views);
-    let primaries: Vec<&str> = members.iter().filter(|member| member.role == "leader" && member.state == "running").map(|member| member.name.as_str()).collect();
-    checks.push(Check::new("patroni.one_primary", primaries.len() == 1, format!("running leaders: {primaries:?}")));
+    let primaries: Vec<&str> = members
+        .iter()
+        .filter(|member| member.role == "leader" && member.state == "running")
+        .map(|member| member.name.as_str())
+        .collect();
+    checks.push(Check::new(
+        "patroni.one_primary",
+        primaries.len() == 1,
+        format!("running leaders: {primaries:?}"),
+    ));
     let primary = primaries.first().map(|name| name.to_string());
-    let postgres_names: Vec<String> = inventory.nodes_with(Role::Postgres).map(|node| node.name.clone()).collect();
+    let postgres_names: Vec<String> = inventory
+        .nodes_with(Role::Postgres)
+        .map(|node| node.name.clone())
+        .collect();
     let not_streaming: Vec<String> = postgres_names
         .iter()
         .filter(|name| Some(*name) != primary.as_ref())
-        .filter(|name| !members.iter().any(|member| &member.name == *name && member.state == "streaming"))
+        .filter(|name| {
+            !members
+                .iter()
+                .any(|member| &member.name == *name && member.state == "streaming")
+        })
         .cloned()
         .collect();
     checks.push(Check::new(
         "patroni.replicas_streaming",
         not_streaming.is_empty() && !members.is_empty(),
-        if not_streaming.is_empty() { format!("{} replica(s) streaming", postgres_names.len().saturating_sub(1)) } else { format!("not streaming: {}", not_streaming.join(", ")) },
+        if not_streaming.is_empty() {
+            format!(
+                "{} replica(s) streaming",
+                postgres_names.len().saturating_sub(1)
+            )
+        } else {
+            format!("not streaming: {}", not_streaming.join(", "))
+        },
     ));
     let threshold = inventory.cluster.patroni.maximum_lag_on_failover;
     let lagging: Vec<String> = members
         .iter()
         .filter(|member| member.role != "leader")
         .filter(|member| member.lag.is_none_or(|lag| lag > threshold))
-        .map(|member| format!("{} ({})", member.name, member.lag.map_or("unknown".to_string(), |lag| format!("{lag} bytes"))))
+        .map(|member| {
+            format!(
+                "{} ({})",
+                member.name,
+                member
+                    .lag
+                    .map_or("unknown".to_string(), |lag| format!("{lag} bytes"))
+            )
+        })
         .collect();
-    checks.push(Check::new("patroni.replication_lag", lagging.is_empty() && !members.is_empty(), if lagging.is_empty() { format!("every replica within {threshold} bytes") } else { format!("lagging: {}", lagging.join(", ")) }));
-    let timelines: std::collections::BTreeSet<u64> = members.iter().filter_map(|member| member.timeline).collect();
-    checks.push(Check::new("patroni.same_timeline", timelines.len() == 1, format!("timelines: {timelines:?}")));
-    let answering_primary: Vec<&str> = reachable.iter().filter(|view| view.primary_status == Some(200)).map(|view| view.name.as_str()).collect();
+    checks.push(Check::new(
+        "patroni.replication_lag",
+        lagging.is_empty() && !members.is_empty(),
+        if lagging.is_empty() {
+            format!("every replica within {threshold} bytes")
+        } else {
+            format!("lagging: {}", lagging.join(", "))
+        },
+    ));
+    let timelines: std::collections::BTreeSet<u64> = members
+        .iter()
+        .filter_map(|member| member.timeline)
+        .collect();
+    checks.push(Check::new(
+        "patroni.same_timeline",
+        timelines.len() == 1,
+        format!("timelines: {timelines:?}"),
+    ));
+    let answering_primary: Vec<&str> = reachable
+        .iter()
+        .filter(|view| view.primary_status == Some(200))
+        .map(|view| view.name.as_str())
+        .collect();
     let dcs_leader = reachable.iter().find_map(|view| view.dcs_leader.clone());
     checks.push(Check::new(
         "patroni.leader_key",
         answering_primary.len() == 1 && dcs_leader.as_deref() == answering_primary.first().copied(),
-        format!("etcd `leader` = {:?}; `/primary` 200 on {answering_primary:?}", dcs_leader.unwrap_or_default()),
+        format!(
+            "etcd `leader` = {:?}; `/primary` 200 on {answering_primary:?}",
+            dcs_leader.unwrap_or_default()
+        ),
     ));
     let system_identifier = primary
         .as_ref()
         .and_then(|name| reachable.iter().find(|view| &view.name == name))
         .and_then(|view| view.patroni.as_ref())
-        .and_then(|patroni| patroni["database_system_identifier"].as_str().map(str::to_string));
-    let initialize = reachable.iter().find_map(|view| view.dcs_initialize.clone());
+        .and_then(|patroni| {
+            patroni["database_system_identifier"]
+                .as_str()
+                .map(str::to_string)
+        });
+    let initialize = reachable
+        .iter()
+        .find_map(|view| view.dcs_initialize.clone());
     checks.push(Check::new(
         "patroni.initialize_key",
         initialize.is_some() && initialize == system_identifier,
-        format!("etcd `initialize` = {:?}, primary's system identifier = {:?}", initialize.unwrap_or_default(), system_identifier.unwrap_or_default()),
+        format!(
+            "etcd `initialize` = {:?}, primary's system identifier = {:?}",
+            initialize.unwrap_or_default(),
+            system_identifier.unwrap_or_default()
+        ),
     ));
-    let config = reachable.iter().find_map(|view| view.config.clone()).unwrap_or(Value::Null);
+    let config = reachable
+        .iter()
+        .find_map(|view| view.config.clone())
+        .unwrap_or(Value::Null);
     let timing = &inventory.cluster.patroni;
     let wanted = [
         ("ttl", Value::from(timing.ttl)),
         ("loop_wait", Value::from(timing.loop_wait)),
         ("retry_timeout", Value::from(timing.retry_timeout)),
-        ("maximum_lag_on_failover", Value::from(timing.maximum_lag_on_failover)),
-        ("primary_start_timeout", Value::from(timing.primary_start_timeout)),
-        ("synchronous_mode", Value::from(inventory.cluster.synchronous_mode != SyncMode::Off)),
-        ("synchronous_mode_strict", Value::from(inventory.cluster.synchronous_mode == SyncMode::Strict)),
+        (
+            "maximum_lag_on_failover",
+            Value::from(timing.maximum_lag_on_failover),
+        ),
+        (
+            "primary_start_timeout",
+            Value::from(timing.primary_start_timeout),
+        ),
+        (
+            "synchronous_mode",
+            Value::from(inventory.cluster.synchronous_mode != SyncMode::Off),
+        ),
+        (
+            "synchronous_mode_strict",
+            Value::from(inventory.cluster.synchronous_mode == SyncMode::Strict),
+        ),
     ];
     let differing: Vec<String> = wanted
         .iter()
-        .filter(|(key, value)| config[*key].to_string() != value.to_string() && !(config[*key].is_null() && *value == Value::from(false)))
+        .filter(|(key, value)| {
+            config[*key].to_string() != value.to_string()
+                && !(config[*key].is_null() && *value == Value::from(false))
+        })
         .map(|(key, value)| format!("{key}: {} (inventory {value})", config[*key]))
         .collect();
-    checks.push(Check::new("patroni.dynamic_config", differing.is_empty() && !config.is_null(), if differing.is_empty() { "ttl, loop_wait, retry_timeout, lag limit, start timeout and sync mode match".to_string() } else { differing.join("; ") }));
+    checks.push(Check::new(
+        "patroni.dynamic_config",
+        differing.is_empty() && !config.is_null(),
+        if differing.is_empty() {
+            "ttl, loop_wait, retry_timeout, lag limit, start timeout and sync mode match"
+                .to_string()
+        } else {
+            differing.join("; ")
+        },
+    ));
     if inventory.cluster.synchronous_mode != SyncMode::Off {
-        let sync: Vec<&str> = members.iter().filter(|member| member.role == "sync_standby").map(|member| member.name.as_str()).collect();
-        checks.push(Check::new("patroni.sync_standbys", !sync.is_empty(), format!("synchronous standbys: {sync:?} (expected 1)")));
+        let sync: Vec<&str> = members
+            .iter()
+            .filter(|member| member.role == "sync_standby")
+            .map(|member| member.name.as_str())
+            .collect();
+        checks.push(Check::new(
+            "patroni.sync_standbys",
+            !sync.is_empty(),
+            format!("synchronous standbys: {sync:?} (expected 1)"),
+        ));
     }
 
     // VIP
     if let Some(vip) = inventory.cluster.vip {
-        let holders: Vec<&str> = reachable.iter().filter(|view| view.holds_vip == Some(true)).map(|view| view.name.as_str()).collect();
-        checks.push(Check::new("vip.one_holder", holders.len() == 1, format!("{} held by {holders:?}", vip.address)));
+        let holders: Vec<&str> = reachable
+            .iter()
+            .filter(|view| view.holds_vip == Some(true))
+            .map(|view| view.name.as_str())
+            .collect();
+        checks.push(Check::new(
+            "vip.one_holder",
+            holders.len() == 1,
+            format!("{} held by {holders:?}", vip.address),
+        ));
     }
 
     // HAProxy's own view of the write backend.
     for view in reachable.iter().filter(|view| is(Role::Haproxy, view)) {
-        let up: Vec<&str> = view.haproxy.get("pgha_write").map(|servers| servers.iter().filter(|(_, status)| status.starts_with("UP")).map(|(name, _)| name.as_str()).collect()).unwrap_or_default();
+        let up: Vec<&str> = view
+            .haproxy
+            .get("pgha_write")
+            .map(|servers| {
+                servers
+                    .iter()
+                    .filter(|(_, status)| status.starts_with("UP"))
+                    .map(|(name, _)| name.as_str())
+                    .collect()
+            })
+            .unwrap_or_default();
         checks.push(Check::new(
             format!("haproxy.{}.write_backend", view.name),
             up.len() == 1 && primary.as_deref() == up.first().copied(),
-            format!("servers UP in `pgha_write`: {up:?}; primary: {:?}", primary.clone().unwrap_or_default()),
+            format!(
+                "servers UP in `pgha_write`: {up:?}; primary: {:?}",
+                primary.clone().unwrap_or_default()
+            ),
         ));
     }
 
     // Security
     for view in reachable.iter().filter(|view| is(Role::Postgres, view)) {
-        let weak: Vec<&String> = view.hba.iter().filter(|rule| rule.contains(" md5") || rule.contains(" password") || rule.contains("0.0.0.0 0.0.0.0") || rule.contains(" trust")).collect();
-        checks.push(Check::new(format!("security.{}.pg_hba", view.name), weak.is_empty() && !view.hba.is_empty(), if weak.is_empty() { format!("{} rules, scram-sha-256/peer only", view.hba.len()) } else { format!("weak rules: {weak:?}") }));
-        let open: Vec<String> = view.secret_file_modes.iter().filter(|(_, mode)| !mode.ends_with("00")).map(|(file, mode)| format!("{file} {mode}")).collect();
-        checks.push(Check::new(format!("security.{}.secret_files", view.name), open.is_empty() && !view.secret_file_modes.is_empty(), if open.is_empty() { format!("{:?}", view.secret_file_modes) } else { format!("readable by others: {open:?}") }));
+        let weak: Vec<&String> = view
+            .hba
+            .iter()
+            .filter(|rule| {
+                rule.contains(" md5")
+                    || rule.contains(" password")
+                    || rule.contains("0.0.0.0 0.0.0.0")
+                    || rule.contains(" trust")
+            })
+            .collect();
+        checks.push(Check::new(
+            format!("security.{}.pg_hba", view.name),
+            weak.is_empty() && !view.hba.is_empty(),
+            if weak.is_empty() {
+                format!("{} rules, scram-sha-256/peer only", view.hba.len())
+            } else {
+                format!("weak rules: {weak:?}")
+            },
+        ));
+        let open: Vec<String> = view
+            .secret_file_modes
+            .iter()
+            .filter(|(_, mode)| !mode.ends_with("00"))
+            .map(|(file, mode)| format!("{file} {mode}"))
+            .collect();
+        checks.push(Check::new(
+            format!("security.{}.secret_files", view.name),
+            open.is_empty() && !view.secret_file_modes.is_empty(),
+            if open.is_empty() {
+                format!("{:?}", view.secret_file_modes)
+            } else {
+                format!("readable by others: {open:?}")
+            },
+        ));
         checks.push(Check::new(
             format!("security.{}.rest_auth", view.name),
             view.unauthenticated_restart == Some(401),
-            format!("unauthenticated POST /restart answered {:?}", view.unauthenticated_restart),
+            format!(
+                "unauthenticated POST /restart answered {:?}",
+                view.unauthenticated_restart
+            ),
         ));
     }
     checks
@@ -168,7 +372,10 @@ mod tests {
     use serde_json::json;
 
     fn inventory() -> Inventory {
-        Inventory::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("inventories/lab.yml")).unwrap()
+        Inventory::load(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("inventories/lab.yml"),
+        )
+        .unwrap()
     }
 
     fn healthy() -> Vec<NodeView> {
@@ -182,20 +389,35 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(index, name)| {
-                let mut view = NodeView { name: name.to_string(), ..NodeView::default() };
+                let mut view = NodeView {
+                    name: name.to_string(),
+                    ..NodeView::default()
+                };
                 view.cluster = Some(cluster.clone());
                 view.config = Some(config.clone());
                 view.primary_status = Some(if index == 0 { 200 } else { 503 });
                 view.patroni = Some(json!({"database_system_identifier": "7300"}));
                 view.etcd_health = Some(true);
                 view.etcd_status = Some(json!([{"Status": {"leader": 42}}]));
-                view.etcd_members = Some(json!({"members": [{"name": "node1"}, {"name": "node2"}, {"name": "node3"}]}));
+                view.etcd_members = Some(
+                    json!({"members": [{"name": "node1"}, {"name": "node2"}, {"name": "node3"}]}),
+                );
                 view.dcs_leader = Some("node1".into());
                 view.dcs_initialize = Some("7300".into());
                 view.holds_vip = Some(index == 1);
-                view.haproxy.insert("pgha_write".into(), [("node1".to_string(), "UP".to_string()), ("node2".into(), "DOWN".into()), ("node3".into(), "DOWN".into())].into_iter().collect());
+                view.haproxy.insert(
+                    "pgha_write".into(),
+                    [
+                        ("node1".to_string(), "UP".to_string()),
+                        ("node2".into(), "DOWN".into()),
+                        ("node3".into(), "DOWN".into()),
+                    ]
+                    .into_iter()
+                    .collect(),
+                );
                 view.hba = vec!["host all all 10.231.0.11 255.255.255.255 scram-sha-256".into()];
-                view.secret_file_modes.insert("/etc/patroni/patroni.yml".into(), "600".into());
+                view.secret_file_modes
+                    .insert("/etc/patroni/patroni.yml".into(), "600".into());
                 view.unauthenticated_restart = Some(401);
                 view
             })
@@ -203,7 +425,11 @@ mod tests {
     }
 
     fn failing(checks: &[Check]) -> Vec<String> {
-        checks.iter().filter(|check| !check.pass).map(|check| format!("{}: {}", check.name, check.evidence)).collect()
+        checks
+            .iter()
+            .filter(|check| !check.pass)
+            .map(|check| format!("{}: {}", check.name, check.evidence))
+            .collect()
     }
 
     #[test]
@@ -227,12 +453,24 @@ mod tests {
         views[0].holds_vip = Some(true);
         views[2].haproxy.clear();
         views[1].hba.push("host all all 0.0.0.0 0.0.0.0 md5".into());
-        views[0].secret_file_modes.insert("/etc/patroni/patroni.yml".into(), "644".into());
+        views[0]
+            .secret_file_modes
+            .insert("/etc/patroni/patroni.yml".into(), "644".into());
         views[2].dcs_leader = Some("node2".into());
         views[0].dcs_leader = Some("node2".into());
         views[1].dcs_leader = Some("node2".into());
         let failed = failing(&assess(&inventory, &views)).join("\n");
-        for name in ["patroni.replicas_streaming", "patroni.replication_lag", "patroni.same_timeline", "patroni.sync_standbys", "vip.one_holder", "haproxy.node3.write_backend", "security.node2.pg_hba", "security.node1.secret_files", "patroni.leader_key"] {
+        for name in [
+            "patroni.replicas_streaming",
+            "patroni.replication_lag",
+            "patroni.same_timeline",
+            "patroni.sync_standbys",
+            "vip.one_holder",
+            "haproxy.node3.write_backend",
+            "security.node2.pg_hba",
+            "security.node1.secret_files",
+            "patroni.leader_key",
+        ] {
             assert!(failed.contains(name), "{name} should fail:\n{failed}");
         }
         assert!(!failed.contains("etcd."), "{failed}");
@@ -241,8 +479,15 @@ mod tests {
     #[test]
     fn unreachable_nodes_fail_loudly() {
         let mut views = healthy();
-        views[1] = NodeView { name: "node2".into(), unreachable: Some("connection refused".into()), ..NodeView::default() };
+        views[1] = NodeView {
+            name: "node2".into(),
+            unreachable: Some("connection refused".into()),
+            ..NodeView::default()
+        };
         let failed = failing(&assess(&inventory(), &views)).join("\n");
-        assert!(failed.contains("ssh.node2: unreachable") && failed.contains("etcd.members_healthy"), "{failed}");
+        assert!(
+            failed.contains("ssh.node2: unreachable") && failed.contains("etcd.members_healthy"),
+            "{failed}"
+        );
     }
 }

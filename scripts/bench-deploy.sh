@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Benchmark: first `pgha deploy` into fresh lab nodes, then 5 no-op re-runs (wall time and
+# changed count). Starts from `pgha lab down` + `pgha lab up` (base cached; the package proxy's
+# cache is warm unless the lab was purged). Leaves the deployed lab up.
+# Usage: scripts/bench-deploy.sh [INVENTORY]   (default inventories/lab.yml)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+pgha="${PGHA:-${CARGO_TARGET_DIR:-target}/debug/pgha}"
+inventory="${1:-inventories/lab.yml}"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+"$pgha" lab down > /dev/null
+"$pgha" lab up > /dev/null
+seconds() { local start end; start=$(date +%s.%N); "$@" > "$work/result.json" 2> "$work/err" || { cat "$work/err"; exit 1; }; end=$(date +%s.%N); echo "$end - $start" | bc; }
+changed() { python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(sum(h["changed"] for h in r["hosts"].values()))' "$work/result.json"; }
+echo "first deploy: $(seconds "$pgha" deploy -i "$inventory" --json) s, changed $(changed)"
+for run in 1 2 3 4 5; do
+  echo "no-op deploy $run: $(seconds "$pgha" deploy -i "$inventory" --json) s, changed $(changed)"
+done
