@@ -54,8 +54,41 @@ impl Drop for Lab {
     }
 }
 
+/// Every secret of the cluster beside `inventory`, to prove none is ever printed.
+fn secret_values(inventory: &Path) -> Vec<String> {
+    let path = inventory.with_file_name(format!(
+        "{}.secrets.yml",
+        inventory.file_stem().unwrap().to_str().unwrap()
+    ));
+    let secrets: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(path).unwrap_or_default())
+            .unwrap_or_default();
+    secrets
+        .as_mapping()
+        .map(|map| {
+            map.values()
+                .filter_map(|value| value.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn assert_no_secret(inventory: &Path, output: &Output) {
+    for secret in secret_values(inventory) {
+        assert!(
+            !String::from_utf8_lossy(&output.stdout).contains(&secret),
+            "a secret was printed on stdout"
+        );
+        assert!(
+            !String::from_utf8_lossy(&output.stderr).contains(&secret),
+            "a secret was printed on stderr"
+        );
+    }
+}
+
 fn deploy_json(inventory: &Path) -> serde_json::Value {
     let output = pgha(&["deploy", "-i", inventory.to_str().unwrap(), "--json"]);
+    assert_no_secret(inventory, &output);
     let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
         panic!(
             "deploy printed no JSON ({error}): {}",
@@ -127,6 +160,7 @@ fn start_times(inventory: &Path) -> serde_json::Value {
 
 fn verify(inventory: &Path) -> serde_json::Value {
     let output = pgha(&["verify", "-i", inventory.to_str().unwrap(), "--json"]);
+    assert_no_secret(inventory, &output);
     serde_json::from_slice(&output.stdout)
         .unwrap_or_else(|error| panic!("verify printed no JSON ({error})"))
 }
