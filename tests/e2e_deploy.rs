@@ -201,8 +201,7 @@ fn second_replica(inventory: &Path) -> String {
         .as_array()
         .unwrap()
         .iter()
-        .filter(|member| member["role"] != "leader")
-        .last()
+        .rfind(|member| member["role"] != "leader")
         .unwrap()["name"]
         .as_str()
         .unwrap()

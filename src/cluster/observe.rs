@@ -282,11 +282,13 @@ mod tests {
 
     #[test]
     fn members_come_from_the_first_cluster_view() {
-        let mut view = NodeView::default();
-        view.cluster = Some(serde_json::json!({"members": [
+        let view = NodeView {
+            cluster: Some(serde_json::json!({"members": [
             {"name": "node1", "role": "leader", "state": "running", "host": "10.0.0.1", "timeline": 3},
             {"name": "node2", "role": "sync_standby", "state": "streaming", "host": "10.0.0.2", "timeline": 3, "lag": 0}
-        ]}));
+            ]})),
+            ..NodeView::default()
+        };
         let members = members(&[NodeView::default(), view]);
         assert_eq!(members.len(), 2);
         assert_eq!(members[0].lag, None);

@@ -253,8 +253,7 @@ pub fn assess(inventory: &Inventory, views: &[NodeView]) -> Vec<Check> {
     let differing: Vec<String> = wanted
         .iter()
         .filter(|(key, value)| {
-            config[*key].to_string() != value.to_string()
-                && !(config[*key].is_null() && *value == Value::from(false))
+            config[*key] != *value && !(config[*key].is_null() && value.as_bool() == Some(false))
         })
         .map(|(key, value)| format!("{key}: {} (inventory {value})", config[*key]))
         .collect();
