@@ -6,6 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 pgha="${PGHA:-${CARGO_TARGET_DIR:-target}/debug/pgha}"
+[ -x "$pgha" ] || { echo "error: \`$pgha\` not found; hint: run \`cargo build\` or set PGHA" >&2; exit 1; }
 inventory="${1:-inventories/lab.yml}"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

@@ -6,6 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 pgha="${PGHA:-${CARGO_TARGET_DIR:-target}/debug/pgha}"
+[ -x "$pgha" ] || { echo "error: \`$pgha\` not found; hint: run \`cargo build\` or set PGHA" >&2; exit 1; }
 ansible_venv=/var/cache/pgha/ansible-venv
 [ -x "$ansible_venv/bin/ansible-playbook" ] || { /usr/bin/python3 -m venv "$ansible_venv" && "$ansible_venv/bin/pip" install -q ansible-core; }
 work=$(mktemp -d)
