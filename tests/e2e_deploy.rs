@@ -9,7 +9,8 @@
 //!    replica's Patroni is stopped; `pgha switchover` moves the primary, checked after;
 //! 5. the same inventory deployed as the non-root `deploy` user (sudo) also changes nothing;
 //! 6. a node killed with `pgha lab kill` makes the deploy fail on that node only, and after
-//!    `pgha lab start` a re-run converges with every member streaming again.
+//!    `pgha lab start` a re-run converges with every member streaming again;
+//! 7. a foreign `initialize` key in etcd is refused by the DCS preflight, changing nothing.
 //!
 //! Needs root. One test function: only one lab can exist at a time.
 
@@ -411,6 +412,26 @@ fn deploy_converges_routes_and_is_idempotent() {
     )
     .unwrap();
     assert_eq!(rows, "1", "the acknowledged row survived");
+
+    // 7. DCS preflight (last: Patroni may stop on a foreign `initialize`): a key that does not
+    //    match the cluster's data is refused before anything changes.
+    exec(
+        &inventory,
+        "node1",
+        "etcdctl put /service/lab/initialize 1234567890 >/dev/null",
+    );
+    let refused = deploy_json(&inventory);
+    assert_eq!(refused["success"], false);
+    assert_eq!(
+        changed(&refused),
+        0,
+        "nothing may change after a failed preflight"
+    );
+    let message = refused.to_string();
+    assert!(
+        message.contains("initialized with system identifier 1234567890"),
+        "{refused:#}"
+    );
 }
 
 fn unsafe_is_root() -> bool {
