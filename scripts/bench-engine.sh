@@ -44,7 +44,7 @@ ansible_ssh_private_key_file=$key
 ansible_ssh_common_args='-o UserKnownHostsFile=$known -o StrictHostKeyChecking=yes'
 ansible_python_interpreter=/usr/bin/python3
 INI
-seconds() { local start end; start=$(date +%s.%N); "$@" > "$work/out" 2>&1 || { cat "$work/out"; exit 1; }; end=$(date +%s.%N); echo "$end - $start" | bc; }
+seconds() { local start end; start=$(date +%s.%N); "$@" > "$work/out" 2>&1 || { cat "$work/out"; exit 1; }; end=$(date +%s.%N); awk -v s="$start" -v e="$end" 'BEGIN { printf "%.2f", e - s }'; }
 
 "$pgha" run -i "$work/lab.yml" "$work/pgha.yml" > /dev/null 2>&1 || true    # converge (also installs curl if missing)
 echo "pgha: converged; tasks per host: $(grep -c '    - ' "$work/pgha.yml")"
