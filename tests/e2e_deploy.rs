@@ -6,7 +6,8 @@
 //!    from a replica;
 //! 3. a second deploy reports 0 changed and restarts no service (unit start times unchanged);
 //! 4. `pgha verify` passes, and fails naming the assertion when HAProxy on one node or a
-//!    replica's Patroni is stopped; `pgha switchover` moves the primary, checked after;
+//!    replica's Patroni is stopped; `pgha switchover` moves the primary, checked after; a
+//!    parameter that needs a restart is rolled out replicas first, the primary via switchover;
 //! 5. the same inventory deployed as the non-root `deploy` user (sudo) also changes nothing;
 //! 6. a node killed with `pgha lab kill` makes the deploy fail on that node only, and after
 //!    `pgha lab start` a re-run converges with every member streaming again;
@@ -364,6 +365,45 @@ fn deploy_converges_routes_and_is_idempotent() {
     );
     eventually(
         "verify passes after the switchover",
+        Duration::from_secs(60),
+        || {
+            let result = verify(&inventory);
+            if result["success"] == true {
+                Ok(())
+            } else {
+                Err(format!("{:?}", failed_checks(&result)))
+            }
+        },
+    );
+
+    // A parameter that needs a restart: patched into Patroni, replicas restarted first, the
+    // primary only after a switchover; no blind restart, and then nothing left to do.
+    let text = std::fs::read_to_string(&inventory)
+        .unwrap()
+        .replace("max_connections: 100", "max_connections: 150");
+    std::fs::write(&inventory, text).unwrap();
+    let restarted = deploy_json(&inventory);
+    assert_eq!(restarted["success"], true, "{restarted:#}");
+    assert_eq!(
+        psql(5000, &password, "show max_connections").unwrap(),
+        "150"
+    );
+    eventually(
+        "replicas run with the new setting",
+        Duration::from_secs(30),
+        || {
+            let value = psql(5001, &password, "show max_connections")?;
+            if value == "150" {
+                Ok(())
+            } else {
+                Err(value)
+            }
+        },
+    );
+    let after_restart = deploy_json(&inventory);
+    assert_eq!(changed(&after_restart), 0, "{:#}", after_restart["changes"]);
+    eventually(
+        "verify passes after the rolling restart",
         Duration::from_secs(60),
         || {
             let result = verify(&inventory);

@@ -563,19 +563,29 @@ impl Run {
             } else {
                 None
             };
-            let status = if changes {
-                Status::Changed
-            } else {
-                Status::Skipped
-            };
-            self.reporter.task(
-                host,
-                &play.name,
-                &task.name,
-                status,
-                &format!("would {summary}"),
-                diff,
+            // A command whose effect is judged from its output cannot be judged unrun.
+            let decided_at_run_time = matches!(
+                action,
+                Action::Command {
+                    changed_when: Some(_),
+                    ..
+                }
             );
+            let (status, detail) = if decided_at_run_time {
+                (
+                    Status::Skipped,
+                    format!(
+                        "would {summary} (whether it changes anything is decided when it runs)"
+                    ),
+                )
+            } else if changes {
+                (Status::Changed, format!("would {summary}"))
+            } else {
+                (Status::Skipped, format!("would {summary}"))
+            };
+            let changes = changes && !decided_at_run_time;
+            self.reporter
+                .task(host, &play.name, &task.name, status, &detail, diff);
             if let Some(name) = &task.register {
                 // Nothing ran: later conditions see an empty, skipped result.
                 vars.insert(
