@@ -205,6 +205,22 @@ pub fn unmount_all_under(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Make `command` start with only stdin, stdout and stderr open. The lab's daemons (nodes, the
+/// proxy) outlive the `pgha` that started them; an inherited descriptor — such as a lock held
+/// by the caller's shell — would otherwise stay open as long as they run.
+pub fn close_inherited_descriptors(command: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure only calls `close`, which is async-signal-safe, between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            for descriptor in 3..1024 {
+                libc::close(descriptor);
+            }
+            Ok(())
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

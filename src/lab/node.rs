@@ -281,6 +281,7 @@ pub fn launch(
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
+    host::close_inherited_descriptors(&mut command);
     let child = command.spawn().with_context(|| {
         format!(
             "failed to start `{node}` with `{}`",

@@ -73,16 +73,17 @@ impl Proxy {
             .append(true)
             .open(&console)
             .with_context(|| format!("failed to open `{}`", console.display()))?;
-        let mut child = Command::new("setsid")
+        let mut command = Command::new("setsid");
+        command
             .arg("apt-cacher-ng")
             .arg("-c")
             .arg(self.config_dir())
             .arg("ForeGround=1")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("failed to start `apt-cacher-ng`")?;
+            .stderr(log);
+        host::close_inherited_descriptors(&mut command);
+        let mut child = command.spawn().context("failed to start `apt-cacher-ng`")?;
         std::fs::write(self.pid_file(), format!("{}\n", child.id()))
             .with_context(|| format!("failed to write `{}`", self.pid_file().display()))?;
         let deadline = Instant::now() + Duration::from_secs(15);
