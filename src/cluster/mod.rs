@@ -256,6 +256,8 @@ pub struct Switchover {
     pub to: String,
     pub leader_changed_ms: u128,
     pub routed_ms: u128,
+    /// The old primary streams from the new one (and, with synchronous replication, a
+    /// synchronous standby is assigned again).
     pub old_primary_streaming_ms: u128,
 }
 
@@ -369,8 +371,11 @@ pub async fn switchover(cluster: &Cluster, to: Option<&str>) -> anyhow::Result<S
                 routed = Some(now);
             }
         }
+        // With synchronous replication, done means a synchronous standby is assigned again.
+        let sync_ready = !sync || members.iter().any(|member| member.role == "sync_standby");
         if leader_changed.is_some()
             && streaming.is_none()
+            && sync_ready
             && members
                 .iter()
                 .any(|member| member.name == leader && member.state == "streaming")
