@@ -167,6 +167,18 @@ fn verify(inventory: &Path) -> serde_json::Value {
         .unwrap_or_else(|error| panic!("verify printed no JSON ({error})"))
 }
 
+/// Wait until `pgha verify` passes, failing with the checks that still fail.
+fn verify_eventually(inventory: &Path, what: &str, timeout: Duration) {
+    eventually(what, timeout, || {
+        let result = verify(inventory);
+        if result["success"] == true {
+            Ok(())
+        } else {
+            Err(format!("{:?}", failed_checks(&result)))
+        }
+    });
+}
+
 fn failed_checks(result: &serde_json::Value) -> Vec<String> {
     result["checks"]
         .as_array()
@@ -346,14 +358,7 @@ fn deploy_converges_routes_and_is_idempotent() {
         "a stopped replica must fail patroni.replicas_streaming: {failed:?}"
     );
     exec(&inventory, &replica, "systemctl start patroni");
-    eventually("verify passes again", Duration::from_secs(90), || {
-        let result = verify(&inventory);
-        if result["success"] == true {
-            Ok(())
-        } else {
-            Err(format!("{:?}", failed_checks(&result)))
-        }
-    });
+    verify_eventually(&inventory, "verify passes again", Duration::from_secs(90));
 
     // A planned switchover: a new leader, routed by every HAProxy, the old primary streaming.
     let switched: serde_json::Value =
@@ -363,17 +368,10 @@ fn deploy_converges_routes_and_is_idempotent() {
         psql(5000, &password, "select pg_is_in_recovery()").unwrap(),
         "f"
     );
-    eventually(
+    verify_eventually(
+        &inventory,
         "verify passes after the switchover",
         Duration::from_secs(60),
-        || {
-            let result = verify(&inventory);
-            if result["success"] == true {
-                Ok(())
-            } else {
-                Err(format!("{:?}", failed_checks(&result)))
-            }
-        },
     );
 
     // A parameter that needs a restart: patched into Patroni, replicas restarted first, the
@@ -402,17 +400,10 @@ fn deploy_converges_routes_and_is_idempotent() {
     );
     let after_restart = deploy_json(&inventory);
     assert_eq!(changed(&after_restart), 0, "{:#}", after_restart["changes"]);
-    eventually(
+    verify_eventually(
+        &inventory,
         "verify passes after the rolling restart",
         Duration::from_secs(60),
-        || {
-            let result = verify(&inventory);
-            if result["success"] == true {
-                Ok(())
-            } else {
-                Err(format!("{:?}", failed_checks(&result)))
-            }
-        },
     );
 
     // 4. The same cluster through the non-root `deploy` user with sudo: still nothing to do.

@@ -205,6 +205,16 @@ pub fn unmount_all_under(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The pid in `pid_file` if that process is alive and runs `program`.
+pub fn live_pid(pid_file: &Path, program: &str) -> Option<u32> {
+    let pid = std::fs::read_to_string(pid_file)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    process_alive(pid, program).then_some(pid)
+}
+
 /// Make `command` start with only stdin, stdout and stderr open. The lab's daemons (nodes, the
 /// proxy) outlive the `pgha` that started them; an inherited descriptor — such as a lock held
 /// by the caller's shell — would otherwise stay open as long as they run.

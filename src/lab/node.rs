@@ -160,12 +160,7 @@ impl NodeDirs {
 
     /// The running launcher's pid, if the node runs.
     pub fn pid(&self) -> Option<u32> {
-        let pid = std::fs::read_to_string(self.pid_file())
-            .ok()?
-            .trim()
-            .parse()
-            .ok()?;
-        host::process_alive(pid, LAUNCHER).then_some(pid)
+        host::live_pid(&self.pid_file(), LAUNCHER)
     }
 
     fn mounted(&self) -> Result<bool> {

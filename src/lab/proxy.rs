@@ -46,12 +46,7 @@ impl Proxy {
 
     /// The running proxy's pid, from its pid file.
     pub fn pid(&self) -> Option<u32> {
-        let pid = std::fs::read_to_string(self.pid_file())
-            .ok()?
-            .trim()
-            .parse()
-            .ok()?;
-        host::process_alive(pid, "apt-cacher-ng").then_some(pid)
+        host::live_pid(&self.pid_file(), "apt-cacher-ng")
     }
 
     /// Start the proxy unless it runs. True if started.
