@@ -2,6 +2,8 @@
 //! the pgha agent) on plain Linux hosts over SSH.
 //!
 //! Codebase map:
+//! - [`agent`]: the node daemon `pgha agent run`: etcd watch, pure decision, HAProxy runtime
+//!   routing, the VIP verdict file and guard, `/status` and `/metrics`.
 //! - [`cli`]: clap definitions; each subcommand turns arguments into options and calls one
 //!   operation. Nothing else prints results or maps errors to exit codes.
 //! - [`error`]: the error kinds that decide the exit code (bad input = 2, failure = 1).
@@ -13,6 +15,7 @@
 //!   fault injection.
 //! - [`ssh`]: the russh transport: strict host keys, one connection per host, exec and upload.
 
+pub mod agent;
 pub mod cli;
 pub mod engine;
 pub mod error;

@@ -1,6 +1,7 @@
 //! Command-line interface. Each subcommand turns its arguments into an options value and calls
 //! one operation; this module owns printing errors and choosing the exit code.
 
+mod agent;
 mod inventory;
 mod lab;
 mod render;
@@ -35,6 +36,9 @@ enum Command {
     /// A throw-away cluster of real Debian nodes on this machine (needs root)
     #[command(subcommand)]
     Lab(lab::LabCommand),
+    /// The node agent: event-driven HAProxy routing, the VIP verdict, `/status` and `/metrics`
+    #[command(subcommand)]
+    Agent(agent::AgentCommand),
 }
 
 /// Parse the command line, run the command, print any error and return the exit code.
@@ -47,6 +51,7 @@ pub fn main() -> ExitCode {
         Command::Run(args) => run::run(args),
         Command::Exec(args) => run::exec(args),
         Command::Lab(command) => lab::run(command),
+        Command::Agent(command) => agent::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
