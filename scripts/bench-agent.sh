@@ -85,20 +85,22 @@ round() {
     sleep 3
     leader=$(cluster | role_of leader)
     candidate=$(cluster | role_of sync_standby)
-    "$pgha" exec -i "$inventory" -- "cat > /tmp/pgha-bench-monitor.py; nohup python3 /tmp/pgha-bench-monitor.py $candidate 25 > /tmp/pgha-bench.out 2>&1 < /dev/null &" < "$work/monitor.py" > /dev/null
+    monitor=$(base64 -w0 < "$work/monitor.py")
+    "$pgha" exec -i "$inventory" -- "echo $monitor | base64 -d > /tmp/pgha-bench-monitor.py; nohup python3 /tmp/pgha-bench-monitor.py $candidate 25 > /tmp/pgha-bench.out 2>&1 < /dev/null &" > /dev/null
     PGPASSWORD=$superuser python3 "$work/writer.py" 20 > "$work/outage" &
     writer=$!
     sleep 3
     curl -sS --max-time 30 -K "$work/auth" -X POST -H 'Content-Type: application/json' \
         -d "{\"leader\": \"$leader\", \"candidate\": \"$candidate\"}" "http://$(address_of "$leader"):8008/switchover" > /dev/null
     wait "$writer"
-    sleep 2
+    sleep 5
     "$pgha" exec -i "$inventory" --json -- "tail -n 1 /tmp/pgha-bench.out" > "$work/monitors.json"
     python3 - "$mode" "$leader" "$candidate" "$(cat "$work/outage")" "$work/monitors.json" <<'PY'
 import json, sys
 mode, leader, candidate, outage, path = sys.argv[1:]
 hosts = json.load(open(path))
-results = [json.loads(h["stdout"].strip().splitlines()[-1]) for h in hosts]
+results = [json.loads((h["stdout"].strip().splitlines() or ["{}"])[-1] or "{}") for h in hosts]
+results = [r if "key" in r else {"key": None, "routed": None} for r in results]
 keys = [r["key"] for r in results if r["key"]]
 routed = [r["routed"] for r in results]
 if not keys or None in routed:

@@ -225,7 +225,9 @@ fn route(
                 format!(
                     "waiting for {leader}: it holds the leader key but its `/primary` does not answer 200{disagreement}"
                 ),
-                false,
+                // Every node waits alike (a switchover's demotion): giving the VIP away now
+                // would only add a VIP move to the outage.
+                true,
             )
         }
         None => {
@@ -276,7 +278,8 @@ fn route(
         .map(|age| format!(" since {:.1} s", age.as_secs_f64()))
         .unwrap_or_default();
     let sentence = if changed.is_empty() {
-        format!("writes go to {leader}, the leader{age}{disagreement}")
+        // No age here: a steady sentence stays the same, so it is logged once.
+        format!("writes go to {leader}, the leader{disagreement}")
     } else if new_leader {
         format!("routing writes to {leader}, the new leader{age}{disagreement}")
     } else {
@@ -409,7 +412,7 @@ mod tests {
                 local: local(Some("node1")),
                 memory: routed("node1"),
                 actions: vec![],
-                sentence: "writes go to node1, the leader since 0.3 s",
+                sentence: "writes go to node1, the leader",
                 verdict: true,
             },
             Case {
@@ -436,7 +439,7 @@ mod tests {
                 memory: routed("node1"),
                 actions: vec![],
                 sentence: "waiting for node2: it holds the leader key but its `/primary` does not answer 200",
-                verdict: false,
+                verdict: true,
             },
             Case {
                 name: "no leader: HAProxy left alone, the verdict follows its checks",
@@ -480,7 +483,7 @@ mod tests {
                 },
                 memory: routed("node2"),
                 actions: vec![],
-                sentence: "writes go to node2, the leader since 0.3 s; Patroni on node1 says `primary` but etcd's leader is node2",
+                sentence: "writes go to node2, the leader; Patroni on node1 says `primary` but etcd's leader is node2",
                 verdict: true,
             },
             Case {
@@ -504,7 +507,7 @@ mod tests {
                 },
                 memory: routed("node1"),
                 actions: vec![Action::RemoveVip],
-                sentence: "writes go to node1, the leader since 0.3 s; removing the VIP from node1: keepalived is not running, a peer may hold it too",
+                sentence: "writes go to node1, the leader; removing the VIP from node1: keepalived is not running, a peer may hold it too",
                 verdict: true,
             },
             Case {
