@@ -153,7 +153,10 @@ fn write_backend_state(inventory: &Path, node: &str) -> Vec<(String, String)> {
 
 #[test]
 fn agent_routes_a_switchover_and_keeps_the_vip_honest() {
-    assert!(is_root(), "the end-to-end test needs root (it runs the lab)");
+    assert!(
+        is_root(),
+        "the end-to-end test needs root (it runs the lab)"
+    );
     let dir = tempfile::tempdir().unwrap();
     let inventory: PathBuf = dir.path().join("lab.yml");
     std::fs::copy(
@@ -177,7 +180,10 @@ fn agent_routes_a_switchover_and_keeps_the_vip_honest() {
         .values()
         .map(|host| host["changed"].as_u64().unwrap())
         .sum();
-    assert_eq!(changed, 0, "a second deploy must change nothing: {second:#}");
+    assert_eq!(
+        changed, 0,
+        "a second deploy must change nothing: {second:#}"
+    );
     pgha_ok(&[
         "exec",
         "-i",
@@ -286,12 +292,14 @@ fn agent_routes_a_switchover_and_keeps_the_vip_honest() {
     }
 
     // 3. HAProxy killed on the VIP holder: the VIP moves away.
-    let holder = eventually("one node holds the VIP", Duration::from_secs(20), || {
-        match vip_holders(&inventory).as_slice() {
+    let holder = eventually(
+        "one node holds the VIP",
+        Duration::from_secs(20),
+        || match vip_holders(&inventory).as_slice() {
             [one] => Ok(one.clone()),
             other => Err(format!("holders: {other:?}")),
-        }
-    });
+        },
+    );
     on_node(
         &inventory,
         &holder,
@@ -312,11 +320,7 @@ fn agent_routes_a_switchover_and_keeps_the_vip_honest() {
     );
 
     // 4. keepalived SIGKILLed on the new holder: its agent removes the VIP it still holds.
-    on_node(
-        &inventory,
-        &new_holder,
-        "systemctl kill -s KILL keepalived",
-    );
+    on_node(&inventory, &new_holder, "systemctl kill -s KILL keepalived");
     eventually(
         &format!("{new_holder}'s agent removes the VIP held without keepalived"),
         Duration::from_secs(20),

@@ -173,7 +173,10 @@ fn route(
     actions: &mut Vec<Action>,
 ) -> (String, bool) {
     if !local.haproxy_configured {
-        return (format!("{} runs no HAProxy: nothing to route", local.node), false);
+        return (
+            format!("{} runs no HAProxy: nothing to route", local.node),
+            false,
+        );
     }
     let Some(haproxy) = &local.haproxy else {
         return (
@@ -228,11 +231,13 @@ fn route(
                 // Every node waits alike (a switchover's demotion): giving the VIP away now
                 // would only add a VIP move to the outage.
                 true,
-            )
+            );
         }
         None => {
             return (
-                format!("cannot reach {leader}'s `/primary`: leaving HAProxy as it is{disagreement}"),
+                format!(
+                    "cannot reach {leader}'s `/primary`: leaving HAProxy as it is{disagreement}"
+                ),
                 fallback,
             )
         }
@@ -321,8 +326,16 @@ mod tests {
     fn cluster(leader: Option<&str>) -> ClusterView {
         let mut members = BTreeMap::new();
         for name in ["node1", "node2", "node3"] {
-            let role = if Some(name) == leader { "primary" } else { "replica" };
-            let state = if Some(name) == leader { "running" } else { "streaming" };
+            let role = if Some(name) == leader {
+                "primary"
+            } else {
+                "replica"
+            };
+            let state = if Some(name) == leader {
+                "running"
+            } else {
+                "streaming"
+            };
             members.insert(name.to_string(), member(role, state));
         }
         ClusterView {
@@ -546,7 +559,11 @@ mod tests {
 
     #[test]
     fn reads_are_not_forced_twice() {
-        let first = decide(&cluster(Some("node2")), &local(Some("node1")), &routed("node1"));
+        let first = decide(
+            &cluster(Some("node2")),
+            &local(Some("node1")),
+            &routed("node1"),
+        );
         // HAProxy's check has since put node1 down again (say it lags): the agent lets it.
         let mut view = local(Some("node2"));
         if let Some(haproxy) = view.haproxy.as_mut() {

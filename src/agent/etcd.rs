@@ -79,7 +79,11 @@ impl EtcdState {
                 },
             );
         }
-        if let Some(head) = self.leader.as_ref().and_then(|leader| positions.get(leader)) {
+        if let Some(head) = self
+            .leader
+            .as_ref()
+            .and_then(|leader| positions.get(leader))
+        {
             for (name, member) in members.iter_mut() {
                 if Some(name) != self.leader.as_ref() {
                     member.lag_bytes = positions
@@ -212,13 +216,23 @@ async fn resync(
     let response = client
         .get(prefix, Some(GetOptions::new().with_prefix()))
         .await?;
-    let raft_leader = client.status().await.map(|status| status.leader() != 0).ok();
-    let revision = response.header().map(|header| header.revision()).unwrap_or(0);
+    let raft_leader = client
+        .status()
+        .await
+        .map(|status| status.leader() != 0)
+        .ok();
+    let revision = response
+        .header()
+        .map(|header| header.revision())
+        .unwrap_or(0);
     let mut fresh = BTreeMap::new();
     for kv in response.kvs() {
         let key = String::from_utf8_lossy(kv.key());
         if let Some(key) = key.strip_prefix(prefix) {
-            fresh.insert(key.to_string(), String::from_utf8_lossy(kv.value()).to_string());
+            fresh.insert(
+                key.to_string(),
+                String::from_utf8_lossy(kv.value()).to_string(),
+            );
         }
     }
     if let Ok(mut state) = state.lock() {

@@ -124,9 +124,30 @@ mod tests {
             4 pgha_read 1 node1 10.231.0.11 0 0 1 1 10 6 3 4 6 0 0 0 - 5432 - 0 0 - - 0\n\
             garbage\n";
         let view = parse_servers_state(answer, "pgha_write", "pgha_read");
-        assert_eq!(view.write["node1"], ServerState { up: true, maint: false });
-        assert_eq!(view.write["node2"], ServerState { up: false, maint: true });
-        assert_eq!(view.read["node1"], ServerState { up: false, maint: false });
-        assert_eq!(view.write_targets().into_iter().collect::<Vec<_>>(), ["node1"]);
+        assert_eq!(
+            view.write["node1"],
+            ServerState {
+                up: true,
+                maint: false
+            }
+        );
+        assert_eq!(
+            view.write["node2"],
+            ServerState {
+                up: false,
+                maint: true
+            }
+        );
+        assert_eq!(
+            view.read["node1"],
+            ServerState {
+                up: false,
+                maint: false
+            }
+        );
+        assert_eq!(
+            view.write_targets().into_iter().collect::<Vec<_>>(),
+            ["node1"]
+        );
     }
 }

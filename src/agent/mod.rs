@@ -92,8 +92,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             last_sentence = decision.sentence.clone();
         }
         memory = decision.memory.clone();
-        wait = if (failed > 0
-            || (cluster.leader.is_some() && local.leader_primary != Some(true)))
+        wait = if (failed > 0 || (cluster.leader.is_some() && local.leader_primary != Some(true)))
             && cluster.leader_age.is_some_and(|age| age < URGENT_WINDOW)
         {
             URGENT_CYCLE
@@ -138,11 +137,9 @@ async fn observe(config: &Config, cluster: &ClusterView) -> LocalView {
         .and_then(|member| probe::api_base(&member.api_url));
     let haproxy = async {
         match &config.haproxy_socket {
-            Some(socket) => {
-                haproxy::read_view(socket, &config.write_backend, &config.read_backend)
-                    .await
-                    .ok()
-            }
+            Some(socket) => haproxy::read_view(socket, &config.write_backend, &config.read_backend)
+                .await
+                .ok(),
             None => None,
         }
     };
@@ -224,8 +221,7 @@ fn write_verdict(path: &Path, yes: bool) {
     if let Some(parent) = path.parent() {
         let _ = std::fs::create_dir_all(parent);
     }
-    let result =
-        std::fs::write(&temporary, text).and_then(|()| std::fs::rename(&temporary, path));
+    let result = std::fs::write(&temporary, text).and_then(|()| std::fs::rename(&temporary, path));
     if let Err(error) = result {
         println!("cannot write the verdict `{}`: {error}", path.display());
     }

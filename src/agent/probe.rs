@@ -33,11 +33,7 @@ fn split_url(url: &str) -> Result<(&str, &str), ProbeError> {
 }
 
 /// One request; returns the status code and the body.
-pub async fn http(
-    method: &str,
-    url: &str,
-    timeout: Duration,
-) -> Result<(u16, String), ProbeError> {
+pub async fn http(method: &str, url: &str, timeout: Duration) -> Result<(u16, String), ProbeError> {
     let (authority, path) = split_url(url)?;
     let io = |source| ProbeError::Io {
         url: url.to_string(),
@@ -77,9 +73,13 @@ pub fn api_base(api_url: &str) -> Option<String> {
 
 /// The local Patroni's role from `GET /patroni`.
 pub async fn patroni_role(base: &str) -> Option<String> {
-    let (status, body) = http("GET", &format!("{base}/patroni"), Duration::from_millis(800))
-        .await
-        .ok()?;
+    let (status, body) = http(
+        "GET",
+        &format!("{base}/patroni"),
+        Duration::from_millis(800),
+    )
+    .await
+    .ok()?;
     if status != 200 && status != 503 {
         return None;
     }
@@ -90,10 +90,14 @@ pub async fn patroni_role(base: &str) -> Option<String> {
 /// `Some(true)` when `/primary` answers 200, `Some(false)` for another status, `None` when
 /// unreachable.
 pub async fn is_primary(base: &str) -> Option<bool> {
-    http("OPTIONS", &format!("{base}/primary"), Duration::from_millis(800))
-        .await
-        .ok()
-        .map(|(status, _)| status == 200)
+    http(
+        "OPTIONS",
+        &format!("{base}/primary"),
+        Duration::from_millis(800),
+    )
+    .await
+    .ok()
+    .map(|(status, _)| status == 200)
 }
 
 /// This node holds `address` on `interface` (`ip -o addr show dev IFACE`).
@@ -131,7 +135,11 @@ pub fn keepalived_alive() -> bool {
         return false;
     };
     entries.flatten().any(|entry| {
-        entry.file_name().to_string_lossy().bytes().all(|byte| byte.is_ascii_digit())
+        entry
+            .file_name()
+            .to_string_lossy()
+            .bytes()
+            .all(|byte| byte.is_ascii_digit())
             && std::fs::read_to_string(entry.path().join("comm"))
                 .is_ok_and(|comm| comm.trim() == "keepalived")
     })
@@ -141,7 +149,9 @@ async fn run(argv: &[&str]) -> Result<String, ProbeError> {
     let command = argv.join(" ");
     let output = tokio::time::timeout(
         Duration::from_secs(2),
-        tokio::process::Command::new(argv[0]).args(&argv[1..]).output(),
+        tokio::process::Command::new(argv[0])
+            .args(&argv[1..])
+            .output(),
     )
     .await
     .map_err(|_| ProbeError::Command {

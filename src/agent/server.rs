@@ -54,26 +54,32 @@ async fn answer(mut stream: TcpStream, status: Arc<Mutex<Status>>) -> std::io::R
             break;
         }
         length += read;
-        if buffer[..length].windows(4).any(|window| window == b"\r\n\r\n") {
+        if buffer[..length]
+            .windows(4)
+            .any(|window| window == b"\r\n\r\n")
+        {
             break;
         }
     }
     let request = String::from_utf8_lossy(&buffer[..length]);
     let mut words = request.split_whitespace();
     let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
-    let snapshot = status.lock().map(|status| status.clone()).unwrap_or_default();
+    let snapshot = status
+        .lock()
+        .map(|status| status.clone())
+        .unwrap_or_default();
     let (code, content_type, body) = match (method, path) {
         ("GET", "/status") => (
             "200 OK",
             "application/json",
             serde_json::to_string_pretty(&snapshot).unwrap_or_else(|_| "{}".into()),
         ),
-        ("GET", "/metrics") => (
-            "200 OK",
-            "text/plain; version=0.0.4",
-            metrics(&snapshot),
+        ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4", metrics(&snapshot)),
+        ("GET", _) => (
+            "404 Not Found",
+            "text/plain",
+            "try /status or /metrics\n".into(),
         ),
-        ("GET", _) => ("404 Not Found", "text/plain", "try /status or /metrics\n".into()),
         _ => ("405 Method Not Allowed", "text/plain", "GET only\n".into()),
     };
     let response = format!(
@@ -172,7 +178,8 @@ pub fn metrics(status: &Status) -> String {
         );
         let mut samples = Vec::new();
         if let Some(haproxy) = &local.haproxy {
-            for (backend, servers) in [("pgha_write", &haproxy.write), ("pgha_read", &haproxy.read)] {
+            for (backend, servers) in [("pgha_write", &haproxy.write), ("pgha_read", &haproxy.read)]
+            {
                 for (server, state) in servers {
                     samples.push((
                         format!(",backend=\"{backend}\",server=\"{server}\""),
@@ -245,7 +252,13 @@ mod tests {
         };
         status.cluster.leader = Some("node2".into());
         let text = metrics(&status);
-        assert!(text.contains("pgha_cluster_has_leader{node=\"node1\"} 1"), "{text}");
-        assert!(text.contains("# TYPE pgha_decisions_total counter"), "{text}");
+        assert!(
+            text.contains("pgha_cluster_has_leader{node=\"node1\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE pgha_decisions_total counter"),
+            "{text}"
+        );
     }
 }
