@@ -2,6 +2,8 @@
 //! the pgha agent) on plain Linux hosts over SSH.
 //!
 //! Codebase map:
+//! - [`agent`]: the node daemon `pgha agent run`: etcd watch, pure decision, HAProxy runtime
+//!   routing, the VIP verdict file and guard, `/status` and `/metrics`.
 //! - [`cli`]: clap definitions; each subcommand turns arguments into options and calls one
 //!   operation. Nothing else prints results or maps errors to exit codes.
 //! - [`error`]: the error kinds that decide the exit code (bad input = 2, failure = 1).
@@ -18,6 +20,7 @@
 //! - [`wheels`]: the pinned Patroni wheels fetched once on the control machine and shipped.
 //! - [`yaml_position`]: file:line:column of YAML paths, for inventory and playbook errors.
 
+pub mod agent;
 pub mod cli;
 pub mod cluster;
 pub mod engine;

@@ -1,6 +1,7 @@
 //! Command-line interface. Each subcommand turns its arguments into an options value and calls
 //! one operation; this module owns printing errors and choosing the exit code.
 
+mod agent;
 mod cluster;
 mod inventory;
 mod lab;
@@ -42,6 +43,9 @@ enum Command {
     /// A throw-away cluster of real Debian nodes on this machine (needs root)
     #[command(subcommand)]
     Lab(lab::LabCommand),
+    /// The node agent: event-driven HAProxy routing, the VIP verdict, `/status` and `/metrics`
+    #[command(subcommand)]
+    Agent(agent::AgentCommand),
 }
 
 /// Parse the command line, run the command, print any error and return the exit code.
@@ -57,6 +61,7 @@ pub fn main() -> ExitCode {
         Command::Status(args) => cluster::status(args),
         Command::Switchover(args) => cluster::switchover(args),
         Command::Lab(command) => lab::run(command),
+        Command::Agent(command) => agent::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

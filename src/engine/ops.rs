@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 use serde::Serialize;
 
 use super::playbook::Playbook;
@@ -42,7 +42,16 @@ pub async fn run_playbook(request: PlaybookRequest) -> anyhow::Result<RunResult>
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs();
-    let control = minijinja::context! { time => now, wheels_archive => wheels_archive };
+    // The agent binary the deploy installs: the inventory's choice, else this very program.
+    let pgha_binary = match &inventory.cluster.agent_binary {
+        Some(path) => path.clone(),
+        None => std::env::current_exe().context("cannot find the running `pgha` binary")?,
+    };
+    let control = minijinja::context! {
+        time => now,
+        wheels_archive => wheels_archive,
+        pgha_binary => pgha_binary.display().to_string(),
+    };
     let run = Run::new(inventory, secrets, renderer, request.options).with_control(control);
     run.check_patterns(&playbook)?;
     Ok(run.run(&playbook).await)

@@ -142,6 +142,8 @@ pub struct Cluster {
     pub single_node_trial: bool,
     pub patroni_version: String,
     pub secrets_file: PathBuf,
+    /// The binary installed as the agent; `None`: the running pgha.
+    pub agent_binary: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
@@ -624,6 +626,10 @@ fn validate_cluster(
             base.join(format!("{stem}.secrets.yml"))
         }
     };
+    let agent_binary = raw
+        .agent_binary
+        .as_ref()
+        .map(|text| resolve_path(base, text));
     let patroni_version = raw
         .patroni_version
         .unwrap_or_else(|| DEFAULT_PATRONI_VERSION.to_string());
@@ -660,6 +666,7 @@ fn validate_cluster(
         single_node_trial,
         patroni_version,
         secrets_file,
+        agent_binary,
     }
 }
 

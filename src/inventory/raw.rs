@@ -52,6 +52,10 @@ pub struct RawCluster {
     /// Secrets file (passwords), relative to the inventory; generated 0600 if missing
     /// (default `<inventory name>.secrets.yml` beside the inventory).
     pub secrets_file: Option<String>,
+    /// The pgha binary the deploy installs on the nodes as the agent, relative to the
+    /// inventory (default: the running `pgha` itself; set it when the nodes have another
+    /// architecture).
+    pub agent_binary: Option<String>,
 }
 
 /// TCP ports. `write` and `read` are what applications use (through the VIP or any HAProxy).

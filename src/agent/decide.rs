@@ -1,0 +1,575 @@
+//! The agent's pure decision: from a cluster view (etcd) and a local view (HAProxy, Patroni,
+//! keepalived, the VIP) to the actions to take and one human sentence. No I/O here: the
+//! sentence is the log line, the `/status` field and the oracle of the unit tests.
+//!
+//! Safety rules it encodes:
+//! - nothing is done before a full view is known (the first etcd read and one HAProxy read);
+//! - writes are routed only to the etcd leader, and only once its `/primary` answers 200;
+//! - the agent only forces HAProxy *health* (never `maint`): the health checks keep running and
+//!   correct any state the agent leaves behind, so a dead or crash-looping agent cannot keep
+//!   writes away from a healthy primary;
+//! - no leader, or etcd unreachable: HAProxy is left as it is.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// A Patroni member as its `members/<name>` key describes it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Member {
+    /// `primary`, `replica`, `standby_leader`, ... (Patroni 3 says `master`).
+    pub role: String,
+    /// `running`, `streaming`, `starting`, `stopped`, ...
+    pub state: String,
+    pub api_url: String,
+    /// Bytes behind the leader, when both positions are known.
+    pub lag_bytes: Option<u64>,
+    /// The member asked not to take read load (`noloadbalance` tag).
+    pub noloadbalance: bool,
+}
+
+impl Member {
+    /// A streaming replica that may take read load.
+    pub fn serves_reads(&self) -> bool {
+        matches!(self.role.as_str(), "replica" | "sync_standby")
+            && matches!(self.state.as_str(), "running" | "streaming")
+            && !self.noloadbalance
+    }
+}
+
+/// What etcd says about the Patroni cluster.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ClusterView {
+    /// The first full read of the scope succeeded (nothing is decided before).
+    pub synced: bool,
+    /// The last etcd call (watch, read) succeeded.
+    pub etcd_reachable: bool,
+    /// The `leader` key.
+    pub leader: Option<String>,
+    /// How long the `leader` key has had its current value, as seen by this agent.
+    #[serde(skip)]
+    pub leader_age: Option<Duration>,
+    pub members: BTreeMap<String, Member>,
+}
+
+/// HAProxy's view of one server in one backend.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ServerState {
+    /// Operationally up (health checks, or a forced `health up`).
+    pub up: bool,
+    /// Administratively in maintenance (forced, or by configuration).
+    pub maint: bool,
+}
+
+/// The local HAProxy's two backends, server name → state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct HaproxyView {
+    pub write: BTreeMap<String, ServerState>,
+    pub read: BTreeMap<String, ServerState>,
+}
+
+impl HaproxyView {
+    /// Servers that receive new write connections.
+    pub fn write_targets(&self) -> BTreeSet<&str> {
+        self.write
+            .iter()
+            .filter(|(_, state)| state.up && !state.maint)
+            .map(|(name, _)| name.as_str())
+            .collect()
+    }
+}
+
+/// What this node sees of itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct LocalView {
+    pub node: String,
+    /// `None`: this node runs no HAProxy (no socket configured).
+    pub haproxy_configured: bool,
+    /// `None`: the runtime socket did not answer.
+    pub haproxy: Option<HaproxyView>,
+    /// The local Patroni's role from `GET /patroni`, `None` when it did not answer.
+    pub patroni_role: Option<String>,
+    /// The leader's `/primary` answer: `Some(true)` for 200, `Some(false)` for anything else,
+    /// `None` when not asked (no leader) or unreachable.
+    pub leader_primary: Option<bool>,
+    /// A VIP is configured for this node.
+    pub vip_configured: bool,
+    pub vip_held: bool,
+    pub keepalived_alive: bool,
+}
+
+/// What the previous cycle left behind (edge-triggered read routing).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Memory {
+    /// The leader writes were last routed to by this agent.
+    pub routed_leader: Option<String>,
+    /// Read servers whose health this agent last forced: server → up.
+    pub read_forced: BTreeMap<String, bool>,
+}
+
+/// One effect on the node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Action {
+    /// `set server <backend>/<server> state ready` then `health up|down`.
+    SetHealth {
+        backend: Backend,
+        server: String,
+        up: bool,
+    },
+    /// `ip addr del <vip> dev <interface>`.
+    RemoveVip,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Write,
+    Read,
+}
+
+/// The outcome of one cycle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Decision {
+    pub actions: Vec<Action>,
+    /// One human sentence: what the agent does and why.
+    pub sentence: String,
+    /// The verdict for Keepalived: this node's HAProxy routes writes to a live primary.
+    pub can_route_writes: bool,
+    pub memory: Memory,
+}
+
+/// Decide what to do. `memory` is the previous decision's [`Decision::memory`].
+pub fn decide(cluster: &ClusterView, local: &LocalView, memory: &Memory) -> Decision {
+    let mut actions = Vec::new();
+    let mut sentences = Vec::new();
+    let mut memory = memory.clone();
+
+    // The VIP guard does not need the cluster: a VIP without keepalived is a duplicate address.
+    if local.vip_configured && local.vip_held && !local.keepalived_alive {
+        actions.push(Action::RemoveVip);
+        sentences.push(format!(
+            "removing the VIP from {}: keepalived is not running, a peer may hold it too",
+            local.node
+        ));
+    }
+
+    let (routing, can_route_writes) = route(cluster, local, &mut memory, &mut actions);
+    sentences.insert(0, routing);
+    Decision {
+        actions,
+        sentence: sentences.join("; "),
+        can_route_writes,
+        memory,
+    }
+}
+
+/// Routing decisions and the write verdict; returns the routing sentence.
+fn route(
+    cluster: &ClusterView,
+    local: &LocalView,
+    memory: &mut Memory,
+    actions: &mut Vec<Action>,
+) -> (String, bool) {
+    if !local.haproxy_configured {
+        return (
+            format!("{} runs no HAProxy: nothing to route", local.node),
+            false,
+        );
+    }
+    let Some(haproxy) = &local.haproxy else {
+        return (
+            format!(
+                "HAProxy does not answer on {}: this node cannot route writes",
+                local.node
+            ),
+            false,
+        );
+    };
+    let targets = haproxy.write_targets();
+    // Without a trustworthy leader, HAProxy's own checks route; the verdict follows them.
+    let fallback = !targets.is_empty();
+    if !cluster.synced {
+        return (
+            "waiting for a first full view of etcd before acting".to_string(),
+            fallback,
+        );
+    }
+    if !cluster.etcd_reachable {
+        return (
+            "etcd is unreachable: leaving HAProxy as it is (its health checks route)".to_string(),
+            fallback,
+        );
+    }
+    let Some(leader) = &cluster.leader else {
+        return (
+            "the cluster has no leader: leaving HAProxy as it is".to_string(),
+            fallback,
+        );
+    };
+    let disagreement = match &local.patroni_role {
+        Some(role) if is_primary_role(role) && *leader != local.node => format!(
+            "; Patroni on {} says `{role}` but etcd's leader is {leader}",
+            local.node
+        ),
+        _ => String::new(),
+    };
+    if !haproxy.write.contains_key(leader) {
+        return (
+            format!("the leader {leader} is not a server of the write backend{disagreement}"),
+            fallback,
+        );
+    }
+    match local.leader_primary {
+        Some(true) => {}
+        Some(false) => {
+            return (
+                format!(
+                    "waiting for {leader}: it holds the leader key but its `/primary` does not answer 200{disagreement}"
+                ),
+                // Every node waits alike (a switchover's demotion): giving the VIP away now
+                // would only add a VIP move to the outage.
+                true,
+            );
+        }
+        None => {
+            return (
+                format!(
+                    "cannot reach {leader}'s `/primary`: leaving HAProxy as it is{disagreement}"
+                ),
+                fallback,
+            )
+        }
+    }
+
+    // The leader is a confirmed primary: it alone takes writes.
+    let mut changed = Vec::new();
+    for (server, state) in &haproxy.write {
+        let want_up = server == leader;
+        if state.up != want_up || (want_up && state.maint) {
+            actions.push(Action::SetHealth {
+                backend: Backend::Write,
+                server: server.clone(),
+                up: want_up,
+            });
+            changed.push(server.clone());
+        }
+    }
+    let new_leader = memory.routed_leader.as_deref() != Some(leader.as_str());
+    memory.routed_leader = Some(leader.clone());
+
+    // Reads follow member state, edge-triggered: the agent forces a server only when what it
+    // wants differs from what it last forced, so it never fights the health checks.
+    for (server, state) in &haproxy.read {
+        let want_up = cluster
+            .members
+            .get(server)
+            .is_some_and(Member::serves_reads);
+        let last = memory.read_forced.get(server).copied();
+        let differs = state.up != want_up || (want_up && state.maint);
+        if last != Some(want_up) && differs {
+            actions.push(Action::SetHealth {
+                backend: Backend::Read,
+                server: server.clone(),
+                up: want_up,
+            });
+        }
+        memory.read_forced.insert(server.clone(), want_up);
+    }
+
+    let age = cluster
+        .leader_age
+        .map(|age| format!(" since {:.1} s", age.as_secs_f64()))
+        .unwrap_or_default();
+    let sentence = if changed.is_empty() {
+        // No age here: a steady sentence stays the same, so it is logged once.
+        format!("writes go to {leader}, the leader{disagreement}")
+    } else if new_leader {
+        format!("routing writes to {leader}, the new leader{age}{disagreement}")
+    } else {
+        format!(
+            "correcting HAProxy: writes to {leader}, the leader{age} (was routing to {}){disagreement}",
+            describe(&targets)
+        )
+    };
+    (sentence, true)
+}
+
+fn is_primary_role(role: &str) -> bool {
+    matches!(role, "primary" | "master")
+}
+
+fn describe(targets: &BTreeSet<&str>) -> String {
+    if targets.is_empty() {
+        "no server".to_string()
+    } else {
+        targets.iter().copied().collect::<Vec<_>>().join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(role: &str, state: &str) -> Member {
+        Member {
+            role: role.into(),
+            state: state.into(),
+            api_url: String::new(),
+            lag_bytes: None,
+            noloadbalance: false,
+        }
+    }
+
+    /// node1 primary, node2 and node3 streaming; etcd says `leader`.
+    fn cluster(leader: Option<&str>) -> ClusterView {
+        let mut members = BTreeMap::new();
+        for name in ["node1", "node2", "node3"] {
+            let role = if Some(name) == leader {
+                "primary"
+            } else {
+                "replica"
+            };
+            let state = if Some(name) == leader {
+                "running"
+            } else {
+                "streaming"
+            };
+            members.insert(name.to_string(), member(role, state));
+        }
+        ClusterView {
+            synced: true,
+            etcd_reachable: true,
+            leader: leader.map(str::to_string),
+            leader_age: Some(Duration::from_millis(300)),
+            members,
+        }
+    }
+
+    /// HAProxy with `writer` up in the write backend and the others up in the read backend.
+    fn haproxy(writer: Option<&str>) -> HaproxyView {
+        let mut view = HaproxyView::default();
+        for name in ["node1", "node2", "node3"] {
+            let is_writer = Some(name) == writer;
+            view.write.insert(
+                name.into(),
+                ServerState {
+                    up: is_writer,
+                    maint: false,
+                },
+            );
+            view.read.insert(
+                name.into(),
+                ServerState {
+                    up: !is_writer,
+                    maint: false,
+                },
+            );
+        }
+        view
+    }
+
+    fn local(writer: Option<&str>) -> LocalView {
+        LocalView {
+            node: "node1".into(),
+            haproxy_configured: true,
+            haproxy: Some(haproxy(writer)),
+            patroni_role: Some("replica".into()),
+            leader_primary: Some(true),
+            vip_configured: true,
+            vip_held: true,
+            keepalived_alive: true,
+        }
+    }
+
+    fn write(server: &str, up: bool) -> Action {
+        Action::SetHealth {
+            backend: Backend::Write,
+            server: server.into(),
+            up,
+        }
+    }
+
+    fn read(server: &str, up: bool) -> Action {
+        Action::SetHealth {
+            backend: Backend::Read,
+            server: server.into(),
+            up,
+        }
+    }
+
+    fn routed(leader: &str) -> Memory {
+        Memory {
+            routed_leader: Some(leader.into()),
+            read_forced: BTreeMap::new(),
+        }
+    }
+
+    struct Case {
+        name: &'static str,
+        cluster: ClusterView,
+        local: LocalView,
+        memory: Memory,
+        actions: Vec<Action>,
+        sentence: &'static str,
+        verdict: bool,
+    }
+
+    #[test]
+    fn decision_table() {
+        let cases = vec![
+            Case {
+                name: "steady state: nothing to do",
+                cluster: cluster(Some("node1")),
+                local: local(Some("node1")),
+                memory: routed("node1"),
+                actions: vec![],
+                sentence: "writes go to node1, the leader",
+                verdict: true,
+            },
+            Case {
+                name: "leader change: the new primary in, the old one out, reads follow",
+                cluster: cluster(Some("node2")),
+                local: local(Some("node1")),
+                memory: routed("node1"),
+                actions: vec![
+                    write("node1", false),
+                    write("node2", true),
+                    read("node1", true),
+                    read("node2", false),
+                ],
+                sentence: "routing writes to node2, the new leader since 0.3 s",
+                verdict: true,
+            },
+            Case {
+                name: "leader key moved but the new leader is not promoted yet",
+                cluster: cluster(Some("node2")),
+                local: LocalView {
+                    leader_primary: Some(false),
+                    ..local(Some("node1"))
+                },
+                memory: routed("node1"),
+                actions: vec![],
+                sentence: "waiting for node2: it holds the leader key but its `/primary` does not answer 200",
+                verdict: true,
+            },
+            Case {
+                name: "no leader: HAProxy left alone, the verdict follows its checks",
+                cluster: cluster(None),
+                local: local(Some("node1")),
+                memory: routed("node1"),
+                actions: vec![],
+                sentence: "the cluster has no leader: leaving HAProxy as it is",
+                verdict: true,
+            },
+            Case {
+                name: "etcd unreachable: HAProxy left alone",
+                cluster: ClusterView {
+                    etcd_reachable: false,
+                    ..cluster(Some("node2"))
+                },
+                local: local(Some("node1")),
+                memory: routed("node1"),
+                actions: vec![],
+                sentence: "etcd is unreachable: leaving HAProxy as it is (its health checks route)",
+                verdict: true,
+            },
+            Case {
+                name: "before the first full view nothing is done",
+                cluster: ClusterView {
+                    synced: false,
+                    ..cluster(Some("node2"))
+                },
+                local: local(Some("node1")),
+                memory: Memory::default(),
+                actions: vec![],
+                sentence: "waiting for a first full view of etcd before acting",
+                verdict: true,
+            },
+            Case {
+                name: "Patroni disagrees with etcd: etcd's confirmed leader wins",
+                cluster: cluster(Some("node2")),
+                local: LocalView {
+                    patroni_role: Some("primary".into()),
+                    ..local(Some("node2"))
+                },
+                memory: routed("node2"),
+                actions: vec![],
+                sentence: "writes go to node2, the leader; Patroni on node1 says `primary` but etcd's leader is node2",
+                verdict: true,
+            },
+            Case {
+                name: "HAProxy down: no routing, the verdict gives the VIP away",
+                cluster: cluster(Some("node1")),
+                local: LocalView {
+                    haproxy: None,
+                    ..local(Some("node1"))
+                },
+                memory: routed("node1"),
+                actions: vec![],
+                sentence: "HAProxy does not answer on node1: this node cannot route writes",
+                verdict: false,
+            },
+            Case {
+                name: "keepalived dead while the VIP is held: the VIP is removed",
+                cluster: cluster(Some("node1")),
+                local: LocalView {
+                    keepalived_alive: false,
+                    ..local(Some("node1"))
+                },
+                memory: routed("node1"),
+                actions: vec![Action::RemoveVip],
+                sentence: "writes go to node1, the leader; removing the VIP from node1: keepalived is not running, a peer may hold it too",
+                verdict: true,
+            },
+            Case {
+                name: "HAProxy restarted with every check down: the confirmed leader is forced up",
+                cluster: cluster(Some("node1")),
+                local: local(None),
+                memory: routed("node1"),
+                actions: vec![write("node1", true), read("node1", false)],
+                sentence: "correcting HAProxy: writes to node1, the leader since 0.3 s (was routing to no server)",
+                verdict: true,
+            },
+            Case {
+                name: "the leader is never taken out, even if HAProxy has it in maint",
+                cluster: cluster(Some("node1")),
+                local: LocalView {
+                    haproxy: Some({
+                        let mut view = haproxy(Some("node1"));
+                        view.write.insert("node1".into(), ServerState { up: true, maint: true });
+                        view
+                    }),
+                    ..local(Some("node1"))
+                },
+                memory: routed("node1"),
+                actions: vec![write("node1", true)],
+                sentence: "correcting HAProxy: writes to node1, the leader since 0.3 s (was routing to no server)",
+                verdict: true,
+            },
+        ];
+        for case in cases {
+            let decision = decide(&case.cluster, &case.local, &case.memory);
+            assert_eq!(decision.actions, case.actions, "{}", case.name);
+            assert_eq!(decision.sentence, case.sentence, "{}", case.name);
+            assert_eq!(decision.can_route_writes, case.verdict, "{}", case.name);
+        }
+    }
+
+    #[test]
+    fn reads_are_not_forced_twice() {
+        let first = decide(
+            &cluster(Some("node2")),
+            &local(Some("node1")),
+            &routed("node1"),
+        );
+        // HAProxy's check has since put node1 down again (say it lags): the agent lets it.
+        let mut view = local(Some("node2"));
+        if let Some(haproxy) = view.haproxy.as_mut() {
+            haproxy.read.insert("node1".into(), ServerState::default());
+        }
+        let second = decide(&cluster(Some("node2")), &view, &first.memory);
+        assert_eq!(second.actions, vec![]);
+    }
+}

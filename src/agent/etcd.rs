@@ -1,0 +1,286 @@
+//! The etcd side: one task that reads the Patroni scope (`leader`, `members/`, ...) once,
+//! then follows it with a watch, re-reads it every few seconds (a missed event cannot stick)
+//! and reconnects with backoff when etcd is unreachable. It only reads etcd.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, ConnectOptions, EventType, GetOptions, WatchOptions};
+use tokio::sync::Notify;
+
+use super::decide::{ClusterView, Member};
+
+/// How often the whole scope is read again, watch or not.
+const RESYNC: Duration = Duration::from_secs(5);
+
+/// What the watch task knows; the decision loop reads it.
+#[derive(Debug, Default)]
+pub struct EtcdState {
+    pub synced: bool,
+    pub reachable: bool,
+    /// etcd itself has a raft leader (`None` before the first status call).
+    pub has_raft_leader: Option<bool>,
+    /// Keys under the prefix, without the prefix.
+    pub keys: BTreeMap<String, String>,
+    pub leader: Option<String>,
+    pub leader_since: Option<Instant>,
+    pub last_error: Option<String>,
+}
+
+impl EtcdState {
+    /// Replace or update a key; tracks when the leader key changed.
+    fn set(&mut self, key: String, value: Option<String>) {
+        if key == "leader" {
+            let leader = value.clone().filter(|value| !value.is_empty());
+            if leader != self.leader {
+                self.leader = leader;
+                self.leader_since = Some(Instant::now());
+            }
+        }
+        match value {
+            Some(value) => self.keys.insert(key, value),
+            None => self.keys.remove(&key),
+        };
+    }
+
+    /// The cluster view the decision needs.
+    pub fn view(&self, now: Instant) -> ClusterView {
+        let mut members = BTreeMap::new();
+        let mut positions = BTreeMap::new();
+        for (key, value) in &self.keys {
+            let Some(name) = key.strip_prefix("members/") else {
+                continue;
+            };
+            let Ok(json) = serde_json::from_str::<serde_json::Value>(value) else {
+                continue;
+            };
+            let text = |field: &str| {
+                json.get(field)
+                    .and_then(|value| value.as_str())
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            if let Some(position) = json.get("xlog_location").and_then(|value| value.as_u64()) {
+                positions.insert(name.to_string(), position);
+            }
+            let noloadbalance = json
+                .get("tags")
+                .and_then(|tags| tags.get("noloadbalance"))
+                .is_some_and(|flag| flag.as_bool().unwrap_or(true));
+            members.insert(
+                name.to_string(),
+                Member {
+                    role: text("role"),
+                    state: text("state"),
+                    api_url: text("api_url"),
+                    lag_bytes: None,
+                    noloadbalance,
+                },
+            );
+        }
+        if let Some(head) = self
+            .leader
+            .as_ref()
+            .and_then(|leader| positions.get(leader))
+        {
+            for (name, member) in members.iter_mut() {
+                if Some(name) != self.leader.as_ref() {
+                    member.lag_bytes = positions
+                        .get(name)
+                        .map(|position| head.saturating_sub(*position));
+                }
+            }
+        }
+        ClusterView {
+            synced: self.synced,
+            etcd_reachable: self.reachable,
+            leader: self.leader.clone(),
+            leader_age: self.leader_since.map(|since| now.duration_since(since)),
+            members,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum EtcdError {
+    #[error(transparent)]
+    Client(#[from] etcd_client::Error),
+    #[error("the watch was closed by etcd")]
+    Closed,
+}
+
+/// Follow the scope until the process ends; `changed` is notified on every change.
+pub async fn follow(
+    endpoints: Vec<String>,
+    prefix: String,
+    state: Arc<Mutex<EtcdState>>,
+    changed: Arc<Notify>,
+) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let started = Instant::now();
+        let error = session(&endpoints, &prefix, &state, &changed).await;
+        {
+            let Ok(mut state) = state.lock() else { return };
+            if state.reachable || state.last_error.is_none() {
+                println!("etcd unreachable: {error}; retrying with backoff");
+            }
+            state.reachable = false;
+            state.last_error = Some(error.to_string());
+        }
+        changed.notify_one();
+        if started.elapsed() > Duration::from_secs(10) {
+            backoff = Duration::from_millis(200);
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// One connection: read, watch, resync; returns why it ended.
+async fn session(
+    endpoints: &[String],
+    prefix: &str,
+    state: &Mutex<EtcdState>,
+    changed: &Notify,
+) -> EtcdError {
+    match watch_session(endpoints, prefix, state, changed).await {
+        Ok(()) => EtcdError::Closed,
+        Err(error) => error,
+    }
+}
+
+async fn watch_session(
+    endpoints: &[String],
+    prefix: &str,
+    state: &Mutex<EtcdState>,
+    changed: &Notify,
+) -> Result<(), EtcdError> {
+    let options = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(2))
+        .with_timeout(Duration::from_secs(3))
+        .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
+        .with_keep_alive_while_idle(true);
+    let mut client = Client::connect(endpoints, Some(options)).await?;
+    let revision = resync(&mut client, prefix, state).await?;
+    changed.notify_one();
+    let mut stream = client
+        .watch(
+            prefix,
+            Some(
+                WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(revision + 1),
+            ),
+        )
+        .await?;
+    let mut timer = tokio::time::interval(RESYNC);
+    timer.tick().await;
+    loop {
+        tokio::select! {
+            message = stream.message() => {
+                let Some(response) = message? else { return Err(EtcdError::Closed) };
+                if response.canceled() {
+                    return Err(EtcdError::Closed);
+                }
+                {
+                    let Ok(mut state) = state.lock() else { return Ok(()) };
+                    for event in response.events() {
+                        let Some(kv) = event.kv() else { continue };
+                        let key = String::from_utf8_lossy(kv.key());
+                        let Some(key) = key.strip_prefix(prefix) else { continue };
+                        let value = match event.event_type() {
+                            EventType::Put => Some(String::from_utf8_lossy(kv.value()).to_string()),
+                            EventType::Delete => None,
+                        };
+                        state.set(key.to_string(), value);
+                    }
+                }
+                changed.notify_one();
+            }
+            _ = timer.tick() => {
+                resync(&mut client, prefix, state).await?;
+                changed.notify_one();
+            }
+        }
+    }
+}
+
+/// Read the whole scope and etcd's own leadership; returns the read's revision.
+async fn resync(
+    client: &mut Client,
+    prefix: &str,
+    state: &Mutex<EtcdState>,
+) -> Result<i64, EtcdError> {
+    let response = client
+        .get(prefix, Some(GetOptions::new().with_prefix()))
+        .await?;
+    let raft_leader = client
+        .status()
+        .await
+        .map(|status| status.leader() != 0)
+        .ok();
+    let revision = response
+        .header()
+        .map(|header| header.revision())
+        .unwrap_or(0);
+    let mut fresh = BTreeMap::new();
+    for kv in response.kvs() {
+        let key = String::from_utf8_lossy(kv.key());
+        if let Some(key) = key.strip_prefix(prefix) {
+            fresh.insert(
+                key.to_string(),
+                String::from_utf8_lossy(kv.value()).to_string(),
+            );
+        }
+    }
+    if let Ok(mut state) = state.lock() {
+        let stale: Vec<String> = state
+            .keys
+            .keys()
+            .filter(|key| !fresh.contains_key(*key))
+            .cloned()
+            .collect();
+        for key in stale {
+            state.set(key, None);
+        }
+        for (key, value) in fresh {
+            state.set(key, Some(value));
+        }
+        if !state.reachable && state.last_error.is_some() {
+            println!("etcd reachable again");
+        }
+        state.synced = true;
+        state.reachable = true;
+        state.has_raft_leader = raft_leader;
+        state.last_error = None;
+    }
+    Ok(revision)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn members_and_lag_come_from_the_member_keys() {
+        let mut state = EtcdState::default();
+        state.set("leader".into(), Some("node1".into()));
+        state.set(
+            "members/node1".into(),
+            Some(r#"{"role":"primary","state":"running","api_url":"http://10.231.0.11:8008/patroni","xlog_location":5000}"#.into()),
+        );
+        state.set(
+            "members/node2".into(),
+            Some(r#"{"role":"replica","state":"streaming","api_url":"http://10.231.0.12:8008/patroni","xlog_location":4000,"tags":{"noloadbalance":true}}"#.into()),
+        );
+        let view = state.view(Instant::now());
+        assert_eq!(view.leader.as_deref(), Some("node1"));
+        assert_eq!(view.members["node2"].lag_bytes, Some(1000));
+        assert!(view.members["node2"].noloadbalance);
+        assert_eq!(view.members["node1"].lag_bytes, None);
+        state.set("leader".into(), None);
+        assert_eq!(state.view(Instant::now()).leader, None);
+    }
+}

@@ -1,0 +1,153 @@
+//! The local HAProxy's runtime API (the admin stats socket): read `show servers state`, force a
+//! server's health. One command line per connection (non-interactive mode); never `maint`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+
+use super::decide::{HaproxyView, ServerState};
+
+#[derive(Debug, thiserror::Error)]
+pub enum HaproxyError {
+    #[error("cannot talk to HAProxy's socket `{}`: {source}", .socket.display())]
+    Io {
+        socket: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("HAProxy's socket `{}` did not answer within 1 s", .socket.display())]
+    Timeout { socket: PathBuf },
+    #[error("HAProxy refused `{command}`: {answer}")]
+    Refused { command: String, answer: String },
+}
+
+/// Send one command line, return HAProxy's whole answer.
+pub async fn command(socket: &Path, line: &str) -> Result<String, HaproxyError> {
+    let io = |source| HaproxyError::Io {
+        socket: socket.to_path_buf(),
+        source,
+    };
+    let exchange = async {
+        let mut stream = UnixStream::connect(socket).await.map_err(io)?;
+        stream
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .map_err(io)?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.map_err(io)?;
+        Ok(answer)
+    };
+    tokio::time::timeout(Duration::from_secs(1), exchange)
+        .await
+        .map_err(|_| HaproxyError::Timeout {
+            socket: socket.to_path_buf(),
+        })?
+}
+
+/// The servers of the write and read backends.
+pub async fn read_view(
+    socket: &Path,
+    write_backend: &str,
+    read_backend: &str,
+) -> Result<HaproxyView, HaproxyError> {
+    let answer = command(socket, "show servers state").await?;
+    Ok(parse_servers_state(&answer, write_backend, read_backend))
+}
+
+/// Force `backend/server` up or down: out of any forced maintenance first, then the health
+/// state. The health checks keep running and override it, which is the safety net.
+pub async fn set_health(
+    socket: &Path,
+    backend: &str,
+    server: &str,
+    up: bool,
+) -> Result<(), HaproxyError> {
+    let health = if up { "up" } else { "down" };
+    let line = format!(
+        "set server {backend}/{server} state ready; set server {backend}/{server} health {health}"
+    );
+    let answer = command(socket, &line).await?;
+    // Success prints nothing; any text is HAProxy explaining a refusal.
+    if answer.trim().is_empty() {
+        Ok(())
+    } else {
+        Err(HaproxyError::Refused {
+            command: line,
+            answer: answer.trim().to_string(),
+        })
+    }
+}
+
+/// Parse `show servers state` (format 1): columns `be_id be_name srv_id srv_name srv_addr
+/// srv_op_state srv_admin_state ...`. Unknown lines are skipped.
+pub fn parse_servers_state(answer: &str, write_backend: &str, read_backend: &str) -> HaproxyView {
+    let mut view = HaproxyView::default();
+    for line in answer.lines() {
+        if line.starts_with('#') {
+            continue;
+        }
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.len() < 7 {
+            continue;
+        }
+        let (Ok(operational), Ok(admin)) = (fields[5].parse::<u32>(), fields[6].parse::<u32>())
+        else {
+            continue;
+        };
+        // op 2 = running; admin bits: forced/inherited/config/resolution/hostname maintenance
+        // (0x01 0x02 0x04 0x20 0x80) and forced/inherited drain (0x08 0x10).
+        let state = ServerState {
+            up: operational == 2,
+            maint: admin & 0xBF != 0,
+        };
+        let backend = fields[1];
+        let server = fields[3].to_string();
+        if backend == write_backend {
+            view.write.insert(server, state);
+        } else if backend == read_backend {
+            view.read.insert(server, state);
+        }
+    }
+    view
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn servers_state_is_parsed() {
+        let answer = "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight\n\
+            3 pgha_write 1 node1 10.231.0.11 2 0 1 1 10 6 3 4 6 0 0 0 - 5432 - 0 0 - - 0\n\
+            3 pgha_write 2 node2 10.231.0.12 0 1 1 1 10 6 3 4 6 0 0 0 - 5432 - 0 0 - - 0\n\
+            4 pgha_read 1 node1 10.231.0.11 0 0 1 1 10 6 3 4 6 0 0 0 - 5432 - 0 0 - - 0\n\
+            garbage\n";
+        let view = parse_servers_state(answer, "pgha_write", "pgha_read");
+        assert_eq!(
+            view.write["node1"],
+            ServerState {
+                up: true,
+                maint: false
+            }
+        );
+        assert_eq!(
+            view.write["node2"],
+            ServerState {
+                up: false,
+                maint: true
+            }
+        );
+        assert_eq!(
+            view.read["node1"],
+            ServerState {
+                up: false,
+                maint: false
+            }
+        );
+        assert_eq!(
+            view.write_targets().into_iter().collect::<Vec<_>>(),
+            ["node1"]
+        );
+    }
+}

@@ -1,0 +1,228 @@
+//! The pgha agent (`pgha agent run`): one daemon per node that follows the Patroni leader in
+//! etcd and routes the local HAProxy at once, tells Keepalived whether this node can route
+//! writes (the verdict file), removes a VIP held without a live keepalived, and serves
+//! `/status` and `/metrics`.
+//!
+//! - [`decide`]: the pure decision (views in, actions and one sentence out).
+//! - [`etcd`]: the watch task. [`haproxy`]: the runtime socket. [`probe`]: Patroni, VIP,
+//!   keepalived. [`server`]: the HTTP endpoints. [`config`]: `agent.yml`.
+//!
+//! This module owns the cycle: gather views, decide, apply, write the verdict, log the
+//! sentence when something changes. On SIGTERM it stops and leaves HAProxy as it is.
+
+pub mod config;
+pub mod decide;
+pub mod etcd;
+pub mod haproxy;
+pub mod probe;
+pub mod server;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::sync::Notify;
+
+use config::Config;
+use decide::{Action, Backend, ClusterView, Decision, LocalView, Memory};
+use etcd::EtcdState;
+use server::Status;
+
+/// The slow local check (HAProxy, Patroni, keepalived) when nothing happens.
+const CYCLE: Duration = Duration::from_secs(1);
+/// The cycle while a new leader is not yet confirmed by its `/primary`.
+const URGENT_CYCLE: Duration = Duration::from_millis(100);
+/// How long after a leader change the urgent cycle may last.
+const URGENT_WINDOW: Duration = Duration::from_secs(30);
+
+/// Run the agent until SIGTERM or SIGINT.
+pub async fn run(config_path: &Path) -> anyhow::Result<()> {
+    let config = Config::load(config_path)?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on `{}`", config.listen))?;
+    println!(
+        "pgha agent on {} follows `{}` in etcd ({}); /status and /metrics on {}",
+        config.node,
+        config.prefix,
+        config.etcd_endpoints.join(", "),
+        config.listen
+    );
+    let etcd_state = Arc::new(Mutex::new(EtcdState::default()));
+    let changed = Arc::new(Notify::new());
+    let status = Arc::new(Mutex::new(Status {
+        node: config.node.clone(),
+        ..Status::default()
+    }));
+    let watcher = tokio::spawn(etcd::follow(
+        config.etcd_endpoints.clone(),
+        config.prefix.clone(),
+        etcd_state.clone(),
+        changed.clone(),
+    ));
+    let http = tokio::spawn(server::serve(listener, status.clone()));
+
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot handle SIGTERM")?;
+    let mut memory = Memory::default();
+    let mut last_sentence = String::new();
+    let mut wait = Duration::ZERO;
+    loop {
+        tokio::select! {
+            _ = terminate.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+            _ = changed.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
+        let (cluster, etcd_has_leader, etcd_error) = match etcd_state.lock() {
+            Ok(state) => (
+                state.view(Instant::now()),
+                state.has_raft_leader,
+                state.last_error.clone(),
+            ),
+            Err(_) => anyhow::bail!("the etcd state lock is poisoned"),
+        };
+        let local = observe(&config, &cluster).await;
+        let decision = decide::decide(&cluster, &local, &memory);
+        let (applied, failed) = apply(&config, &decision).await;
+        write_verdict(&config.verdict_file, decision.can_route_writes);
+        if !decision.actions.is_empty() || decision.sentence != last_sentence {
+            println!("{}", decision.sentence);
+            last_sentence = decision.sentence.clone();
+        }
+        memory = decision.memory.clone();
+        wait = if (failed > 0 || (cluster.leader.is_some() && local.leader_primary != Some(true)))
+            && cluster.leader_age.is_some_and(|age| age < URGENT_WINDOW)
+        {
+            URGENT_CYCLE
+        } else {
+            CYCLE
+        };
+        if let Ok(mut status) = status.lock() {
+            status.leader_age_seconds = cluster.leader_age.map(|age| age.as_secs_f64());
+            status.cluster = cluster;
+            status.etcd_has_leader = etcd_has_leader;
+            status.etcd_error = etcd_error;
+            status.local = local;
+            if !decision.actions.is_empty() {
+                status.last_change = Some(decision.sentence.clone());
+            }
+            status.decisions_total += 1;
+            status.actions_total += applied;
+            status.action_errors_total += failed;
+            status.decision = Some(decision);
+        }
+    }
+    // Graceful: HAProxy keeps its state and its health checks; the verdict is withdrawn so
+    // Keepalived's check falls back to HAProxy's own view at once instead of a stale answer.
+    println!("pgha agent stopping: HAProxy is left as it is");
+    let _ = std::fs::remove_file(&config.verdict_file);
+    watcher.abort();
+    http.abort();
+    Ok(())
+}
+
+/// Probe the node: HAProxy's servers, the local Patroni, the leader's `/primary`, the VIP.
+async fn observe(config: &Config, cluster: &ClusterView) -> LocalView {
+    let local_base = cluster
+        .members
+        .get(&config.node)
+        .and_then(|member| probe::api_base(&member.api_url))
+        .unwrap_or_else(|| format!("http://{}:{}", config.listen.ip(), config.patroni_api_port));
+    let leader_base = cluster
+        .leader
+        .as_ref()
+        .and_then(|leader| cluster.members.get(leader))
+        .and_then(|member| probe::api_base(&member.api_url));
+    let haproxy = async {
+        match &config.haproxy_socket {
+            Some(socket) => haproxy::read_view(socket, &config.write_backend, &config.read_backend)
+                .await
+                .ok(),
+            None => None,
+        }
+    };
+    let leader_primary = async {
+        match &leader_base {
+            Some(base) => probe::is_primary(base).await,
+            None => None,
+        }
+    };
+    let vip_held = async {
+        match &config.vip {
+            Some(vip) => probe::vip_held(&config.vip_interface, &vip.address)
+                .await
+                .unwrap_or(false),
+            None => false,
+        }
+    };
+    let (haproxy, patroni_role, leader_primary, vip_held) = tokio::join!(
+        haproxy,
+        probe::patroni_role(&local_base),
+        leader_primary,
+        vip_held
+    );
+    LocalView {
+        node: config.node.clone(),
+        haproxy_configured: config.haproxy_socket.is_some(),
+        haproxy,
+        patroni_role,
+        leader_primary,
+        vip_configured: config.vip.is_some(),
+        vip_held,
+        keepalived_alive: probe::keepalived_alive(),
+    }
+}
+
+/// Perform the decision's actions; returns (succeeded, failed). Failures are logged.
+async fn apply(config: &Config, decision: &Decision) -> (u64, u64) {
+    let (mut applied, mut failed) = (0, 0);
+    for action in &decision.actions {
+        let result = match action {
+            Action::SetHealth {
+                backend,
+                server,
+                up,
+            } => {
+                let Some(socket) = &config.haproxy_socket else {
+                    continue;
+                };
+                let backend = match backend {
+                    Backend::Write => &config.write_backend,
+                    Backend::Read => &config.read_backend,
+                };
+                haproxy::set_health(socket, backend, server, *up)
+                    .await
+                    .map_err(|error| error.to_string())
+            }
+            Action::RemoveVip => match &config.vip {
+                Some(vip) => probe::remove_vip(&config.vip_interface, &vip.with_prefix)
+                    .await
+                    .map_err(|error| error.to_string()),
+                None => continue,
+            },
+        };
+        match result {
+            Ok(()) => applied += 1,
+            Err(error) => {
+                println!("action failed: {error}");
+                failed += 1;
+            }
+        }
+    }
+    (applied, failed)
+}
+
+/// Write `yes` or `no` for Keepalived's check (atomically: a temporary file renamed).
+fn write_verdict(path: &Path, yes: bool) {
+    let temporary = path.with_extension("tmp");
+    let text = if yes { "yes\n" } else { "no\n" };
+    if let Some(parent) = path.parent() {
+        let _ = std::fs::create_dir_all(parent);
+    }
+    let result = std::fs::write(&temporary, text).and_then(|()| std::fs::rename(&temporary, path));
+    if let Err(error) = result {
+        println!("cannot write the verdict `{}`: {error}", path.display());
+    }
+}

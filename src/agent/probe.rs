@@ -1,0 +1,194 @@
+//! Local probes of one cycle: Patroni's REST API (a minimal HTTP/1.0 client, enough for
+//! `GET /patroni` and `OPTIONS /primary`), the VIP on its interface and a live keepalived.
+//! Probes only read; the one change they make is [`remove_vip`].
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("`{0}` is not an http:// address")]
+    BadUrl(String),
+    #[error("`{url}`: {source}")]
+    Io { url: String, source: std::io::Error },
+    #[error("`{0}` did not answer within the timeout")]
+    Timeout(String),
+    #[error("`{0}` answered something that is not HTTP")]
+    NotHttp(String),
+    #[error("`{command}` failed: {message}")]
+    Command { command: String, message: String },
+}
+
+/// `host:port` and path of an `http://host:port/path` address.
+fn split_url(url: &str) -> Result<(&str, &str), ProbeError> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| ProbeError::BadUrl(url.to_string()))?;
+    Ok(match rest.find('/') {
+        Some(slash) => (&rest[..slash], &rest[slash..]),
+        None => (rest, "/"),
+    })
+}
+
+/// One request; returns the status code and the body.
+pub async fn http(method: &str, url: &str, timeout: Duration) -> Result<(u16, String), ProbeError> {
+    let (authority, path) = split_url(url)?;
+    let io = |source| ProbeError::Io {
+        url: url.to_string(),
+        source,
+    };
+    let exchange = async {
+        let mut stream = TcpStream::connect(authority).await.map_err(io)?;
+        let request = format!(
+            "{method} {path} HTTP/1.0\r\nHost: {authority}\r\nUser-Agent: pgha-agent\r\nConnection: close\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.map_err(io)?;
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await.map_err(io)?;
+        Ok(answer)
+    };
+    let answer = tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| ProbeError::Timeout(url.to_string()))??;
+    let text = String::from_utf8_lossy(&answer);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse::<u16>().ok())
+        .ok_or_else(|| ProbeError::NotHttp(url.to_string()))?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// The API base (`http://host:port`) of a member's `api_url` (`http://host:port/patroni`).
+pub fn api_base(api_url: &str) -> Option<String> {
+    let (authority, _) = split_url(api_url).ok()?;
+    Some(format!("http://{authority}"))
+}
+
+/// The local Patroni's role from `GET /patroni`.
+pub async fn patroni_role(base: &str) -> Option<String> {
+    let (status, body) = http(
+        "GET",
+        &format!("{base}/patroni"),
+        Duration::from_millis(800),
+    )
+    .await
+    .ok()?;
+    if status != 200 && status != 503 {
+        return None;
+    }
+    let value: serde_json::Value = serde_json::from_str(&body).ok()?;
+    value.get("role")?.as_str().map(str::to_string)
+}
+
+/// `Some(true)` when `/primary` answers 200, `Some(false)` for another status, `None` when
+/// unreachable.
+pub async fn is_primary(base: &str) -> Option<bool> {
+    http(
+        "OPTIONS",
+        &format!("{base}/primary"),
+        Duration::from_millis(800),
+    )
+    .await
+    .ok()
+    .map(|(status, _)| status == 200)
+}
+
+/// This node holds `address` on `interface` (`ip -o addr show dev IFACE`).
+pub async fn vip_held(interface: &str, address: &str) -> Result<bool, ProbeError> {
+    let output = run(&["ip", "-o", "addr", "show", "dev", interface]).await?;
+    Ok(holds(&output, address))
+}
+
+fn holds(ip_output: &str, address: &str) -> bool {
+    ip_output.lines().any(|line| {
+        let mut words = line.split_whitespace();
+        while let Some(word) = words.next() {
+            if word == "inet" || word == "inet6" {
+                if let Some(cidr) = words.next() {
+                    if cidr.split('/').next() == Some(address) {
+                        return true;
+                    }
+                }
+            }
+        }
+        false
+    })
+}
+
+/// Remove the VIP from this node's interface.
+pub async fn remove_vip(interface: &str, vip_with_prefix: &str) -> Result<(), ProbeError> {
+    run(&["ip", "addr", "del", vip_with_prefix, "dev", interface])
+        .await
+        .map(|_| ())
+}
+
+/// A process named `keepalived` runs (read from `/proc/*/comm`).
+pub fn keepalived_alive() -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    entries.flatten().any(|entry| {
+        entry
+            .file_name()
+            .to_string_lossy()
+            .bytes()
+            .all(|byte| byte.is_ascii_digit())
+            && std::fs::read_to_string(entry.path().join("comm"))
+                .is_ok_and(|comm| comm.trim() == "keepalived")
+    })
+}
+
+async fn run(argv: &[&str]) -> Result<String, ProbeError> {
+    let command = argv.join(" ");
+    let output = tokio::time::timeout(
+        Duration::from_secs(2),
+        tokio::process::Command::new(argv[0])
+            .args(&argv[1..])
+            .output(),
+    )
+    .await
+    .map_err(|_| ProbeError::Command {
+        command: command.clone(),
+        message: "timed out".into(),
+    })?
+    .map_err(|error| ProbeError::Command {
+        command: command.clone(),
+        message: error.to_string(),
+    })?;
+    if !output.status.success() {
+        return Err(ProbeError::Command {
+            command,
+            message: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vip_is_found_in_ip_output() {
+        let output = "2: eth0    inet 10.231.0.11/24 brd 10.231.0.255 scope global eth0\\       valid_lft forever\n\
+                      2: eth0    inet 10.231.0.100/24 scope global secondary eth0\\       valid_lft forever\n";
+        assert!(holds(output, "10.231.0.100"));
+        assert!(!holds(output, "10.231.0.10"));
+    }
+
+    #[test]
+    fn api_base_strips_the_path() {
+        assert_eq!(
+            api_base("http://10.231.0.12:8008/patroni").as_deref(),
+            Some("http://10.231.0.12:8008")
+        );
+        assert_eq!(api_base("https://x/patroni"), None);
+    }
+}

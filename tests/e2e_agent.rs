@@ -1,0 +1,345 @@
+//! End-to-end: the pgha agent on a real 3-node lab, read like a spec:
+//!
+//! 1. `pgha deploy` installs the agent on every node; a second deploy changes nothing;
+//!    every agent answers `/status`;
+//! 2. a planned switchover through Patroni's REST API: every node's HAProxy routes writes to
+//!    the new primary, the agent's journal says so ("routing writes to ...") and HAProxy's
+//!    runtime state (`show servers state`) shows only the new primary up in `pgha_write`;
+//! 3. HAProxy SIGKILLed (and masked) on the VIP holder: the VIP moves to another node;
+//! 4. keepalived SIGKILLed on the new holder: its agent removes the VIP it holds, and another
+//!    node takes it over (one holder, not two).
+//!
+//! Needs root and the machine's only lab: it starts with `pgha lab down` and ends with it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+const VIP: &str = "10.231.0.100";
+const NODES: [(&str, &str); 3] = [
+    ("node1", "10.231.0.11"),
+    ("node2", "10.231.0.12"),
+    ("node3", "10.231.0.13"),
+];
+
+fn pgha(args: &[&str]) -> Output {
+    let output = Command::new(env!("CARGO_BIN_EXE_pgha"))
+        .args(args)
+        .output()
+        .expect("run pgha");
+    eprintln!(
+        "$ pgha {}\n{}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+fn pgha_ok(args: &[&str]) -> String {
+    let output = pgha(args);
+    assert!(
+        output.status.success(),
+        "`pgha {}` failed:\n{}\n{}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Tears the lab down however the test ends.
+struct Lab;
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = Command::new(env!("CARGO_BIN_EXE_pgha"))
+            .args(["lab", "down"])
+            .status();
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|output| output.stdout.starts_with(b"0\n"))
+        .unwrap_or(false)
+}
+
+fn eventually<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Result<T, String>) -> T {
+    let start = Instant::now();
+    loop {
+        match probe() {
+            Ok(value) => return value,
+            Err(error) if start.elapsed() > timeout => {
+                panic!("{what} did not happen within {timeout:?}: {error}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+/// `curl` from the host; extra arguments before the URL.
+fn curl(args: &[&str]) -> Result<String, String> {
+    let output = Command::new("curl")
+        .args(["-sS", "--max-time", "5"])
+        .args(args)
+        .output()
+        .map_err(|error| error.to_string())?;
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).into_owned())
+    }
+}
+
+fn json(text: &str) -> Result<serde_json::Value, String> {
+    serde_json::from_str(text).map_err(|error| format!("{error}: {text}"))
+}
+
+/// Run `command` on one node through `pgha exec --limit`.
+fn on_node(inventory: &Path, node: &str, command: &str) -> String {
+    pgha_ok(&[
+        "exec",
+        "-i",
+        inventory.to_str().unwrap(),
+        "--limit",
+        node,
+        "--",
+        command,
+    ])
+}
+
+/// The nodes whose `eth0` holds the VIP.
+fn vip_holders(inventory: &Path) -> Vec<String> {
+    let output = pgha(&[
+        "exec",
+        "-i",
+        inventory.to_str().unwrap(),
+        "--json",
+        "--",
+        "ip -o addr show dev eth0",
+    ]);
+    let results: serde_json::Value =
+        serde_json::from_slice(&output.stdout).unwrap_or(serde_json::Value::Null);
+    results
+        .as_array()
+        .map(|hosts| {
+            hosts
+                .iter()
+                .filter(|host| {
+                    host["stdout"]
+                        .as_str()
+                        .is_some_and(|out| out.contains(&format!(" {VIP}/")))
+                })
+                .filter_map(|host| host["host"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// HAProxy's `show servers state pgha_write` on a node, as `server -> operational state`.
+fn write_backend_state(inventory: &Path, node: &str) -> Vec<(String, String)> {
+    let script = r#"python3 -c 'import socket; s = socket.socket(socket.AF_UNIX); s.connect("/run/haproxy/admin.sock"); s.sendall(b"show servers state pgha_write\n"); print(s.makefile().read())'"#;
+    on_node(inventory, node, script)
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields.len() > 6 && fields[1] == "pgha_write")
+                .then(|| (fields[3].to_string(), fields[5].to_string()))
+        })
+        .collect()
+}
+
+#[test]
+fn agent_routes_a_switchover_and_keeps_the_vip_honest() {
+    assert!(
+        is_root(),
+        "the end-to-end test needs root (it runs the lab)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let inventory: PathBuf = dir.path().join("lab.yml");
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("inventories/lab.yml"),
+        &inventory,
+    )
+    .unwrap();
+    let inventory_arg = inventory.to_str().unwrap();
+
+    let _lab = Lab;
+    pgha(&["lab", "down"]);
+    pgha_ok(&["lab", "up", "--nodes", "3"]);
+
+    // 1. Deployed with the agent everywhere; a second deploy changes nothing.
+    pgha_ok(&["deploy", "-i", inventory_arg]);
+    let second: serde_json::Value =
+        serde_json::from_str(&pgha_ok(&["deploy", "-i", inventory_arg, "--json"])).unwrap();
+    let changed: u64 = second["hosts"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|host| host["changed"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        changed, 0,
+        "a second deploy must change nothing: {second:#}"
+    );
+    pgha_ok(&[
+        "exec",
+        "-i",
+        inventory_arg,
+        "--",
+        "systemctl is-active pgha-agent",
+    ]);
+    for (node, address) in NODES {
+        let status = eventually(
+            &format!("{node}'s agent answers /status with a decision"),
+            Duration::from_secs(20),
+            || {
+                let status = json(&curl(&[&format!("http://{address}:9650/status")])?)?;
+                if status["decision"].is_null() {
+                    return Err("no decision yet".into());
+                }
+                Ok(status)
+            },
+        );
+        assert_eq!(status["node"], node);
+        let metrics = curl(&[&format!("http://{address}:9650/metrics")]).unwrap();
+        assert!(
+            metrics.contains("pgha_cluster_has_leader{node=\""),
+            "{metrics}"
+        );
+    }
+
+    // 2. A planned switchover: writes are routed to the new primary by the agents.
+    let cluster = json(&curl(&["http://10.231.0.11:8008/cluster"]).unwrap()).unwrap();
+    let members = cluster["members"].as_array().unwrap();
+    let leader = members
+        .iter()
+        .find(|member| member["role"] == "leader")
+        .and_then(|member| member["name"].as_str())
+        .expect("a leader")
+        .to_string();
+    let candidate = members
+        .iter()
+        .find(|member| member["role"] == "sync_standby")
+        .or_else(|| members.iter().find(|member| member["role"] != "leader"))
+        .and_then(|member| member["name"].as_str())
+        .expect("a candidate")
+        .to_string();
+    let secrets: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(dir.path().join("lab.secrets.yml")).unwrap())
+            .unwrap();
+    let password = secrets["restapi_password"].as_str().unwrap();
+    // The credentials go to curl in a 0600 config file, never on its command line.
+    let config = dir.path().join("curl-auth");
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&config)
+            .unwrap();
+        writeln!(file, "user = \"pgha:{password}\"").unwrap();
+    }
+    let leader_address = NODES.iter().find(|(name, _)| *name == leader).unwrap().1;
+    let body = format!(r#"{{"leader": "{leader}", "candidate": "{candidate}"}}"#);
+    let answer = curl(&[
+        "-K",
+        config.to_str().unwrap(),
+        "-X",
+        "POST",
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        &body,
+        "-w",
+        " %{http_code}",
+        &format!("http://{leader_address}:8008/switchover"),
+    ])
+    .unwrap();
+    assert!(answer.ends_with(" 200"), "switchover refused: {answer}");
+
+    for (node, _) in NODES {
+        eventually(
+            &format!("{node}'s HAProxy routes writes to {candidate} alone"),
+            Duration::from_secs(30),
+            || {
+                let state = write_backend_state(&inventory, node);
+                let up: Vec<&str> = state
+                    .iter()
+                    .filter(|(_, operational)| operational == "2")
+                    .map(|(server, _)| server.as_str())
+                    .collect();
+                if up == [candidate.as_str()] {
+                    Ok(())
+                } else {
+                    Err(format!("`show servers state`: {state:?}"))
+                }
+            },
+        );
+        let journal = on_node(
+            &inventory,
+            node,
+            "journalctl -u pgha-agent --no-pager -o cat",
+        );
+        assert!(
+            journal.contains(&format!("routing writes to {candidate}, the new leader")),
+            "{node}'s agent journal does not say it routed writes to {candidate}:\n{journal}"
+        );
+    }
+
+    // 3. HAProxy killed on the VIP holder: the VIP moves away.
+    let holder = eventually(
+        "one node holds the VIP",
+        Duration::from_secs(20),
+        || match vip_holders(&inventory).as_slice() {
+            [one] => Ok(one.clone()),
+            other => Err(format!("holders: {other:?}")),
+        },
+    );
+    on_node(
+        &inventory,
+        &holder,
+        "systemctl mask --runtime haproxy && systemctl kill -s KILL haproxy",
+    );
+    let killed = Instant::now();
+    let new_holder = eventually(
+        &format!("the VIP leaves {holder} after its HAProxy died"),
+        Duration::from_secs(20),
+        || match vip_holders(&inventory).as_slice() {
+            [one] if *one != holder => Ok(one.clone()),
+            other => Err(format!("holders: {other:?}")),
+        },
+    );
+    eprintln!(
+        "the VIP moved from {holder} to {new_holder} {:.1} s after HAProxy was killed",
+        killed.elapsed().as_secs_f64()
+    );
+
+    // 4. keepalived SIGKILLed on the new holder: its agent removes the VIP it still holds.
+    on_node(&inventory, &new_holder, "systemctl kill -s KILL keepalived");
+    eventually(
+        &format!("{new_holder}'s agent removes the VIP held without keepalived"),
+        Duration::from_secs(20),
+        || {
+            let holders = vip_holders(&inventory);
+            if holders.contains(&new_holder) {
+                Err(format!("holders: {holders:?}"))
+            } else {
+                Ok(())
+            }
+        },
+    );
+    let journal = on_node(
+        &inventory,
+        &new_holder,
+        "journalctl -u pgha-agent --no-pager -o cat",
+    );
+    assert!(
+        journal.contains("removing the VIP"),
+        "{new_holder}'s agent does not report removing the VIP:\n{journal}"
+    );
+}
