@@ -243,7 +243,12 @@ pub fn remove_all() -> Result<Vec<String>> {
     if let Ok(entries) = std::fs::read_dir("/sys/class/net") {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with("pgha-node") {
+            // Deleting a namespace removes its veth pair asynchronously: the host side may
+            // vanish between listing it and deleting it, which is what we want anyway.
+            if name.starts_with("pgha-node")
+                && !host::succeeds(ip().args(["link", "delete", &name]))
+                && interface_exists(&name)
+            {
                 host::run(ip().args(["link", "delete", &name]))?;
             }
         }
