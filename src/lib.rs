@@ -14,10 +14,13 @@
 //! - [`ssh`]: the russh transport: strict host keys, one connection per host, exec and upload.
 //! - [`engine`]: playbooks of typed tasks: facts, plan/apply per module, serial batches,
 //!   handlers, the run report; `ops` holds the operations `run`, `deploy` and `exec` call.
+//! - [`drill`]: failure drills: probes through the VIP and on every node, fault injection
+//!   (lab or SSH) with a guaranteed heal, and the failover-time model the results are read against.
 //! - [`wheels`]: the pinned Patroni wheels fetched once on the control machine and shipped.
 //! - [`yaml_position`]: file:line:column of YAML paths, for inventory and playbook errors.
 
 pub mod cli;
+pub mod drill;
 pub mod engine;
 pub mod error;
 pub mod inventory;

@@ -1,6 +1,7 @@
 //! Command-line interface. Each subcommand turns its arguments into an options value and calls
 //! one operation; this module owns printing errors and choosing the exit code.
 
+mod drill;
 mod inventory;
 mod lab;
 mod render;
@@ -35,6 +36,8 @@ enum Command {
     /// A throw-away cluster of real Debian nodes on this machine (needs root)
     #[command(subcommand)]
     Lab(lab::LabCommand),
+    /// Failure drill: inject a fault, measure write outage, lost writes and double primaries
+    Drill(drill::DrillArgs),
 }
 
 /// Parse the command line, run the command, print any error and return the exit code.
@@ -47,6 +50,7 @@ pub fn main() -> ExitCode {
         Command::Run(args) => run::run(args),
         Command::Exec(args) => run::exec(args),
         Command::Lab(command) => lab::run(command),
+        Command::Drill(args) => drill::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
