@@ -100,7 +100,7 @@ fn print_table(report: &DrillReport) {
         "DOUBLE",
         "TIMELINE",
         "FAILED",
-        "REJOIN_S",
+        "STREAM_S",
         "VERDICT"
     );
     for run in &report.runs {

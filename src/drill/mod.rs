@@ -154,8 +154,11 @@ pub struct DrillRun {
     pub unacknowledged_but_stored: usize,
     pub double_primary_moments: usize,
     pub double_primary_nodes: Vec<String>,
-    /// From the heal until the old primary streams from the new one (`None`: it stayed primary).
+    /// From the fault until the old primary streams from the new one (`None`: it stayed
+    /// primary). For faults healed by the drill this includes the time until the heal.
     pub old_primary_streaming_after_ms: Option<u64>,
+    /// From the heal (right after writes resumed) until the old primary streams.
+    pub old_primary_streaming_after_heal_ms: Option<u64>,
     pub within_model: bool,
     pub passed: bool,
     /// Why the verdict failed, one sentence each.
@@ -545,17 +548,17 @@ async fn run_once(
             probes.stop().await;
             return Err(error);
         }
-        Some(probes.now_ms().saturating_sub(heal_ms))
+        Some(probes.now_ms())
     } else {
         None
     };
     tokio::time::sleep(SETTLE).await;
     let log = probes.stop().await;
     let after = cluster_view(context, None).await.ok();
-    let timeline_after = after
-        .as_ref()
-        .and_then(|view| view.leader())
-        .and_then(|leader| leader.timeline);
+    let leader_after = after.as_ref().and_then(|view| view.leader());
+    let timeline_after = leader_after.and_then(|leader| leader.timeline);
+    // Writes may resume before `/cluster` shows the restarted leader as running.
+    let new_primary = new_primary.or_else(|| leader_after.map(|leader| leader.name.clone()));
     let stored = stored_ids(context, &run_id).await?;
 
     let lost_ids = probe::lost_writes(&log.writes, &stored);
@@ -598,7 +601,8 @@ async fn run_once(
         lost_ids: lost_ids.into_iter().take(20).collect(),
         double_primary_moments: double_moments,
         double_primary_nodes: double_nodes.into_iter().collect(),
-        old_primary_streaming_after_ms: rejoined_ms,
+        old_primary_streaming_after_ms: rejoined_ms.map(|at| at.saturating_sub(fault_ms)),
+        old_primary_streaming_after_heal_ms: rejoined_ms.map(|at| at.saturating_sub(heal_ms)),
         within_model,
         passed: problems.is_empty(),
         problems,

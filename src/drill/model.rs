@@ -22,9 +22,13 @@ impl ExpectedOutage {
     }
 }
 
-/// VRRP takeover after the holder stops routing writes: the keepalived check (`interval 1`,
-/// `fall 2`) plus 3 × advert_int + skew (≈ 3.6 s at priority 100).
-const VRRP_TAKEOVER_MS: u64 = 2_000 + 3_600;
+/// VIP move after the holder's HAProxy dies: keepalived's `check-writes` (`interval 1`,
+/// `fall 2`, `timeout 2`) fails within 1–4 s; the holder then enters FAULT and gives the VIP up
+/// at once (a priority-0 advert), so a backup takes over within one `advert_int` instead of the
+/// 3 × advert_int + skew a silent holder would cost.
+const VRRP_TAKEOVER_MIN_MS: u64 = 1_000;
+const VRRP_TAKEOVER_AVG_MS: u64 = 2_500;
+const VRRP_TAKEOVER_MAX_MS: u64 = 5_000;
 
 /// The model's range for `scenario` under these timings.
 pub fn expected_outage(
@@ -62,9 +66,9 @@ pub fn expected_outage(
         },
         // The primary is untouched: the VIP moves to a node whose HAProxy routes writes.
         Scenario::KillHaproxy => ExpectedOutage {
-            min_ms: VRRP_TAKEOVER_MS - 1000,
-            avg_ms: VRRP_TAKEOVER_MS,
-            max_ms: VRRP_TAKEOVER_MS + 2000,
+            min_ms: VRRP_TAKEOVER_MIN_MS,
+            avg_ms: VRRP_TAKEOVER_AVG_MS,
+            max_ms: VRRP_TAKEOVER_MAX_MS,
         },
     }
 }
