@@ -118,10 +118,8 @@ pub fn parse(output: &str) -> Facts {
                     }
                 }
             }
-            "users" => {
-                if !line.is_empty() && !line.contains(char::is_whitespace) {
-                    facts.users.insert(line.to_string());
-                }
+            "users" if !line.is_empty() && !line.contains(char::is_whitespace) => {
+                facts.users.insert(line.to_string());
             }
             "ports" => {
                 if let Some(port) = line.rsplit(':').next().and_then(|port| port.parse().ok()) {
