@@ -715,6 +715,52 @@ mod tests {
         assert_eq!(median(&[1, 5, 9, 11]), 7);
     }
 
+    fn run(outage_ms: u64, lost: usize, passed: bool) -> DrillRun {
+        DrillRun {
+            repetition: 1,
+            old_primary: "node1".into(),
+            new_primary: Some("node2".into()),
+            failover: true,
+            target: "node1".into(),
+            timeline_before: Some(1),
+            timeline_after: Some(2),
+            outage_ms,
+            recovery_ms: outage_ms,
+            writes: 100,
+            failed_writes: 10,
+            acknowledged_writes_lost: lost,
+            lost_ids: Vec::new(),
+            unacknowledged_but_stored: 0,
+            double_primary_moments: 0,
+            double_primary_nodes: Vec::new(),
+            old_primary_streaming_after_ms: None,
+            old_primary_streaming_after_heal_ms: None,
+            within_model: true,
+            passed,
+            problems: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_summary_has_median_worst_and_every_loss() {
+        let runs = vec![
+            run(4_000, 0, true),
+            run(9_000, 2, false),
+            run(3_000, 0, true),
+        ];
+        let summary = summarize(&runs, true);
+        assert_eq!(summary.median_outage_ms, 4_000);
+        assert_eq!(summary.worst_outage_ms, 9_000);
+        assert_eq!(summary.acknowledged_writes_lost, 2);
+        assert!(!summary.passed);
+        assert!(summarize(&runs[..1], true).passed);
+        assert!(
+            !summarize(&runs[..1], false).passed,
+            "an unfinished drill never passes"
+        );
+        assert!(!summarize(&[], true).passed);
+    }
+
     #[test]
     fn recovery_is_the_first_ack_after_the_last_failure_after_the_fault() {
         let write = |id: i64, started_ms: u64, acknowledged: bool| probe::WriteAttempt {
