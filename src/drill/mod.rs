@@ -224,9 +224,6 @@ pub async fn run(options: DrillOptions) -> anyhow::Result<DrillReport> {
         bail!(UserError("`--repeat` must be at least 1".into()));
     }
     let inventory = Arc::new(Inventory::load(&options.inventory)?);
-    let secrets = Secrets::load(&inventory.cluster.secrets_file).with_context(|| {
-        "the drill needs the cluster's passwords\nhint: deploy first: `pgha deploy -i INV`"
-    })?;
     let lab = is_lab(&inventory);
     let scenario = options.scenario;
     if !lab {
@@ -242,6 +239,9 @@ pub async fn run(options: DrillOptions) -> anyhow::Result<DrillReport> {
             ));
         }
     }
+    let secrets = Secrets::load(&inventory.cluster.secrets_file).with_context(|| {
+        "the drill needs the cluster's passwords\nhint: deploy first: `pgha deploy -i INV`"
+    })?;
     let Some(vip) = inventory.cluster.vip else {
         bail!(UserError(
             "the drill probes writes through the VIP and the inventory has none\nhint: set `cluster.vip`".into()
