@@ -542,13 +542,16 @@ async fn run_once(
 
     // The old primary streams again (when another node took over), then a little more probing.
     let failover = new_primary.as_deref().is_some_and(|new| new != old_primary);
+    let mut problems = Vec::new();
+    // A rejoin that fails is a finding, not a reason to skip counting lost writes.
     let rejoined_ms = if failover {
-        let rejoin = wait_streaming(context, &old_primary).await;
-        if let Err(error) = rejoin {
-            probes.stop().await;
-            return Err(error);
+        match wait_streaming(context, &old_primary).await {
+            Ok(()) => Some(probes.now_ms()),
+            Err(error) => {
+                problems.push(format!("{error:#}").replace('\n', "; "));
+                None
+            }
         }
-        Some(probes.now_ms())
     } else {
         None
     };
@@ -568,7 +571,6 @@ async fn run_once(
         first_ack_after_outage(&log.writes, fault_ms).map_or(0, |ack| ack.saturating_sub(fault_ms));
     let within_model = context.expected.contains(outage_ms, MODEL_SLACK_MS);
     let synchronous = context.inventory.cluster.synchronous_mode != SyncMode::Off;
-    let mut problems = Vec::new();
     if synchronous && !lost_ids.is_empty() {
         problems.push(format!(
             "{} acknowledged write(s) lost with synchronous_mode on",
