@@ -17,12 +17,15 @@
 //! - [`engine`]: playbooks of typed tasks: facts, plan/apply per module, serial batches,
 //!   handlers, the run report; `ops` holds the operations `run`, `deploy` and `exec` call.
 //! - [`cluster`]: the live cluster: observation over SSH, `verify`, `status`, `switchover`.
+//! - [`drill`]: failure drills: probes through the VIP and on every node, fault injection
+//!   (lab or SSH) with a guaranteed heal, and the failover-time model the results are read against.
 //! - [`wheels`]: the pinned Patroni wheels fetched once on the control machine and shipped.
 //! - [`yaml_position`]: file:line:column of YAML paths, for inventory and playbook errors.
 
 pub mod agent;
 pub mod cli;
 pub mod cluster;
+pub mod drill;
 pub mod engine;
 pub mod error;
 pub mod inventory;

@@ -3,6 +3,7 @@
 
 mod agent;
 mod cluster;
+mod drill;
 mod inventory;
 mod lab;
 mod render;
@@ -46,6 +47,8 @@ enum Command {
     /// The node agent: event-driven HAProxy routing, the VIP verdict, `/status` and `/metrics`
     #[command(subcommand)]
     Agent(agent::AgentCommand),
+    /// Failure drill: inject a fault, measure write outage, lost writes and double primaries
+    Drill(drill::DrillArgs),
 }
 
 /// Parse the command line, run the command, print any error and return the exit code.
@@ -62,6 +65,7 @@ pub fn main() -> ExitCode {
         Command::Switchover(args) => cluster::switchover(args),
         Command::Lab(command) => lab::run(command),
         Command::Agent(command) => agent::run(command),
+        Command::Drill(args) => drill::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,785 @@
+//! `pgha drill`: failure drills that measure the truth. A drill checks that the cluster is
+//! healthy, starts the probes ([`probe`]), injects one fault ([`fault`]), waits for a primary
+//! that accepts writes through the VIP, heals, waits until the old primary streams again and
+//! reports what clients saw: the write outage, acknowledged writes lost, moments with two
+//! writable primaries, next to the failover-time model's range ([`model`]).
+//!
+//! This module owns the flow of one repetition and the result types; it never prints (progress
+//! goes to a callback, results are returned). Whatever it broke it heals on every path out.
+
+pub mod fault;
+pub mod model;
+pub mod patroni;
+pub mod probe;
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde::Serialize;
+
+use crate::engine::runner::Connections;
+use crate::error::UserError;
+use crate::inventory::{Inventory, Role, Secrets, SyncMode};
+use fault::{HealGuard, Injected, Injector};
+use model::ExpectedOutage;
+use patroni::{ClusterView, RestApi};
+use probe::{Endpoint, Probes};
+
+/// A drill scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scenario {
+    /// Planned switchover through Patroni's `POST /switchover`.
+    Switchover,
+    /// Power cut of the primary's node.
+    KillPrimary,
+    /// SIGKILL of PostgreSQL on the primary (Patroni lives on).
+    KillPostgres,
+    /// The primary's node cut off the network.
+    PartitionPrimary,
+    /// The primary's node frozen (a hung machine), thawed after the failover.
+    FreezePrimary,
+    /// HAProxy killed (and kept down) on the node holding the VIP.
+    KillHaproxy,
+}
+
+impl Scenario {
+    pub const ALL: [Scenario; 6] = [
+        Scenario::Switchover,
+        Scenario::KillPrimary,
+        Scenario::KillPostgres,
+        Scenario::PartitionPrimary,
+        Scenario::FreezePrimary,
+        Scenario::KillHaproxy,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Switchover => "switchover",
+            Scenario::KillPrimary => "kill-primary",
+            Scenario::KillPostgres => "kill-postgres",
+            Scenario::PartitionPrimary => "partition-primary",
+            Scenario::FreezePrimary => "freeze-primary",
+            Scenario::KillHaproxy => "kill-haproxy",
+        }
+    }
+
+    /// Whether the scenario can be done on real hosts (over SSH or the REST API).
+    pub fn works_over_ssh(self) -> bool {
+        matches!(
+            self,
+            Scenario::Switchover | Scenario::KillPostgres | Scenario::KillHaproxy
+        )
+    }
+
+    /// The scenarios real hosts allow, as a sentence fragment.
+    pub fn over_ssh() -> String {
+        let names: Vec<String> = Scenario::ALL
+            .iter()
+            .filter(|scenario| scenario.works_over_ssh())
+            .map(|scenario| format!("`{scenario}`"))
+            .collect();
+        names.join(", ")
+    }
+
+    /// Whether another node must become primary for the drill to pass.
+    pub fn requires_new_primary(self) -> bool {
+        matches!(
+            self,
+            Scenario::Switchover
+                | Scenario::KillPrimary
+                | Scenario::PartitionPrimary
+                | Scenario::FreezePrimary
+        )
+    }
+}
+
+impl fmt::Display for Scenario {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(self.name())
+    }
+}
+
+impl FromStr for Scenario {
+    type Err = UserError;
+
+    fn from_str(text: &str) -> Result<Scenario, UserError> {
+        Scenario::ALL
+            .into_iter()
+            .find(|scenario| scenario.name() == text)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Scenario::ALL.iter().map(|s| s.name()).collect();
+                UserError(format!(
+                    "unknown drill scenario `{text}`\nhint: one of {}",
+                    names.join(", ")
+                ))
+            })
+    }
+}
+
+/// What `pgha drill` needs.
+pub struct DrillOptions {
+    pub inventory: PathBuf,
+    pub scenario: Scenario,
+    pub repeat: usize,
+    /// The user confirmed a drill on real hosts (`--yes` or a prompt).
+    pub confirmed_real_hosts: bool,
+    pub progress: Box<dyn Fn(&str) + Send + Sync>,
+}
+
+/// One repetition's measurements and verdict.
+#[derive(Debug, Clone, Serialize)]
+pub struct DrillRun {
+    pub repetition: usize,
+    pub old_primary: String,
+    pub new_primary: Option<String>,
+    pub failover: bool,
+    /// The fault's target: the primary, or the VIP holder for `kill-haproxy`.
+    pub target: String,
+    pub timeline_before: Option<u64>,
+    pub timeline_after: Option<u64>,
+    /// Longest run of failed writes through the VIP.
+    pub outage_ms: u64,
+    /// From the fault to the first acknowledged write after the outage.
+    pub recovery_ms: u64,
+    pub writes: usize,
+    pub failed_writes: usize,
+    pub acknowledged_writes_lost: usize,
+    pub lost_ids: Vec<i64>,
+    pub unacknowledged_but_stored: usize,
+    pub double_primary_moments: usize,
+    pub double_primary_nodes: Vec<String>,
+    /// From the fault until the old primary streams from the new one (`None`: it stayed
+    /// primary). For faults healed by the drill this includes the time until the heal.
+    pub old_primary_streaming_after_ms: Option<u64>,
+    /// From the heal (right after writes resumed) until the old primary streams.
+    pub old_primary_streaming_after_heal_ms: Option<u64>,
+    pub within_model: bool,
+    pub passed: bool,
+    /// Why the verdict failed, one sentence each.
+    pub problems: Vec<String>,
+}
+
+/// The median and worst of all repetitions.
+#[derive(Debug, Clone, Serialize)]
+pub struct DrillSummary {
+    pub repetitions: usize,
+    pub median_outage_ms: u64,
+    pub worst_outage_ms: u64,
+    pub acknowledged_writes_lost: usize,
+    pub double_primary_moments: usize,
+    pub passed: bool,
+}
+
+/// The whole drill.
+#[derive(Debug, Clone, Serialize)]
+pub struct DrillReport {
+    pub scenario: Scenario,
+    pub cluster: String,
+    pub profile: String,
+    pub synchronous_mode: bool,
+    pub lab: bool,
+    pub expected: ExpectedOutage,
+    pub runs: Vec<DrillRun>,
+    pub summary: DrillSummary,
+    /// Set when a repetition could not complete (the fault was healed all the same).
+    pub error: Option<String>,
+}
+
+/// Tolerance above the model's maximum before a measurement counts as out of range.
+const MODEL_SLACK_MS: u64 = 2_000;
+/// How long to wait for a healthy cluster before a repetition.
+const HEALTHY_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long the old primary may take to stream again after the heal.
+const REJOIN_TIMEOUT: Duration = Duration::from_secs(180);
+/// Probing before the fault (a baseline of acknowledged writes).
+const BASELINE: Duration = Duration::from_secs(2);
+/// Probing after the old primary streams again (catches a late second primary).
+const SETTLE: Duration = Duration::from_secs(2);
+/// With no failover expected and no failed write this long after the fault, clients saw none.
+const QUIET_AFTER_FAULT: Duration = Duration::from_secs(15);
+const POLL: Duration = Duration::from_millis(250);
+
+/// Everything a repetition needs, resolved once.
+struct Drill {
+    inventory: Arc<Inventory>,
+    connections: Arc<Connections>,
+    rest: RestApi,
+    vip: Endpoint,
+    nodes: Vec<(String, Endpoint)>,
+    injector: Injector,
+    expected: ExpectedOutage,
+    progress: Box<dyn Fn(&str) + Send + Sync>,
+}
+
+/// Validate, then run the drill `repeat` times. Returns the report even when a repetition
+/// failed (its `error` says why); an `Err` means nothing was injected.
+pub async fn run(options: DrillOptions) -> anyhow::Result<DrillReport> {
+    if options.repeat == 0 {
+        bail!(UserError("`--repeat` must be at least 1".into()));
+    }
+    let inventory = Arc::new(Inventory::load(&options.inventory)?);
+    let lab = is_lab(&inventory);
+    let scenario = options.scenario;
+    if !lab {
+        if !scenario.works_over_ssh() {
+            bail!(UserError(format!(
+                "`{scenario}` needs the local lab; these hosts are not the lab\nhint: on real hosts: {}",
+                Scenario::over_ssh()
+            )));
+        }
+        if !options.confirmed_real_hosts {
+            bail!(UserError(
+                "a drill on real hosts breaks the cluster on purpose and needs confirmation\nhint: pass `--yes`".into()
+            ));
+        }
+    }
+    let secrets = Secrets::load(&inventory.cluster.secrets_file).with_context(|| {
+        "the drill needs the cluster's passwords\nhint: deploy first: `pgha deploy -i INV`"
+    })?;
+    let Some(vip) = inventory.cluster.vip else {
+        bail!(UserError(
+            "the drill probes writes through the VIP and the inventory has none\nhint: set `cluster.vip`".into()
+        ));
+    };
+    let endpoint = |host: String, port: u16| Endpoint {
+        host,
+        port,
+        user: "postgres".into(),
+        password: secrets.superuser_password.clone(),
+    };
+    let expected = model::expected_outage(
+        scenario,
+        &inventory.cluster.patroni,
+        &inventory.cluster.haproxy,
+    );
+    let context = Drill {
+        connections: Arc::new(Connections::new(inventory.clone(), false)),
+        rest: RestApi {
+            port: inventory.cluster.ports.patroni_api,
+            username: "pgha".into(),
+            password: secrets.restapi_password.clone(),
+        },
+        vip: endpoint(vip.address.to_string(), inventory.cluster.ports.write),
+        nodes: inventory
+            .nodes_with(Role::Postgres)
+            .map(|node| {
+                (
+                    node.name.clone(),
+                    endpoint(node.address.to_string(), inventory.cluster.ports.postgres),
+                )
+            })
+            .collect(),
+        injector: if lab { Injector::Lab } else { Injector::Ssh },
+        expected,
+        progress: options.progress,
+        inventory: inventory.clone(),
+    };
+    let mut runs = Vec::new();
+    let mut error = None;
+    for repetition in 1..=options.repeat {
+        (context.progress)(&format!(
+            "drill `{scenario}` {repetition}/{}",
+            options.repeat
+        ));
+        match run_once(&context, scenario, repetition).await {
+            Ok(run) => runs.push(run),
+            Err(failure) => {
+                error = Some(format!("repetition {repetition}: {failure:#}"));
+                break;
+            }
+        }
+    }
+    let summary = summarize(&runs, error.is_none());
+    Ok(DrillReport {
+        scenario,
+        cluster: inventory.cluster.name.clone(),
+        profile: format!("{:?}", inventory.cluster.failover_profile).to_lowercase(),
+        synchronous_mode: inventory.cluster.synchronous_mode != SyncMode::Off,
+        lab,
+        expected,
+        runs,
+        summary,
+        error,
+    })
+}
+
+/// Whether the inventory's nodes are the local lab's nodes (same names and addresses).
+fn is_lab(inventory: &Inventory) -> bool {
+    let Ok(lab) = crate::lab::Lab::open() else {
+        return false;
+    };
+    let lab_nodes = lab.nodes();
+    !lab_nodes.is_empty()
+        && inventory.nodes.iter().all(|node| {
+            lab_nodes.iter().any(|lab_node| {
+                lab_node.name() == node.name
+                    && std::net::IpAddr::V4(lab_node.address()) == node.address
+            })
+        })
+}
+
+/// Median and worst outage of the runs.
+pub fn summarize(runs: &[DrillRun], completed: bool) -> DrillSummary {
+    let mut outages: Vec<u64> = runs.iter().map(|run| run.outage_ms).collect();
+    outages.sort_unstable();
+    DrillSummary {
+        repetitions: runs.len(),
+        median_outage_ms: median(&outages),
+        worst_outage_ms: outages.last().copied().unwrap_or(0),
+        acknowledged_writes_lost: runs.iter().map(|run| run.acknowledged_writes_lost).sum(),
+        double_primary_moments: runs.iter().map(|run| run.double_primary_moments).sum(),
+        passed: completed && !runs.is_empty() && runs.iter().all(|run| run.passed),
+    }
+}
+
+/// The median of sorted values (the mean of the middle two for an even count).
+fn median(sorted: &[u64]) -> u64 {
+    match sorted.len() {
+        0 => 0,
+        length if length % 2 == 1 => sorted[length / 2],
+        length => (sorted[length / 2 - 1] + sorted[length / 2]) / 2,
+    }
+}
+
+/// `/cluster` from the first node that answers, skipping `avoid` (a node under a fault).
+async fn cluster_view(context: &Drill, avoid: Option<&str>) -> anyhow::Result<ClusterView> {
+    let mut last_error = None;
+    for node in context.inventory.nodes_with(Role::Postgres) {
+        if Some(node.name.as_str()) == avoid {
+            continue;
+        }
+        match context.rest.cluster(&node.address.to_string()).await {
+            Ok(view) => return Ok(view),
+            Err(error) => last_error = Some(error),
+        }
+    }
+    match last_error {
+        Some(error) => Err(error.into()),
+        None => bail!("no node to ask for `/cluster`"),
+    }
+}
+
+/// Wait until the cluster is healthy; the view then.
+async fn wait_healthy(context: &Drill) -> anyhow::Result<ClusterView> {
+    let names: Vec<String> = context
+        .inventory
+        .nodes_with(Role::Postgres)
+        .map(|node| node.name.clone())
+        .collect();
+    let deadline = Instant::now() + HEALTHY_TIMEOUT;
+    loop {
+        let reason = match cluster_view(context, None).await {
+            Ok(view) => match view.unhealthy_reason(&names) {
+                None => return Ok(view),
+                Some(reason) => reason,
+            },
+            Err(error) => format!("{error:#}"),
+        };
+        if Instant::now() > deadline {
+            bail!(
+                "the cluster is not healthy after {} s: {reason}\nhint: `pgha exec -i INV -- patronictl -c /etc/patroni/patroni.yml list`",
+                HEALTHY_TIMEOUT.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Create the probe table through the VIP (retrying while routing settles).
+async fn ensure_table(context: &Drill) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let attempt = async {
+            let client = context.vip.connect().await?;
+            client.batch_execute(probe::TABLE_DDL).await
+        };
+        match attempt.await {
+            Ok(()) => return Ok(()),
+            Err(error) if Instant::now() > deadline => {
+                return Err(error).with_context(|| {
+                    format!(
+                        "cannot create the probe table through the VIP `{:?}`",
+                        context.vip
+                    )
+                })
+            }
+            Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+        }
+    }
+}
+
+/// The ids of `run` the primary holds (read through the VIP).
+async fn stored_ids(context: &Drill, run: &str) -> anyhow::Result<BTreeSet<i64>> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let attempt = async {
+            let client = context.vip.connect().await?;
+            let rows = client
+                .query("select id from pgha_drill where run = $1", &[&run])
+                .await?;
+            rows.iter()
+                .map(|row| row.try_get::<_, i64>(0))
+                .collect::<Result<BTreeSet<i64>, _>>()
+        };
+        match attempt.await {
+            Ok(ids) => return Ok(ids),
+            Err(error) if Instant::now() > deadline => {
+                return Err(error).context("cannot read the probe's rows back through the VIP")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+        }
+    }
+}
+
+/// One repetition: healthy → probes → fault → recovery → heal → rejoin → verdict.
+async fn run_once(
+    context: &Drill,
+    scenario: Scenario,
+    repetition: usize,
+) -> anyhow::Result<DrillRun> {
+    let progress = &context.progress;
+    let before = wait_healthy(context).await?;
+    let old_primary = before
+        .leader()
+        .map(|leader| leader.name.clone())
+        .context("no leader")?;
+    let timeline_before = before.leader().and_then(|leader| leader.timeline);
+    let target_name = if scenario == Scenario::KillHaproxy {
+        fault::vip_holder(&context.inventory, &context.connections).await?
+    } else {
+        old_primary.clone()
+    };
+    let target = context
+        .inventory
+        .node(&target_name)
+        .with_context(|| format!("`{target_name}` is not in the inventory"))?
+        .clone();
+    ensure_table(context).await?;
+    let run_id = format!(
+        "{scenario}-{}-{repetition}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis()
+    );
+    progress(&format!(
+        "healthy: `{old_primary}` is primary (timeline {}); probing writes through the VIP",
+        timeline_before.map_or("?".into(), |timeline| timeline.to_string())
+    ));
+    let probes = Probes::start(run_id.clone(), context.vip.clone(), context.nodes.clone());
+    tokio::time::sleep(BASELINE).await;
+    if !probes.writes().iter().any(|attempt| attempt.acknowledged) {
+        probes.stop().await;
+        bail!(
+            "no write through the VIP `{:?}` was acknowledged before the fault\nhint: `pgha verify -i INV`",
+            context.vip
+        );
+    }
+
+    let fault_ms = probes.now_ms();
+    progress(&format!("injecting `{scenario}` on `{target_name}`"));
+    let injected = if scenario == Scenario::Switchover {
+        context
+            .rest
+            .switchover(&target.address.to_string(), &old_primary)
+            .await
+            .map(|_| Injected::Nothing)
+            .map_err(anyhow::Error::from)
+    } else {
+        fault::inject(
+            &context.injector,
+            scenario,
+            &context.inventory,
+            &context.connections,
+            &target,
+        )
+        .await
+    };
+    let injected = match injected {
+        Ok(injected) => injected,
+        Err(error) => {
+            probes.stop().await;
+            return Err(error.context(format!("failed to inject `{scenario}`")));
+        }
+    };
+    let mut guard = HealGuard::new(&injected);
+    let avoid = injected.node().map(str::to_string);
+
+    let recovered = tokio::select! {
+        recovered = wait_recovery(context, scenario, &probes, fault_ms, &old_primary, avoid.as_deref()) => recovered,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
+    let recovered_at = probes.now_ms();
+    match &recovered {
+        Ok(Some(primary)) => progress(&format!(
+            "writes resumed on `{primary}` {:.1} s after the fault; healing",
+            (recovered_at - fault_ms) as f64 / 1000.0
+        )),
+        Ok(None) => progress("writes resumed; healing"),
+        Err(_) => progress("recovery failed; healing"),
+    }
+    // Heal on every path out; the guard covers panics and early returns before this line.
+    let healed = fault::heal(&injected, &context.inventory, &context.connections).await;
+    guard.disarm();
+    let heal_ms = probes.now_ms();
+    let new_primary = match recovered {
+        Ok(primary) => primary,
+        Err(error) => {
+            probes.stop().await;
+            if let Err(heal_error) = healed {
+                return Err(error.context(format!("and the heal failed: {heal_error:#}")));
+            }
+            return Err(error);
+        }
+    };
+    healed.with_context(|| format!("failed to heal `{scenario}` on `{target_name}`"))?;
+
+    // The old primary streams again (when another node took over), then a little more probing.
+    let failover = new_primary.as_deref().is_some_and(|new| new != old_primary);
+    let mut problems = Vec::new();
+    // A rejoin that fails is a finding, not a reason to skip counting lost writes.
+    let rejoined_ms = if failover {
+        match wait_streaming(context, &old_primary).await {
+            Ok(()) => Some(probes.now_ms()),
+            Err(error) => {
+                problems.push(format!("{error:#}").replace('\n', "; "));
+                None
+            }
+        }
+    } else {
+        None
+    };
+    tokio::time::sleep(SETTLE).await;
+    let log = probes.stop().await;
+    let after = cluster_view(context, None).await.ok();
+    let leader_after = after.as_ref().and_then(|view| view.leader());
+    let timeline_after = leader_after.and_then(|leader| leader.timeline);
+    // Writes may resume before `/cluster` shows the restarted leader as running.
+    let new_primary = new_primary.or_else(|| leader_after.map(|leader| leader.name.clone()));
+    let stored = stored_ids(context, &run_id).await?;
+
+    let lost_ids = probe::lost_writes(&log.writes, &stored);
+    let (double_moments, double_nodes) = probe::double_primary_moments(&log.samples);
+    let outage_ms = probe::longest_outage_ms(&log.writes);
+    let recovery_ms =
+        first_ack_after_outage(&log.writes, fault_ms).map_or(0, |ack| ack.saturating_sub(fault_ms));
+    let within_model = context.expected.contains(outage_ms, MODEL_SLACK_MS);
+    let synchronous = context.inventory.cluster.synchronous_mode != SyncMode::Off;
+    if synchronous && !lost_ids.is_empty() {
+        problems.push(format!(
+            "{} acknowledged write(s) lost with synchronous_mode on",
+            lost_ids.len()
+        ));
+    }
+    if double_moments > 0 {
+        problems.push(format!(
+            "{double_moments} moment(s) with two writable primaries ({})",
+            double_nodes.iter().cloned().collect::<Vec<_>>().join(", ")
+        ));
+    }
+    if scenario.requires_new_primary() && !failover {
+        problems.push(format!("`{old_primary}` is still the primary"));
+    }
+    Ok(DrillRun {
+        repetition,
+        old_primary,
+        new_primary,
+        failover,
+        target: target_name,
+        timeline_before,
+        timeline_after,
+        outage_ms,
+        recovery_ms,
+        writes: log.writes.len(),
+        failed_writes: probe::failed_writes(&log.writes),
+        acknowledged_writes_lost: lost_ids.len(),
+        unacknowledged_but_stored: probe::unacknowledged_but_stored(&log.writes, &stored),
+        lost_ids: lost_ids.into_iter().take(20).collect(),
+        double_primary_moments: double_moments,
+        double_primary_nodes: double_nodes.into_iter().collect(),
+        old_primary_streaming_after_ms: rejoined_ms.map(|at| at.saturating_sub(fault_ms)),
+        old_primary_streaming_after_heal_ms: rejoined_ms.map(|at| at.saturating_sub(heal_ms)),
+        within_model,
+        passed: problems.is_empty(),
+        problems,
+    })
+}
+
+/// The start of the first acknowledged write after the last failed one that followed the fault.
+fn first_ack_after_outage(writes: &[probe::WriteAttempt], fault_ms: u64) -> Option<u64> {
+    let last_failure = writes
+        .iter()
+        .filter(|attempt| !attempt.acknowledged && attempt.started_ms >= fault_ms)
+        .map(|attempt| attempt.started_ms)
+        .max()?;
+    writes
+        .iter()
+        .find(|attempt| attempt.acknowledged && attempt.started_ms > last_failure)
+        .map(|attempt| attempt.ended_ms)
+}
+
+/// Wait until writes are acknowledged through the VIP again after the fault (and, when the
+/// scenario needs one, another node leads). Returns the primary then, if known.
+async fn wait_recovery(
+    context: &Drill,
+    scenario: Scenario,
+    probes: &Probes,
+    fault_ms: u64,
+    old_primary: &str,
+    avoid: Option<&str>,
+) -> anyhow::Result<Option<String>> {
+    let limit = Duration::from_millis(context.expected.max_ms) + Duration::from_secs(60);
+    let started = Instant::now();
+    loop {
+        let writes = probes.writes();
+        let failed_since_fault = writes
+            .iter()
+            .any(|attempt| !attempt.acknowledged && attempt.started_ms >= fault_ms);
+        let resumed = first_ack_after_outage(&writes, fault_ms).is_some();
+        let quiet = !failed_since_fault && started.elapsed() >= QUIET_AFTER_FAULT;
+        if resumed || quiet {
+            let leader = cluster_view(context, avoid)
+                .await
+                .ok()
+                .and_then(|view| view.leader().map(|leader| leader.name.clone()));
+            let moved = leader
+                .as_deref()
+                .is_some_and(|leader| leader != old_primary);
+            if !scenario.requires_new_primary() || moved {
+                return Ok(leader);
+            }
+        }
+        if started.elapsed() > limit {
+            bail!(
+                "no recovery within {} s of `{scenario}` (writes resumed: {resumed})\nhint: `pgha exec -i INV -- journalctl -u patroni -n 50`",
+                limit.as_secs()
+            );
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Wait until `node` is a streaming replica again.
+async fn wait_streaming(context: &Drill, node: &str) -> anyhow::Result<()> {
+    let started = Instant::now();
+    loop {
+        if let Ok(view) = cluster_view(context, None).await {
+            if view
+                .member(node)
+                .is_some_and(|member| !member.is_leader() && member.state == "streaming")
+            {
+                return Ok(());
+            }
+        }
+        if started.elapsed() > REJOIN_TIMEOUT {
+            bail!(
+                "`{node}` does not stream again {} s after the heal\nhint: `pgha exec -i INV --limit {node} -- journalctl -u patroni -n 50`",
+                REJOIN_TIMEOUT.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scenarios_parse_from_their_names_and_nothing_else() {
+        for scenario in Scenario::ALL {
+            assert_eq!(scenario.name().parse::<Scenario>().ok(), Some(scenario));
+        }
+        let error = "kill-everything".parse::<Scenario>().expect_err("unknown");
+        assert!(error.0.contains("unknown drill scenario `kill-everything`"));
+        assert!(error.0.contains("hint: one of switchover, kill-primary"));
+    }
+
+    #[test]
+    fn real_hosts_allow_only_what_ssh_can_do() {
+        assert_eq!(
+            Scenario::over_ssh(),
+            "`switchover`, `kill-postgres`, `kill-haproxy`"
+        );
+        assert!(!Scenario::FreezePrimary.works_over_ssh());
+    }
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(&[]), 0);
+        assert_eq!(median(&[1, 5, 9]), 5);
+        assert_eq!(median(&[1, 5, 9, 11]), 7);
+    }
+
+    fn run(outage_ms: u64, lost: usize, passed: bool) -> DrillRun {
+        DrillRun {
+            repetition: 1,
+            old_primary: "node1".into(),
+            new_primary: Some("node2".into()),
+            failover: true,
+            target: "node1".into(),
+            timeline_before: Some(1),
+            timeline_after: Some(2),
+            outage_ms,
+            recovery_ms: outage_ms,
+            writes: 100,
+            failed_writes: 10,
+            acknowledged_writes_lost: lost,
+            lost_ids: Vec::new(),
+            unacknowledged_but_stored: 0,
+            double_primary_moments: 0,
+            double_primary_nodes: Vec::new(),
+            old_primary_streaming_after_ms: None,
+            old_primary_streaming_after_heal_ms: None,
+            within_model: true,
+            passed,
+            problems: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_summary_has_median_worst_and_every_loss() {
+        let runs = vec![
+            run(4_000, 0, true),
+            run(9_000, 2, false),
+            run(3_000, 0, true),
+        ];
+        let summary = summarize(&runs, true);
+        assert_eq!(summary.median_outage_ms, 4_000);
+        assert_eq!(summary.worst_outage_ms, 9_000);
+        assert_eq!(summary.acknowledged_writes_lost, 2);
+        assert!(!summary.passed);
+        assert!(summarize(&runs[..1], true).passed);
+        assert!(
+            !summarize(&runs[..1], false).passed,
+            "an unfinished drill never passes"
+        );
+        assert!(!summarize(&[], true).passed);
+    }
+
+    #[test]
+    fn recovery_is_the_first_ack_after_the_last_failure_after_the_fault() {
+        let write = |id: i64, started_ms: u64, acknowledged: bool| probe::WriteAttempt {
+            id,
+            started_ms,
+            ended_ms: started_ms + 5,
+            acknowledged,
+        };
+        let writes = vec![
+            write(1, 0, false),
+            write(2, 100, true),
+            write(3, 200, false),
+            write(4, 300, false),
+            write(5, 400, true),
+            write(6, 500, true),
+        ];
+        assert_eq!(first_ack_after_outage(&writes, 150), Some(405));
+        assert_eq!(first_ack_after_outage(&writes[..2], 50), None);
+    }
+}

@@ -1,0 +1,131 @@
+//! The failover-time model (REFERENCE.md, Pigsty's derivation): the write outage a scenario
+//! should cost for an inventory's Patroni and HAProxy timings. Pure arithmetic, no I/O; it is
+//! the oracle a drill's measurement is printed next to.
+
+use serde::Serialize;
+
+use super::Scenario;
+use crate::inventory::{HaproxyChecks, PatroniTiming};
+
+/// Expected write outage in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ExpectedOutage {
+    pub min_ms: u64,
+    pub avg_ms: u64,
+    pub max_ms: u64,
+}
+
+impl ExpectedOutage {
+    /// Whether a measured outage lies within the range, with `slack_ms` tolerance above.
+    pub fn contains(&self, measured_ms: u64, slack_ms: u64) -> bool {
+        measured_ms <= self.max_ms + slack_ms
+    }
+}
+
+/// VIP move after the holder's HAProxy dies: keepalived's `check-writes` (`interval 1`,
+/// `fall 2`, `timeout 2`) fails within 1–4 s; the holder then enters FAULT and gives the VIP up
+/// at once (a priority-0 advert), so a backup takes over within one `advert_int` instead of the
+/// 3 × advert_int + skew a silent holder would cost.
+const VRRP_TAKEOVER_MIN_MS: u64 = 1_000;
+const VRRP_TAKEOVER_AVG_MS: u64 = 2_500;
+const VRRP_TAKEOVER_MAX_MS: u64 = 5_000;
+
+/// The model's range for `scenario` under these timings.
+pub fn expected_outage(
+    scenario: Scenario,
+    patroni: &PatroniTiming,
+    haproxy: &HaproxyChecks,
+) -> ExpectedOutage {
+    let ttl = u64::from(patroni.ttl) * 1000;
+    let loop_wait = u64::from(patroni.loop_wait) * 1000;
+    let start_timeout = u64::from(patroni.primary_start_timeout) * 1000;
+    let inter = u64::from(haproxy.inter_ms);
+    // HAProxy marks the new primary UP after `rise` successful checks, the later ones at
+    // `fastinter` (a server that is DOWN and transitioning is checked at fastinter).
+    let rise = u64::from(haproxy.rise.saturating_sub(1)) * u64::from(haproxy.fastinter_ms);
+    match scenario {
+        Scenario::KillPrimary | Scenario::PartitionPrimary | Scenario::FreezePrimary => {
+            ExpectedOutage {
+                min_ms: ttl.saturating_sub(loop_wait) + rise,
+                avg_ms: ttl + 1000 + inter / 2 + rise,
+                max_ms: ttl + loop_wait + 2000 + inter + rise,
+            }
+        }
+        // Patroni restarts a crashed PostgreSQL in its next loop and stays primary; only when
+        // PostgreSQL will not start does the lock go after `primary_start_timeout`.
+        Scenario::KillPostgres => ExpectedOutage {
+            min_ms: rise,
+            avg_ms: loop_wait + start_timeout + 1000 + inter / 2 + rise,
+            max_ms: loop_wait + start_timeout + 2000 + inter + rise,
+        },
+        // ~0–2 s for the command, 0–1 s for the promotion, then HAProxy's detection.
+        Scenario::Switchover => ExpectedOutage {
+            min_ms: rise,
+            avg_ms: 1500 + inter / 2 + rise,
+            max_ms: 3000 + inter + rise,
+        },
+        // The primary is untouched: the VIP moves to a node whose HAProxy routes writes.
+        Scenario::KillHaproxy => ExpectedOutage {
+            min_ms: VRRP_TAKEOVER_MIN_MS,
+            avg_ms: VRRP_TAKEOVER_AVG_MS,
+            max_ms: VRRP_TAKEOVER_MAX_MS,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inventory::FailoverProfile;
+
+    fn range(scenario: Scenario, profile: FailoverProfile) -> ExpectedOutage {
+        expected_outage(scenario, &profile.patroni(), &profile.haproxy())
+    }
+
+    #[test]
+    fn node_death_on_the_normal_profile_follows_the_reference_formula() {
+        // ttl 30, loop 5, inter 2 s, fastinter 1 s, rise 3: (rise − 1)·fastinter = 2 s.
+        let expected = range(Scenario::KillPrimary, FailoverProfile::Normal);
+        assert_eq!(
+            expected,
+            ExpectedOutage {
+                min_ms: 27_000,
+                avg_ms: 34_000,
+                max_ms: 41_000
+            }
+        );
+        assert_eq!(
+            range(Scenario::FreezePrimary, FailoverProfile::Normal),
+            expected
+        );
+    }
+
+    #[test]
+    fn node_death_on_the_fast_profile() {
+        // ttl 20, loop 5, inter 1 s, fastinter 0.5 s: (rise − 1)·fastinter = 1 s.
+        let expected = range(Scenario::PartitionPrimary, FailoverProfile::Fast);
+        assert_eq!(
+            (expected.min_ms, expected.avg_ms, expected.max_ms),
+            (16_000, 22_500, 29_000)
+        );
+    }
+
+    #[test]
+    fn postgres_crash_uses_primary_start_timeout() {
+        // loop 5 + start 25 + 1 + inter/2 1 + 2 = 34 s on average.
+        let expected = range(Scenario::KillPostgres, FailoverProfile::Normal);
+        assert_eq!(expected.avg_ms, 34_000);
+        assert_eq!(expected.min_ms, 2_000);
+    }
+
+    #[test]
+    fn switchover_is_seconds() {
+        let expected = range(Scenario::Switchover, FailoverProfile::Normal);
+        assert_eq!(
+            (expected.min_ms, expected.avg_ms, expected.max_ms),
+            (2_000, 4_500, 7_000)
+        );
+        assert!(expected.contains(7_400, 500));
+        assert!(!expected.contains(7_600, 500));
+    }
+}
