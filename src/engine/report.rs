@@ -71,6 +71,59 @@ pub struct Reporter {
     secrets: Vec<String>,
     started: Instant,
     state: Mutex<(BTreeMap<String, HostRecap>, Vec<Change>)>,
+    /// Spinners, one per host, when stderr is a terminal; plain lines otherwise.
+    progress: Option<Progress>,
+}
+
+/// A spinner per host showing the task it works on; finished lines print above them.
+struct Progress {
+    multi: indicatif::MultiProgress,
+    spinners: Mutex<BTreeMap<String, indicatif::ProgressBar>>,
+}
+
+impl Progress {
+    fn new() -> Option<Progress> {
+        use std::io::IsTerminal;
+        if !std::io::stderr().is_terminal()
+            || std::env::var_os("TERM").is_some_and(|term| term == "dumb")
+        {
+            return None;
+        }
+        Some(Progress {
+            multi: indicatif::MultiProgress::new(),
+            spinners: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    fn show(&self, host: &str, text: &str) {
+        let mut spinners = self
+            .spinners
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let spinner = spinners.entry(host.to_string()).or_insert_with(|| {
+            let spinner = self.multi.add(indicatif::ProgressBar::new_spinner());
+            // No colours in the template: output must read the same without them (NO_COLOR).
+            if let Ok(style) =
+                indicatif::ProgressStyle::with_template("  {spinner} {prefix:<10} {wide_msg}")
+            {
+                spinner.set_style(style);
+            }
+            spinner.set_prefix(host.to_string());
+            spinner.enable_steady_tick(std::time::Duration::from_millis(120));
+            spinner
+        });
+        spinner.set_message(text.to_string());
+    }
+
+    fn clear(&self) {
+        let spinners = self
+            .spinners
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for spinner in spinners.values() {
+            spinner.finish_and_clear();
+        }
+    }
 }
 
 impl Reporter {
@@ -88,6 +141,7 @@ impl Reporter {
             secrets,
             started: Instant::now(),
             state: Mutex::new((recaps, Vec::new())),
+            progress: if quiet { None } else { Progress::new() },
         }
     }
 
@@ -102,8 +156,19 @@ impl Reporter {
     }
 
     fn line(&self, text: &str) {
-        if !self.quiet {
-            eprintln!("{}", self.mask(text));
+        if self.quiet {
+            return;
+        }
+        match &self.progress {
+            Some(progress) => progress.multi.suspend(|| eprintln!("{}", self.mask(text))),
+            None => eprintln!("{}", self.mask(text)),
+        }
+    }
+
+    /// `host` starts working on `task` (shown on its spinner on a terminal).
+    pub fn working(&self, host: &str, play: &str, task: &str) {
+        if let Some(progress) = &self.progress {
+            progress.show(host, &self.mask(&format!("{play} › {task}")));
         }
     }
 
@@ -176,6 +241,9 @@ impl Reporter {
 
     /// The final result; also prints the recap unless quiet.
     pub fn finish(&self, check: bool, stopped: Option<String>) -> RunResult {
+        if let Some(progress) = &self.progress {
+            progress.clear();
+        }
         let state = self
             .state
             .lock()

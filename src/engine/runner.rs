@@ -494,6 +494,7 @@ impl Run {
         vars: &mut BTreeMap<String, minijinja::Value>,
     ) -> anyhow::Result<bool> {
         let host = node.name.as_str();
+        self.reporter.working(host, &play.name, &task.name);
         let base = minijinja::context! { control => self.control.clone(), ..render::context(&self.inventory, &self.secrets, node) };
         let context_without_facts =
             minijinja::context! { ..minijinja::Value::from_serialize(&*vars), ..base.clone() };
