@@ -11,8 +11,12 @@
 //!
 //! Needs root and the machine's only lab: it starts with `pgha lab down` and ends with it.
 
+mod common;
+
+use common::{eventually, is_root, pgha, pgha_ok, Lab};
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const VIP: &str = "10.231.0.100";
@@ -21,63 +25,6 @@ const NODES: [(&str, &str); 3] = [
     ("node2", "10.231.0.12"),
     ("node3", "10.231.0.13"),
 ];
-
-fn pgha(args: &[&str]) -> Output {
-    let output = Command::new(env!("CARGO_BIN_EXE_pgha"))
-        .args(args)
-        .output()
-        .expect("run pgha");
-    eprintln!(
-        "$ pgha {}\n{}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
-}
-
-fn pgha_ok(args: &[&str]) -> String {
-    let output = pgha(args);
-    assert!(
-        output.status.success(),
-        "`pgha {}` failed:\n{}\n{}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-/// Tears the lab down however the test ends.
-struct Lab;
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = Command::new(env!("CARGO_BIN_EXE_pgha"))
-            .args(["lab", "down"])
-            .status();
-    }
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|output| output.stdout.starts_with(b"0\n"))
-        .unwrap_or(false)
-}
-
-fn eventually<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Result<T, String>) -> T {
-    let start = Instant::now();
-    loop {
-        match probe() {
-            Ok(value) => return value,
-            Err(error) if start.elapsed() > timeout => {
-                panic!("{what} did not happen within {timeout:?}: {error}")
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(200)),
-        }
-    }
-}
 
 /// `curl` from the host; extra arguments before the URL.
 fn curl(args: &[&str]) -> Result<String, String> {

@@ -15,46 +15,15 @@
 //!
 //! Needs root. One test function: only one lab can exist at a time.
 
+mod common;
+
+use common::{eventually, is_root, pgha, pgha_ok, Lab};
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const VIP: &str = "10.231.0.100";
-
-fn pgha(args: &[&str]) -> Output {
-    let output = Command::new(env!("CARGO_BIN_EXE_pgha"))
-        .args(args)
-        .output()
-        .expect("run pgha");
-    eprintln!(
-        "$ pgha {}\n{}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
-}
-
-fn pgha_ok(args: &[&str]) -> String {
-    let output = pgha(args);
-    assert!(
-        output.status.success(),
-        "`pgha {}` failed:\n{}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-/// Tears the lab down however the test ends.
-struct Lab;
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = Command::new(env!("CARGO_BIN_EXE_pgha"))
-            .args(["lab", "down"])
-            .status();
-    }
-}
 
 /// Every secret of the cluster beside `inventory`, to prove none is ever printed.
 fn secret_values(inventory: &Path) -> Vec<String> {
@@ -131,19 +100,6 @@ fn psql(port: u16, password: &str, sql: &str) -> Result<String, String> {
         Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
     } else {
         Err(String::from_utf8_lossy(&output.stderr).into_owned())
-    }
-}
-
-fn eventually<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Result<T, String>) -> T {
-    let start = Instant::now();
-    loop {
-        match probe() {
-            Ok(value) => return value,
-            Err(error) if start.elapsed() > timeout => {
-                panic!("{what} did not happen within {timeout:?}: {error}")
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(500)),
-        }
     }
 }
 
@@ -238,7 +194,7 @@ fn all_members_streaming(password: &str) -> Result<(), String> {
 #[test]
 fn deploy_converges_routes_and_is_idempotent() {
     assert!(
-        unsafe_is_root(),
+        is_root(),
         "the end-to-end test needs root (it runs the lab)"
     );
     let dir = tempfile::tempdir().unwrap();
@@ -463,12 +419,4 @@ fn deploy_converges_routes_and_is_idempotent() {
         message.contains("initialized with system identifier 1234567890"),
         "{refused:#}"
     );
-}
-
-fn unsafe_is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|output| output.stdout.starts_with(b"0\n"))
-        .unwrap_or(false)
 }

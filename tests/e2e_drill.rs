@@ -5,51 +5,11 @@
 //!
 //! Needs root. One test function: only one lab can exist at a time.
 
+mod common;
+
+use common::{is_root, pgha, pgha_ok, Lab};
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn pgha(args: &[&str]) -> Output {
-    let output = Command::new(env!("CARGO_BIN_EXE_pgha"))
-        .args(args)
-        .output()
-        .expect("run pgha");
-    eprintln!(
-        "$ pgha {}\n{}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
-}
-
-fn pgha_ok(args: &[&str]) -> String {
-    let output = pgha(args);
-    assert!(
-        output.status.success(),
-        "`pgha {}` failed:\n{}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-/// Tears the lab down however the test ends.
-struct Lab;
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = Command::new(env!("CARGO_BIN_EXE_pgha"))
-            .args(["lab", "down"])
-            .status();
-    }
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|output| output.stdout.starts_with(b"0\n"))
-        .unwrap_or(false)
-}
 
 /// Run one drill with `--json` and return its report (printed by the drill even on a failed
 /// verdict, so the assertions below name what went wrong).
