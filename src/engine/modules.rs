@@ -216,28 +216,54 @@ impl Planner<'_> {
             }
             Module::Copy(args) => {
                 let dest = self.text(&args.dest)?;
-                let contents = match (&args.content, &args.src) {
-                    (Some(content), _) => self.text(content)?.into_bytes(),
+                let mode = args.mode.map(|mode| mode.0).unwrap_or(0o644);
+                let upload = |contents: Vec<u8>| Upload {
+                    path: dest.clone(),
+                    contents,
+                    owner: args.owner.clone(),
+                    group: args.group.clone(),
+                    mode,
+                };
+                match (&args.content, &args.src) {
+                    (Some(content), _) => {
+                        file_plan(upload(self.text(content)?.into_bytes()), false, None, facts)
+                    }
                     (None, Some(src)) => {
-                        let src = self.text(src)?;
-                        std::fs::read(&src)
-                            .with_context(|| format!("cannot read local file `{src}` for `copy`"))?
+                        let (bytes, sha256) = read_local(&self.text(src)?)?;
+                        // Only a planned write needs the bytes themselves.
+                        match file_plan_with_checksum(
+                            upload(Vec::new()),
+                            sha256,
+                            false,
+                            None,
+                            facts,
+                        ) {
+                            Plan::Act {
+                                summary,
+                                action:
+                                    Action::WriteFile {
+                                        mut upload,
+                                        secret,
+                                        validate,
+                                    },
+                                changes,
+                            } => {
+                                upload.contents = bytes.as_ref().clone();
+                                Plan::Act {
+                                    summary,
+                                    action: Action::WriteFile {
+                                        upload,
+                                        secret,
+                                        validate,
+                                    },
+                                    changes,
+                                }
+                            }
+                            other => other,
+                        }
                     }
                     (None, None) => unreachable!("the parser requires content or src"),
-                };
-                let mode = args.mode.map(|mode| mode.0).unwrap_or(0o644);
-                file_plan(
-                    Upload {
-                        path: dest,
-                        contents,
-                        owner: args.owner.clone(),
-                        group: args.group.clone(),
-                        mode,
-                    },
-                    false,
-                    None,
-                    facts,
-                )
+                }
             }
             Module::File(args) => {
                 let path = self.text(&args.path)?;
@@ -466,8 +492,43 @@ fn package_satisfied(spec: &str, facts: &Facts) -> bool {
     }
 }
 
+/// A local file's bytes and checksum, read once per run however many hosts get it (the
+/// deploy ships the 60 MB pgha binary to every node; hashing it per host dominated no-op runs).
+fn read_local(path: &str) -> anyhow::Result<(std::sync::Arc<Vec<u8>>, String)> {
+    type Cache = std::collections::HashMap<String, (std::sync::Arc<Vec<u8>>, String)>;
+    static CACHE: std::sync::OnceLock<std::sync::Mutex<Cache>> = std::sync::OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(hit) = cache
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .get(path)
+    {
+        return Ok(hit.clone());
+    }
+    let bytes = std::sync::Arc::new(
+        std::fs::read(path)
+            .with_context(|| format!("cannot read local file `{path}` for `copy`"))?,
+    );
+    let entry = (bytes.clone(), sha256_hex(&bytes));
+    cache
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .insert(path.to_string(), entry.clone());
+    Ok(entry)
+}
+
 fn file_plan(upload: Upload, secret: bool, validate: Option<String>, facts: &Facts) -> Plan {
     let sha256 = sha256_hex(&upload.contents);
+    file_plan_with_checksum(upload, sha256, secret, validate, facts)
+}
+
+fn file_plan_with_checksum(
+    upload: Upload,
+    sha256: String,
+    secret: bool,
+    validate: Option<String>,
+    facts: &Facts,
+) -> Plan {
     let mut reasons = Vec::new();
     match facts.files.get(&upload.path) {
         Some(FileFact::File {
