@@ -428,24 +428,7 @@ impl Run {
                     }
                 }
                 Err(error) => {
-                    let message = format!("{error:#}");
-                    self.reporter.task(
-                        host,
-                        &play.name,
-                        &task.name,
-                        Status::Failed,
-                        &message,
-                        None,
-                    );
-                    self.reporter.failure(
-                        host,
-                        Failure {
-                            play: play.name.clone(),
-                            task: task.name.clone(),
-                            place: task.place.clone(),
-                            message,
-                        },
-                    );
+                    self.report_failure(host, play, task, &error);
                     return false;
                 }
             }
@@ -459,28 +442,27 @@ impl Run {
                 .run_task(&session, play, node, handler, &mut state, vars)
                 .await
             {
-                let message = format!("{error:#}");
-                self.reporter.task(
-                    host,
-                    &play.name,
-                    &handler.name,
-                    Status::Failed,
-                    &message,
-                    None,
-                );
-                self.reporter.failure(
-                    host,
-                    Failure {
-                        play: play.name.clone(),
-                        task: handler.name.clone(),
-                        place: handler.place.clone(),
-                        message,
-                    },
-                );
+                self.report_failure(host, play, handler, &error);
                 return false;
             }
         }
         true
+    }
+
+    /// Record a failed task (or handler) for the progress lines, the recap and `--json`.
+    fn report_failure(&self, host: &str, play: &Play, task: &Task, error: &anyhow::Error) {
+        let message = format!("{error:#}");
+        self.reporter
+            .task(host, &play.name, &task.name, Status::Failed, &message, None);
+        self.reporter.failure(
+            host,
+            Failure {
+                play: play.name.clone(),
+                task: task.name.clone(),
+                place: task.place.clone(),
+                message,
+            },
+        );
     }
 
     /// Plan and (unless `--check`) apply one task; returns whether it changed the host.
