@@ -14,7 +14,9 @@ trap 'rm -rf "$work"' EXIT
 "$pgha" lab up > /dev/null
 seconds() { local start end; start=$(date +%s.%N); "$@" > "$work/result.json" 2> "$work/err" || { cat "$work/err"; exit 1; }; end=$(date +%s.%N); awk -v s="$start" -v e="$end" 'BEGIN { printf "%.2f", e - s }'; }
 changed() { python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(sum(h["changed"] for h in r["hosts"].values()))' "$work/result.json"; }
-echo "first deploy: $(seconds "$pgha" deploy -i "$inventory" --json) s, changed $(changed)"
+slowest() { python3 -c 'import json,sys; [print(f"    {t[\"duration_ms\"]/1000:6.1f} s  {t[\"host\"]:<8} {t[\"play\"]} > {t[\"task\"]}") for t in json.load(open(sys.argv[1]))["slowest"]]' "$work/result.json"; }
+echo "first deploy: $(seconds "$pgha" deploy -i "$inventory" --json) s, changed $(changed); slowest tasks:"
+slowest
 for run in 1 2 3 4 5; do
   echo "no-op deploy $run: $(seconds "$pgha" deploy -i "$inventory" --json) s, changed $(changed)"
 done

@@ -540,6 +540,7 @@ async fn upload_is_atomic_idempotent_and_sets_owner_and_mode() {
         owner: "nobody".to_string(),
         group: "nogroup".to_string(),
         mode: 0o640,
+        mtime: None,
     };
 
     assert!(
@@ -569,6 +570,19 @@ async fn upload_is_atomic_idempotent_and_sets_owner_and_mode() {
         "mode differs"
     );
     assert_eq!(fs::metadata(&path).expect("stat").mode() & 0o7777, 0o600);
+
+    // A wanted modification time is set on write, and on its own when only the time differs
+    // (no second copy of the bytes: the inode stays).
+    let inode = fs::metadata(&path).expect("stat").ino();
+    upload.mtime = Some(1_700_000_000);
+    assert!(
+        !session.upload(&upload).await.expect("time only"),
+        "same bytes: no change"
+    );
+    let metadata = fs::metadata(&path).expect("stat");
+    assert_eq!(metadata.mtime(), 1_700_000_000);
+    assert_eq!(metadata.ino(), inode, "only the time was set");
+    upload.mtime = None;
 
     // A reader holding the old file keeps seeing it whole: the new one is renamed over it.
     let mut reader = fs::File::open(&path).expect("open old file");
@@ -785,6 +799,7 @@ async fn non_root_user_runs_root_commands_through_sudo() {
         owner: "root".to_string(),
         group: "root".to_string(),
         mode: 0o600,
+        mtime: None,
     };
     assert!(session.upload(&upload).await.expect("upload via sudo"));
     assert!(!session

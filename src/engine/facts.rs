@@ -44,7 +44,11 @@ pub enum FileFact {
         owner: String,
         group: String,
         mode: u32,
-        sha256: String,
+        size: u64,
+        /// Modification time, seconds since the epoch.
+        mtime: i64,
+        /// `None` for a path probed by size and modification time only ([`Probe::quick`]).
+        sha256: Option<String>,
     },
     Directory {
         owner: String,
@@ -58,12 +62,32 @@ pub enum FileFact {
 #[derive(Debug, Clone, Default)]
 pub struct Probe {
     pub units: BTreeSet<String>,
+    /// Paths read in full: a file's SHA-256 is computed on the host.
     pub paths: BTreeSet<String>,
+    /// Paths whose files are compared by size and modification time only, like rsync's quick
+    /// check: hashing a large binary on every host on every run is what a no-op run can't afford.
+    pub quick: BTreeSet<String>,
 }
 
 impl Probe {
-    /// The probe as one remote command; unit names and paths travel as positional arguments
-    /// (quoted by the transport), after a `--` separating the two lists.
+    /// Whether every unit and path of `other` is already covered by this probe.
+    pub fn covers(&self, other: &Probe) -> bool {
+        other.units.is_subset(&self.units)
+            && other.paths.is_subset(&self.paths)
+            && other
+                .quick
+                .iter()
+                .all(|path| self.quick.contains(path) || self.paths.contains(path))
+    }
+
+    pub fn extend(&mut self, other: Probe) {
+        self.units.extend(other.units);
+        self.paths.extend(other.paths);
+        self.quick.extend(other.quick);
+    }
+
+    /// The probe as one remote command; unit names, paths and quick paths travel as positional
+    /// arguments (quoted by the transport), the three lists separated by `--`.
     pub fn command(&self) -> RemoteCommand {
         let script = r#"
 echo '### os'; cat /etc/os-release 2>/dev/null
@@ -74,11 +98,15 @@ units=""; while [ "$#" -gt 0 ] && [ "$1" != "--" ]; do units="$units $1"; shift;
 echo '### units'
 if [ -n "$units" ]; then systemctl show --property=Id,LoadState,ActiveState,UnitFileState,ActiveEnterTimestampMonotonic $units 2>/dev/null; fi
 echo '### files'
+quick=no
 for path in "$@"; do
-  if [ -L "$path" ] || { [ -e "$path" ] && [ ! -f "$path" ] && [ ! -d "$path" ]; }; then printf 'other\t\t\t\t\t%s\n' "$path"
-  elif [ -d "$path" ]; then printf 'dir\t%s\t\t%s\n' "$(stat --printf '%U\t%G\t%a' "$path")" "$path"
-  elif [ -f "$path" ]; then printf 'file\t%s\t%s\t%s\n' "$(stat --printf '%U\t%G\t%a' "$path")" "$(sha256sum < "$path" | cut -d' ' -f1)" "$path"
-  else printf 'absent\t\t\t\t\t%s\n' "$path"; fi
+  if [ "$path" = "--" ]; then quick=yes; continue; fi
+  if [ -L "$path" ] || { [ -e "$path" ] && [ ! -f "$path" ] && [ ! -d "$path" ]; }; then printf 'other\t\t\t\t\t\t\t%s\n' "$path"
+  elif [ -d "$path" ]; then printf 'dir\t%s\t\t\t\t%s\n' "$(stat --printf '%U\t%G\t%a' "$path")" "$path"
+  elif [ -f "$path" ]; then
+    if [ "$quick" = yes ]; then sum=-; else sum=$(sha256sum < "$path" | cut -d' ' -f1); fi
+    printf 'file\t%s\t%s\t%s\n' "$(stat --printf '%U\t%G\t%a\t%s\t%Y' "$path")" "$sum" "$path"
+  else printf 'absent\t\t\t\t\t\t\t%s\n' "$path"; fi
 done
 "#;
         let mut command = RemoteCommand::script(script).as_root();
@@ -87,6 +115,10 @@ done
         }
         command = command.arg("--");
         for path in &self.paths {
+            command = command.arg(path.clone());
+        }
+        command = command.arg("--");
+        for path in self.quick.difference(&self.paths) {
             command = command.arg(path.clone());
         }
         command
@@ -187,8 +219,8 @@ fn add_unit(facts: &mut Facts, block: &[&str]) {
 }
 
 fn parse_file_line(line: &str) -> Option<(String, FileFact)> {
-    let fields: Vec<&str> = line.splitn(6, '\t').collect();
-    let [kind, owner, group, mode, checksum, path] = fields[..] else {
+    let fields: Vec<&str> = line.splitn(8, '\t').collect();
+    let [kind, owner, group, mode, size, mtime, checksum, path] = fields[..] else {
         return None;
     };
     if path.is_empty() {
@@ -203,11 +235,19 @@ fn parse_file_line(line: &str) -> Option<(String, FileFact)> {
             group: group.into(),
             mode,
         },
-        ("file", Ok(mode)) if checksum.len() == 64 => FileFact::File {
+        ("file", Ok(mode)) => FileFact::File {
             owner: owner.into(),
             group: group.into(),
             mode,
-            sha256: checksum.into(),
+            size: size.parse().ok()?,
+            mtime: mtime.parse().ok()?,
+            sha256: match checksum {
+                "-" => None,
+                sum if sum.len() == 64 && sum.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                    Some(sum.to_string())
+                }
+                _ => return None,
+            },
         },
         _ => return None,
     };
@@ -252,10 +292,12 @@ ActiveState=inactive
 UnitFileState=
 ActiveEnterTimestampMonotonic=0
 ### files
-file\tpostgres\tpostgres\t600\t0123456789012345678901234567890123456789012345678901234567890123\t/etc/patroni/patroni.yml
-dir\troot\troot\t755\t\t/etc/patroni
-absent\t\t\t\t\t/etc/nothing here
-file\troot\troot\tzzz\tabc\t/broken
+file\tpostgres\tpostgres\t600\t1234\t1764115200\t0123456789012345678901234567890123456789012345678901234567890123\t/etc/patroni/patroni.yml
+file\troot\troot\t755\t62000000\t1764115201\t-\t/usr/local/bin/pgha
+dir\troot\troot\t755\t\t\t\t/etc/patroni
+absent\t\t\t\t\t\t\t/etc/nothing here
+file\troot\troot\tzzz\t1\t1\tabc\t/broken
+file\troot\troot\t644\tbig\t1\t-\t/bad-size
 ";
 
     #[test]
@@ -282,7 +324,11 @@ file\troot\troot\tzzz\tabc\t/broken
             FileFact::Directory { mode: 0o755, .. }
         ));
         assert_eq!(facts.files["/etc/nothing here"], FileFact::Absent);
+        assert!(
+            matches!(&facts.files["/usr/local/bin/pgha"], FileFact::File { size: 62000000, mtime: 1764115201, sha256: None, .. })
+        );
         assert!(!facts.files.contains_key("/broken"));
+        assert!(!facts.files.contains_key("/bad-size"));
     }
 
     #[test]
@@ -292,6 +338,7 @@ file\troot\troot\tzzz\tabc\t/broken
             "\u{0}\u{1}binary",
             "### units\nId=\n\n\n",
             "### files\n\t\t\t\t\t\n",
+            "### files\n\t\t\t\t\t\t\t\n",
             "### ports\n:::\n:99999\n",
         ] {
             let facts = parse(garbage);

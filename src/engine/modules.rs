@@ -88,7 +88,12 @@ impl Planner<'_> {
                 probe.paths.insert(self.template_target(args)?.0);
             }
             Module::Copy(args) => {
-                probe.paths.insert(self.text(&args.dest)?);
+                let dest = self.text(&args.dest)?;
+                if args.src.is_some() {
+                    probe.quick.insert(dest);
+                } else {
+                    probe.paths.insert(dest);
+                }
             }
             Module::File(args) => {
                 probe.paths.insert(self.text(&args.path)?);
@@ -208,6 +213,7 @@ impl Planner<'_> {
                         owner,
                         group,
                         mode,
+                        mtime: None,
                     },
                     secret,
                     validate,
@@ -223,21 +229,21 @@ impl Planner<'_> {
                     owner: args.owner.clone(),
                     group: args.group.clone(),
                     mode,
+                    mtime: None,
                 };
                 match (&args.content, &args.src) {
                     (Some(content), _) => {
                         file_plan(upload(self.text(content)?.into_bytes()), false, None, facts)
                     }
                     (None, Some(src)) => {
-                        let (bytes, sha256) = read_local(&self.text(src)?)?;
-                        // Only a planned write needs the bytes themselves.
-                        match file_plan_with_checksum(
-                            upload(Vec::new()),
-                            sha256,
-                            false,
-                            None,
-                            facts,
-                        ) {
+                        let src = self.text(src)?;
+                        let (size, mtime) = local_size_and_time(&src)?;
+                        let upload = Upload {
+                            mtime: Some(mtime),
+                            ..upload(Vec::new())
+                        };
+                        match compare_file(upload, Content::SizeAndTime { size, mtime }, false, None, facts) {
+                            // Only a planned write needs the bytes themselves.
                             Plan::Act {
                                 summary,
                                 action:
@@ -248,7 +254,7 @@ impl Planner<'_> {
                                     },
                                 changes,
                             } => {
-                                upload.contents = bytes.as_ref().clone();
+                                upload.contents = read_local(&src)?.as_ref().clone();
                                 Plan::Act {
                                     summary,
                                     action: Action::WriteFile {
@@ -492,10 +498,9 @@ fn package_satisfied(spec: &str, facts: &Facts) -> bool {
     }
 }
 
-/// A local file's bytes and checksum, read once per run however many hosts get it (the
-/// deploy ships the 60 MB pgha binary to every node; hashing it per host dominated no-op runs).
-fn read_local(path: &str) -> anyhow::Result<(std::sync::Arc<Vec<u8>>, String)> {
-    type Cache = std::collections::HashMap<String, (std::sync::Arc<Vec<u8>>, String)>;
+/// The bytes of a local file for `copy`, read once per run however many hosts need them.
+fn read_local(path: &str) -> anyhow::Result<std::sync::Arc<Vec<u8>>> {
+    type Cache = std::collections::HashMap<String, std::sync::Arc<Vec<u8>>>;
     static CACHE: std::sync::OnceLock<std::sync::Mutex<Cache>> = std::sync::OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
     if let Some(hit) = cache
@@ -509,22 +514,46 @@ fn read_local(path: &str) -> anyhow::Result<(std::sync::Arc<Vec<u8>>, String)> {
         std::fs::read(path)
             .with_context(|| format!("cannot read local file `{path}` for `copy`"))?,
     );
-    let entry = (bytes.clone(), sha256_hex(&bytes));
     cache
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .insert(path.to_string(), entry.clone());
-    Ok(entry)
+        .insert(path.to_string(), bytes.clone());
+    Ok(bytes)
+}
+
+/// Size and modification time (whole seconds since the epoch) of a local file for `copy`.
+fn local_size_and_time(path: &str) -> anyhow::Result<(u64, i64)> {
+    let metadata = std::fs::metadata(path)
+        .with_context(|| format!("cannot read local file `{path}` for `copy`"))?;
+    anyhow::ensure!(
+        metadata.is_file(),
+        "local file `{path}` for `copy` is not a regular file"
+    );
+    let mtime = metadata
+        .modified()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|since| since.as_secs() as i64)
+        .unwrap_or(0);
+    Ok((metadata.len(), mtime))
+}
+
+/// How a planned file is compared with the host's.
+enum Content {
+    /// By SHA-256: rendered templates and inline content.
+    Checksum(String),
+    /// By size and modification time (rsync's quick check): files copied from the control
+    /// machine, which the upload stamps with the local file's time.
+    SizeAndTime { size: u64, mtime: i64 },
 }
 
 fn file_plan(upload: Upload, secret: bool, validate: Option<String>, facts: &Facts) -> Plan {
     let sha256 = sha256_hex(&upload.contents);
-    file_plan_with_checksum(upload, sha256, secret, validate, facts)
+    compare_file(upload, Content::Checksum(sha256), secret, validate, facts)
 }
 
-fn file_plan_with_checksum(
+fn compare_file(
     upload: Upload,
-    sha256: String,
+    wanted: Content,
     secret: bool,
     validate: Option<String>,
     facts: &Facts,
@@ -535,10 +564,21 @@ fn file_plan_with_checksum(
             owner,
             group,
             mode,
-            sha256: remote,
+            size,
+            mtime,
+            sha256,
         }) => {
-            if *remote != sha256 {
-                reasons.push("content".to_string());
+            match &wanted {
+                Content::Checksum(wanted) if sha256.as_ref() != Some(wanted) => {
+                    reasons.push("content".to_string())
+                }
+                Content::SizeAndTime {
+                    size: wanted_size,
+                    mtime: wanted_mtime,
+                } if size != wanted_size || mtime != wanted_mtime => {
+                    reasons.push("size or modification time".to_string())
+                }
+                _ => {}
             }
             if *owner != upload.owner || *group != upload.group {
                 reasons.push(format!("owner {owner}:{group}"));
@@ -903,7 +943,9 @@ mod tests {
                 owner: "root".into(),
                 group: "root".into(),
                 mode: 0o640,
-                sha256: sha256_hex(content.as_bytes()),
+                size: content.len() as u64,
+                mtime: 0,
+                sha256: Some(sha256_hex(content.as_bytes())),
             },
         );
         assert!(matches!(plan(yaml, &facts), Plan::NoChange(_)));
@@ -913,12 +955,64 @@ mod tests {
                 owner: "root".into(),
                 group: "root".into(),
                 mode: 0o644,
-                sha256: sha256_hex(content.as_bytes()),
+                size: content.len() as u64,
+                mtime: 0,
+                sha256: Some(sha256_hex(content.as_bytes())),
             },
         );
         assert!(
             matches!(plan(yaml, &facts), Plan::Act { ref summary, .. } if summary.contains("mode 644"))
         );
+    }
+
+    #[test]
+    fn files_copied_from_the_control_machine_compare_size_and_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let local = dir.path().join("agent");
+        std::fs::write(&local, b"binary v1").unwrap();
+        let (size, mtime) = local_size_and_time(local.to_str().unwrap()).unwrap();
+        let yaml = format!(
+            "copy: {{src: \"{}\", dest: /usr/local/bin/agent, mode: \"0755\"}}",
+            local.display()
+        );
+        let mut probe = Probe::default();
+        let (renderer, context) = setup();
+        Planner {
+            renderer: &renderer,
+            context: &context,
+        }
+        .wants(&module(&yaml), &mut probe)
+        .unwrap();
+        assert!(probe.quick.contains("/usr/local/bin/agent") && probe.paths.is_empty());
+        let on_host = |size: u64, mtime: i64| {
+            let mut facts = Facts::default();
+            facts.files.insert(
+                "/usr/local/bin/agent".into(),
+                FileFact::File {
+                    owner: "root".into(),
+                    group: "root".into(),
+                    mode: 0o755,
+                    size,
+                    mtime,
+                    sha256: None,
+                },
+            );
+            facts
+        };
+        assert!(matches!(plan(&yaml, &on_host(size, mtime)), Plan::NoChange(_)));
+        match plan(&yaml, &on_host(size, mtime - 1)) {
+            Plan::Act {
+                summary,
+                action: Action::WriteFile { upload, .. },
+                ..
+            } => {
+                assert!(summary.contains("size or modification time"), "{summary}");
+                assert_eq!(upload.contents, b"binary v1");
+                assert_eq!(upload.mtime, Some(mtime));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(plan(&yaml, &on_host(size + 1, mtime)), Plan::Act { .. }));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -58,7 +58,21 @@ pub struct RunResult {
     pub changes: Vec<Change>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stopped: Option<String>,
+    /// The slowest task runs (at most five), to show where a run spent its time.
+    pub slowest: Vec<TaskTime>,
 }
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskTime {
+    pub host: String,
+    pub play: String,
+    pub task: String,
+    pub duration_ms: u128,
+}
+
+/// Task runs at least this long get their time on their progress line.
+const SHOW_TIME_FROM: Duration = Duration::from_millis(500);
+const SLOWEST_SHOWN: usize = 5;
 
 impl RunResult {
     pub fn changed_total(&self) -> usize {
@@ -71,6 +85,8 @@ pub struct Reporter {
     secrets: Vec<String>,
     started: Instant,
     state: Mutex<(BTreeMap<String, HostRecap>, Vec<Change>)>,
+    /// When each host began its current task, and every finished task's time.
+    timing: Mutex<(BTreeMap<String, Instant>, Vec<TaskTime>)>,
     /// Spinners, one per host, when stderr is a terminal; plain lines otherwise.
     progress: Option<Progress>,
 }
@@ -141,6 +157,7 @@ impl Reporter {
             secrets,
             started: Instant::now(),
             state: Mutex::new((recaps, Vec::new())),
+            timing: Mutex::new((BTreeMap::new(), Vec::new())),
             progress: if quiet { None } else { Progress::new() },
         }
     }
@@ -167,6 +184,11 @@ impl Reporter {
 
     /// `host` starts working on `task` (shown on its spinner on a terminal).
     pub fn working(&self, host: &str, play: &str, task: &str) {
+        self.timing
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .0
+            .insert(host.to_string(), Instant::now());
         if let Some(progress) = &self.progress {
             progress.show(host, &self.mask(&format!("{play} › {task}")));
         }
@@ -196,7 +218,12 @@ impl Reporter {
             Status::Failed => "FAILED",
             Status::Unreachable => "UNREACHABLE",
         };
-        self.line(&format!("  {host:<10} {label:<8} {task}: {detail}"));
+        let took = self.took(host, play, task);
+        let took = match took {
+            Some(took) if took >= SHOW_TIME_FROM => format!(" ({:.1} s)", took.as_secs_f64()),
+            _ => String::new(),
+        };
+        self.line(&format!("  {host:<10} {label:<8} {task}: {detail}{took}"));
         if let Some(diff) = &diff {
             self.line(diff.trim_end());
         }
@@ -221,6 +248,22 @@ impl Reporter {
             Status::Failed => recap.failed += 1,
             Status::Unreachable => recap.unreachable += 1,
         }
+    }
+
+    /// How long `host` has worked on `task`, recorded for the slowest-tasks list.
+    fn took(&self, host: &str, play: &str, task: &str) -> Option<Duration> {
+        let mut timing = self
+            .timing
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let took = timing.0.remove(host)?.elapsed();
+        timing.1.push(TaskTime {
+            host: host.into(),
+            play: play.into(),
+            task: task.into(),
+            duration_ms: took.as_millis(),
+        });
+        Some(took)
     }
 
     pub fn failure(&self, host: &str, failure: Failure) {
@@ -249,6 +292,15 @@ impl Reporter {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let (hosts, changes) = state.clone();
+        let mut slowest = std::mem::take(
+            &mut self
+                .timing
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .1,
+        );
+        slowest.sort_by(|a, b| b.duration_ms.cmp(&a.duration_ms));
+        slowest.truncate(SLOWEST_SHOWN);
         let success = stopped.is_none()
             && hosts
                 .values()
@@ -260,6 +312,7 @@ impl Reporter {
             hosts,
             changes,
             stopped,
+            slowest,
         };
         if !self.quiet {
             eprintln!(
@@ -282,6 +335,23 @@ impl Reporter {
                         failure.place,
                         failure.play,
                         failure.message.replace('\n', "\n      ")
+                    );
+                }
+            }
+            let slow: Vec<&TaskTime> = result
+                .slowest
+                .iter()
+                .filter(|time| time.duration_ms >= SHOW_TIME_FROM.as_millis())
+                .collect();
+            if !slow.is_empty() {
+                eprintln!("  slowest tasks:");
+                for time in slow {
+                    eprintln!(
+                        "    {:>6.1} s  {:<10} {} › {}",
+                        time.duration_ms as f64 / 1000.0,
+                        time.host,
+                        time.play,
+                        time.task
                     );
                 }
             }

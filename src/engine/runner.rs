@@ -486,17 +486,8 @@ impl Run {
         };
         let mut wanted = Probe::default();
         planner.wants(&task.module, &mut wanted)?;
-        let missing = wanted
-            .units
-            .iter()
-            .any(|unit| !state.probe.units.contains(unit))
-            || wanted
-                .paths
-                .iter()
-                .any(|path| !state.probe.paths.contains(path));
-        if missing || state.facts.is_none() {
-            state.probe.units.extend(wanted.units);
-            state.probe.paths.extend(wanted.paths);
+        if !state.probe.covers(&wanted) || state.facts.is_none() {
+            state.probe.extend(wanted);
             state.facts = Some(gather(session, &state.probe).await?);
         }
         let facts = state.facts.as_ref().expect("facts were just gathered");

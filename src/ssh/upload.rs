@@ -19,6 +19,9 @@ pub struct Upload {
     pub group: String,
     /// Permission bits, e.g. `0o640`.
     pub mode: u32,
+    /// The modification time to give the file (seconds since the epoch), for files compared by
+    /// size and time rather than content; `None` leaves it to the write.
+    pub mtime: Option<i64>,
 }
 
 /// The lowercase hex SHA-256 of `bytes`, as `sha256sum` prints it.
@@ -40,25 +43,29 @@ enum RemoteFile {
         group: String,
         mode: u32,
         sha256: String,
+        mtime: i64,
     },
 }
 
-/// Prints `missing`, `not-a-file`, or `owner group octal-mode` and then `sha256sum`'s line.
+/// Prints `missing`, `not-a-file`, or `owner group octal-mode mtime` and then `sha256sum`'s
+/// line.
 const PROBE_SCRIPT: &str = r#"set -eu
 if [ -e "$1" ] && [ ! -f "$1" ]; then echo not-a-file; exit 0; fi
 if [ ! -e "$1" ]; then echo missing; exit 0; fi
-stat -L -c '%U %G %a' -- "$1"
+stat -L -c '%U %G %a %Y' -- "$1"
 sha256sum < "$1"
 "#;
 
-/// Writes stdin to a fresh temporary file beside `$1`, sets owner `$2:$3` and mode `$4` on it,
-/// then renames it over `$1`. The trap removes the temporary file on any failure.
+/// Writes stdin to a fresh temporary file beside `$1`, sets owner `$2:$3`, mode `$4` and (when
+/// `$5` is not empty) the modification time `$5` on it, then renames it over `$1`. The trap
+/// removes the temporary file on any failure.
 const WRITE_SCRIPT: &str = r#"set -eu
 tmp=$(mktemp -- "$(dirname -- "$1")/.pgha-upload.XXXXXXXX")
 trap 'rm -f -- "$tmp"' EXIT
 cat > "$tmp"
 chown -- "$2:$3" "$tmp"
 chmod -- "$4" "$tmp"
+if [ -n "$5" ]; then touch -m -d "@$5" -- "$tmp"; fi
 mv -f -- "$tmp" "$1"
 trap - EXIT
 "#;
@@ -82,17 +89,36 @@ impl Session {
             .as_root();
         let output = self.run_checked(&probe).await?;
         let state = parse_probe(&output.stdout_text()).map_err(fail)?;
-        let wanted = RemoteFile::File {
-            owner: upload.owner.clone(),
-            group: upload.group.clone(),
-            mode,
-            sha256: sha256_hex(&upload.contents),
-        };
-        match state {
+        let sha256 = sha256_hex(&upload.contents);
+        match &state {
             RemoteFile::NotAFile => {
                 return Err(fail("it exists and is not a regular file".to_string()))
             }
-            current if current == wanted => return Ok(false),
+            RemoteFile::File {
+                owner,
+                group,
+                mode: current_mode,
+                sha256: current_sha256,
+                mtime,
+            } if *owner == upload.owner
+                && *group == upload.group
+                && *current_mode == mode
+                && *current_sha256 == sha256 =>
+            {
+                // Same bytes: at most the time needs setting, not a second copy of the file.
+                match upload.mtime {
+                    Some(wanted) if wanted != *mtime => {
+                        let touch = RemoteCommand::argv(["touch", "-m", "-d"])
+                            .arg(format!("@{wanted}"))
+                            .arg("--")
+                            .arg(upload.path.as_str())
+                            .as_root();
+                        self.run_checked(&touch).await?;
+                    }
+                    _ => {}
+                }
+                return Ok(false);
+            }
             _ => {}
         }
 
@@ -101,6 +127,7 @@ impl Session {
             .arg(upload.owner.as_str())
             .arg(upload.group.as_str())
             .arg(format!("{mode:o}"))
+            .arg(upload.mtime.map(|mtime| mtime.to_string()).unwrap_or_default())
             .stdin(upload.contents.clone())
             .as_root();
         self.run_checked(&write).await?;
@@ -118,10 +145,11 @@ fn parse_probe(stdout: &str) -> Result<RemoteFile, String> {
         _ => {}
     }
     let fields: Vec<&str> = first.split(' ').collect();
-    let [owner, group, mode] = fields[..] else {
+    let [owner, group, mode, mtime] = fields[..] else {
         return Err(unexpected());
     };
     let mode = u32::from_str_radix(mode, 8).map_err(|_| unexpected())?;
+    let mtime = mtime.parse().map_err(|_| unexpected())?;
     let sha256 = lines
         .next()
         .and_then(|line| line.split_whitespace().next())
@@ -132,6 +160,7 @@ fn parse_probe(stdout: &str) -> Result<RemoteFile, String> {
         group: group.to_string(),
         mode,
         sha256: sha256.to_ascii_lowercase(),
+        mtime,
     })
 }
 
@@ -157,16 +186,17 @@ mod tests {
         assert_eq!(parse_probe("missing\n"), Ok(RemoteFile::Missing));
         assert_eq!(parse_probe("not-a-file\n"), Ok(RemoteFile::NotAFile));
         assert_eq!(
-            parse_probe(&format!("postgres postgres 640\n{hash}  -\n")),
+            parse_probe(&format!("postgres postgres 640 1764115200\n{hash}  -\n")),
             Ok(RemoteFile::File {
                 owner: "postgres".to_string(),
                 group: "postgres".to_string(),
                 mode: 0o640,
                 sha256: hash.clone(),
+                mtime: 1764115200,
             })
         );
         assert_eq!(
-            parse_probe(&format!("root root 4755\n{hash}  -\n")).map(|f| match f {
+            parse_probe(&format!("root root 4755 0\n{hash}  -\n")).map(|f| match f {
                 RemoteFile::File { mode, .. } => mode,
                 _ => 0,
             }),
@@ -180,10 +210,12 @@ mod tests {
         for garbage in [
             "",
             "root root\n",
-            "root root 9z9\nabc  -\n",
-            "root root 644\n",
-            "root root 644\nnot-a-hash  -\n",
-            &format!("root root 644 extra\n{hash}  -\n"),
+            "root root 9z9 0\nabc  -\n",
+            "root root 644 0\n",
+            "root root 644 0\nnot-a-hash  -\n",
+            &format!("root root 644\n{hash}  -\n"),
+            &format!("root root 644 soon\n{hash}  -\n"),
+            &format!("root root 644 0 extra\n{hash}  -\n"),
         ] {
             assert!(parse_probe(garbage).is_err(), "{garbage:?} was accepted");
         }
