@@ -10,11 +10,13 @@ pgha="${PGHA:-${CARGO_TARGET_DIR:-target}/debug/pgha}"
 inventory="${1:-inventories/lab.yml}"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-"$pgha" lab down > /dev/null
-"$pgha" lab up > /dev/null
+"$pgha" lab down > /dev/null 2>&1
+"$pgha" lab up > /dev/null 2>&1
 seconds() { local start end; start=$(date +%s.%N); "$@" > "$work/result.json" 2> "$work/err" || { cat "$work/err"; exit 1; }; end=$(date +%s.%N); awk -v s="$start" -v e="$end" 'BEGIN { printf "%.2f", e - s }'; }
 changed() { python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(sum(h["changed"] for h in r["hosts"].values()))' "$work/result.json"; }
-slowest() { python3 -c 'import json,sys; [print(f"    {t[\"duration_ms\"]/1000:6.1f} s  {t[\"host\"]:<8} {t[\"play\"]} > {t[\"task\"]}") for t in json.load(open(sys.argv[1]))["slowest"]]' "$work/result.json"; }
+slowest() { python3 -c 'import json,sys
+for t in json.load(open(sys.argv[1]))["slowest"]:
+    print("    %6.1f s  %-8s %s > %s" % (t["duration_ms"] / 1000, t["host"], t["play"], t["task"]))' "$work/result.json"; }
 echo "first deploy: $(seconds "$pgha" deploy -i "$inventory" --json) s, changed $(changed); slowest tasks:"
 slowest
 for run in 1 2 3 4 5; do

@@ -627,14 +627,16 @@ pub fn file_diff(path: &str, old: &str, new: &str, secrets: &[&str]) -> String {
 }
 
 /// Installs the packages given as arguments. An earlier run cut off mid-install leaves dpkg
-/// half-configured, so that is finished first; a hung index download (seen on the lab when
-/// several nodes fetch through one proxy at once) is cut off and retried.
+/// half-configured, so that is finished first; a hung index download is cut off and retried
+/// (on the lab, apt-cacher-ng answered one of three nodes updating at once with a truncated
+/// `InRelease`, and that node's apt waited on it past its own timeouts).
 const APT_INSTALL: &str = r#"
 dpkg --configure -a >/dev/null 2>&1 || true
 apt_options="-o DPkg::Lock::Timeout=120 -o Acquire::Retries=3 -o Acquire::http::Timeout=30"
 updated=no
-for attempt in 1 2 3; do
-  if timeout 180 apt-get $apt_options update -q >/dev/null; then updated=yes; break; fi
+# A hung first try is cut off after 30 s (a lab update takes 2 s); a slow mirror gets longer tries.
+for limit in 30 180 180; do
+  if timeout "$limit" apt-get $apt_options update -q >/dev/null; then updated=yes; break; fi
   sleep 2
 done
 if [ "$updated" != yes ]; then echo "apt-get update failed 3 times" >&2; exit 1; fi
