@@ -1,7 +1,8 @@
 //! End-to-end: every failure drill once against a freshly deployed 3-node lab, read like a spec.
 //! For each scenario the drill's JSON verdict says: no acknowledged write was lost (the lab
-//! inventory has synchronous_mode on), never two writable primaries, a measured outage, and for
-//! the failover scenarios another node is primary afterwards while the old one streams again.
+//! inventory has synchronous_mode on), never two primaries that could both acknowledge a
+//! commit, a measured outage, and for the failover scenarios another node is primary afterwards
+//! on a new timeline while the old one streams again.
 //!
 //! Needs root. One test function: only one lab can exist at a time.
 
@@ -52,9 +53,7 @@ fn every_drill_keeps_acknowledged_writes_and_one_primary() {
         "kill-haproxy",
         "kill-primary",
         "partition-primary",
-        // `freeze-primary` is left out for now: on the lab the thawed old primary did not
-        // stream again and later led again on a newer timeline (see README, "Not done yet").
-        // It stays runnable with `pgha drill -i INV freeze-primary`.
+        "freeze-primary",
     ] {
         let report = drill(inventory, scenario);
         assert!(
@@ -96,6 +95,10 @@ fn every_drill_keeps_acknowledged_writes_and_one_primary() {
             assert!(
                 run["outage_ms"].as_u64().unwrap_or(0) > 0,
                 "{scenario}: a failover without any failed write is not credible: {run:#}"
+            );
+            assert!(
+                run["timeline_after"].as_u64() > run["timeline_before"].as_u64(),
+                "{scenario}: a failover must start a new timeline: {run:#}"
             );
         }
         assert_eq!(report["summary"]["passed"], true, "{scenario}: {report:#}");

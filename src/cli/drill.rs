@@ -91,13 +91,14 @@ fn print_table(report: &DrillReport) {
         seconds(expected.avg_ms)
     );
     println!(
-        "{:<4} {:<7} {:<7} {:>9} {:>6} {:>7} {:>8} {:>7} {:>9} {:<7}",
+        "{:<4} {:<7} {:<7} {:>9} {:>6} {:>7} {:>7} {:>8} {:>7} {:>9} {:<7}",
         "RUN",
         "OLD",
         "NEW",
         "OUTAGE_S",
         "LOST",
         "DOUBLE",
+        "FENCED",
         "TIMELINE",
         "FAILED",
         "STREAM_S",
@@ -109,13 +110,14 @@ fn print_table(report: &DrillReport) {
             _ => "?".into(),
         };
         println!(
-            "{:<4} {:<7} {:<7} {:>9} {:>6} {:>7} {:>8} {:>7} {:>9} {:<7}",
+            "{:<4} {:<7} {:<7} {:>9} {:>6} {:>7} {:>7} {:>8} {:>7} {:>9} {:<7}",
             run.repetition,
             run.old_primary,
             run.new_primary.as_deref().unwrap_or("?"),
             seconds(run.outage_ms),
             run.acknowledged_writes_lost,
             run.double_primary_moments,
+            run.fenced_primary_moments,
             timeline,
             format!("{}/{}", run.failed_writes, run.writes),
             run.old_primary_streaming_after_ms
@@ -128,12 +130,13 @@ fn print_table(report: &DrillReport) {
     }
     let summary = &report.summary;
     println!(
-        "summary: {} run(s), outage median {} s, worst {} s; acknowledged writes lost {}; double-primary moments {}; {}",
+        "summary: {} run(s), outage median {} s, worst {} s; acknowledged writes lost {}; double-primary moments {}; fenced old-primary moments {}; {}",
         summary.repetitions,
         seconds(summary.median_outage_ms),
         seconds(summary.worst_outage_ms),
         summary.acknowledged_writes_lost,
         summary.double_primary_moments,
+        summary.fenced_primary_moments,
         if summary.passed { "pass" } else { "FAIL" }
     );
 }

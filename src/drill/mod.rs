@@ -152,8 +152,13 @@ pub struct DrillRun {
     pub acknowledged_writes_lost: usize,
     pub lost_ids: Vec<i64>,
     pub unacknowledged_but_stored: usize,
+    /// Probe rounds with two nodes out of recovery that could both acknowledge commits.
     pub double_primary_moments: usize,
     pub double_primary_nodes: Vec<String>,
+    /// Probe rounds with a second node out of recovery that could not acknowledge a commit
+    /// (a resumed old primary before Patroni demotes it; its synchronous standbys moved on).
+    pub fenced_primary_moments: usize,
+    pub fenced_primary_nodes: Vec<String>,
     /// From the fault until the old primary streams from the new one (`None`: it stayed
     /// primary). For faults healed by the drill this includes the time until the heal.
     pub old_primary_streaming_after_ms: Option<u64>,
@@ -173,6 +178,7 @@ pub struct DrillSummary {
     pub worst_outage_ms: u64,
     pub acknowledged_writes_lost: usize,
     pub double_primary_moments: usize,
+    pub fenced_primary_moments: usize,
     pub passed: bool,
 }
 
@@ -334,6 +340,7 @@ pub fn summarize(runs: &[DrillRun], completed: bool) -> DrillSummary {
         worst_outage_ms: outages.last().copied().unwrap_or(0),
         acknowledged_writes_lost: runs.iter().map(|run| run.acknowledged_writes_lost).sum(),
         double_primary_moments: runs.iter().map(|run| run.double_primary_moments).sum(),
+        fenced_primary_moments: runs.iter().map(|run| run.fenced_primary_moments).sum(),
         passed: completed && !runs.is_empty() && runs.iter().all(|run| run.passed),
     }
 }
@@ -565,7 +572,8 @@ async fn run_once(
     let stored = stored_ids(context, &run_id).await?;
 
     let lost_ids = probe::lost_writes(&log.writes, &stored);
-    let (double_moments, double_nodes) = probe::double_primary_moments(&log.samples);
+    let primaries = probe::primaries(&log.samples);
+    let double_moments = primaries.double_moments;
     let outage_ms = probe::longest_outage_ms(&log.writes);
     let recovery_ms =
         first_ack_after_outage(&log.writes, fault_ms).map_or(0, |ack| ack.saturating_sub(fault_ms));
@@ -579,8 +587,8 @@ async fn run_once(
     }
     if double_moments > 0 {
         problems.push(format!(
-            "{double_moments} moment(s) with two writable primaries ({})",
-            double_nodes.iter().cloned().collect::<Vec<_>>().join(", ")
+            "{double_moments} moment(s) with two primaries able to acknowledge writes ({})",
+            primaries.double_nodes.iter().cloned().collect::<Vec<_>>().join(", ")
         ));
     }
     if scenario.requires_new_primary() && !failover {
@@ -602,7 +610,9 @@ async fn run_once(
         unacknowledged_but_stored: probe::unacknowledged_but_stored(&log.writes, &stored),
         lost_ids: lost_ids.into_iter().take(20).collect(),
         double_primary_moments: double_moments,
-        double_primary_nodes: double_nodes.into_iter().collect(),
+        double_primary_nodes: primaries.double_nodes.into_iter().collect(),
+        fenced_primary_moments: primaries.fenced_moments,
+        fenced_primary_nodes: primaries.fenced_nodes.into_iter().collect(),
         old_primary_streaming_after_ms: rejoined_ms.map(|at| at.saturating_sub(fault_ms)),
         old_primary_streaming_after_heal_ms: rejoined_ms.map(|at| at.saturating_sub(heal_ms)),
         within_model,
@@ -735,6 +745,8 @@ mod tests {
             unacknowledged_but_stored: 0,
             double_primary_moments: 0,
             double_primary_nodes: Vec::new(),
+            fenced_primary_moments: 0,
+            fenced_primary_nodes: Vec::new(),
             old_primary_streaming_after_ms: None,
             old_primary_streaming_after_heal_ms: None,
             within_model: true,

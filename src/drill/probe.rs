@@ -1,8 +1,9 @@
 //! The drill's measuring instruments, run from the control machine while a fault is injected:
 //! the write probe (a unique id through `VIP:<write port>` every 100 ms on one persistent
-//! connection that reconnects on error, as an application would) and the primary probe
-//! (`select not pg_is_in_recovery()` on every node every 200 ms). Both only record; the pure
-//! functions below turn their logs into the verdict (outage, lost writes, double primaries).
+//! connection that reconnects on error, as an application would) and the primary probe (on
+//! every node every 200 ms: out of recovery? and could it acknowledge a commit?). Both only
+//! record; the pure functions below turn their logs into the verdict (outage, lost writes,
+//! double primaries).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -38,14 +39,25 @@ pub struct WriteAttempt {
     pub acknowledged: bool,
 }
 
-/// One answer of the primary probe: at round `round`, `node` was writable or not
-/// (`None`: no answer).
+/// One answer of the primary probe: at round `round`, `node` was out of recovery or not
+/// (`None`: no answer), and whether it could then acknowledge a commit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PrimarySample {
     pub round: u64,
     pub node: String,
     pub writable: Option<bool>,
+    /// With the server's own settings, a commit there would be acknowledged: synchronous
+    /// commit is off or local, no synchronous standby is required, or one is attached. False
+    /// for an old primary that resumed after its standbys moved on: its commits wait.
+    pub can_acknowledge: bool,
 }
+
+/// Whether a commit on the answering server would be acknowledged now (see
+/// [`PrimarySample::can_acknowledge`]).
+const PRIMARY_QUERY: &str = "select not pg_is_in_recovery(), \
+    current_setting('synchronous_commit') in ('off', 'local') \
+    or current_setting('synchronous_standby_names') = '' \
+    or exists (select 1 from pg_stat_replication where sync_state in ('sync', 'quorum'))";
 
 /// How to reach PostgreSQL as the superuser. `Debug` hides the password.
 #[derive(Clone)]
@@ -250,16 +262,19 @@ async fn primary_probe(
                 return Err(());
             };
             let row = connected
-                .query_one("select not pg_is_in_recovery()", &[])
+                .query_one(PRIMARY_QUERY, &[])
                 .await
                 .map_err(|_| ())?;
-            row.try_get::<_, bool>(0).map_err(|_| ())
+            Ok::<_, ()>((
+                row.try_get::<_, bool>(0).map_err(|_| ())?,
+                row.try_get::<_, bool>(1).map_err(|_| ())?,
+            ))
         };
-        let writable = match tokio::time::timeout(QUERY_TIMEOUT, query).await {
-            Ok(Ok(writable)) => Some(writable),
+        let (writable, can_acknowledge) = match tokio::time::timeout(QUERY_TIMEOUT, query).await {
+            Ok(Ok((writable, can_acknowledge))) => (Some(writable), can_acknowledge),
             _ => {
                 client = None;
-                None
+                (None, false)
             }
         };
         if let Ok(mut log) = log.lock() {
@@ -267,6 +282,7 @@ async fn primary_probe(
                 round,
                 node: node.clone(),
                 writable,
+                can_acknowledge,
             });
         }
     }
@@ -320,25 +336,42 @@ pub fn unacknowledged_but_stored(writes: &[WriteAttempt], stored: &BTreeSet<i64>
         .count()
 }
 
-/// Rounds of the primary probe in which two or more nodes answered "writable", and the nodes
-/// seen writable at such a moment.
-pub fn double_primary_moments(samples: &[PrimarySample]) -> (usize, BTreeSet<String>) {
-    let mut rounds: BTreeMap<u64, BTreeSet<&str>> = BTreeMap::new();
-    for sample in samples {
-        if sample.writable == Some(true) {
-            rounds
-                .entry(sample.round)
-                .or_default()
-                .insert(sample.node.as_str());
+/// What the primary probe saw of nodes out of recovery at the same moment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Primaries {
+    /// Rounds in which two or more nodes were out of recovery and could acknowledge commits:
+    /// a split brain.
+    pub double_moments: usize,
+    pub double_nodes: BTreeSet<String>,
+    /// Rounds in which two or more nodes were out of recovery but only one at most could
+    /// acknowledge a commit: a resumed old primary not yet demoted, whose commits wait for a
+    /// synchronous standby that follows the new primary.
+    pub fenced_moments: usize,
+    pub fenced_nodes: BTreeSet<String>,
+}
+
+/// Sort the rounds of the primary probe with more than one node out of recovery.
+pub fn primaries(samples: &[PrimarySample]) -> Primaries {
+    let mut rounds: BTreeMap<u64, Vec<&PrimarySample>> = BTreeMap::new();
+    for sample in samples.iter().filter(|sample| sample.writable == Some(true)) {
+        rounds.entry(sample.round).or_default().push(sample);
+    }
+    let mut result = Primaries::default();
+    for out_of_recovery in rounds.values().filter(|nodes| nodes.len() >= 2) {
+        let acknowledging = out_of_recovery
+            .iter()
+            .filter(|sample| sample.can_acknowledge)
+            .count();
+        let names = out_of_recovery.iter().map(|sample| sample.node.clone());
+        if acknowledging >= 2 {
+            result.double_moments += 1;
+            result.double_nodes.extend(names);
+        } else {
+            result.fenced_moments += 1;
+            result.fenced_nodes.extend(names);
         }
     }
-    let mut nodes = BTreeSet::new();
-    let mut moments = 0;
-    for writable in rounds.values().filter(|writable| writable.len() >= 2) {
-        moments += 1;
-        nodes.extend(writable.iter().map(|node| node.to_string()));
-    }
-    (moments, nodes)
+    result
 }
 
 #[cfg(test)]
@@ -405,6 +438,7 @@ mod tests {
             round,
             node: node.to_string(),
             writable,
+            can_acknowledge: writable == Some(true),
         }
     }
 
@@ -419,12 +453,27 @@ mod tests {
             sample(3, "node2", Some(true)),
             sample(3, "node3", Some(false)),
         ];
-        let (moments, nodes) = double_primary_moments(&samples);
-        assert_eq!(moments, 1);
+        let seen = primaries(&samples);
+        assert_eq!(seen.double_moments, 1);
         assert_eq!(
-            nodes.into_iter().collect::<Vec<_>>(),
+            seen.double_nodes.into_iter().collect::<Vec<_>>(),
             vec!["node1".to_string(), "node2".to_string()]
         );
-        assert_eq!(double_primary_moments(&samples[..4]).0, 0);
+        assert_eq!(seen.fenced_moments, 0);
+        assert_eq!(primaries(&samples[..4]), Primaries::default());
+    }
+
+    #[test]
+    fn a_resumed_primary_that_cannot_acknowledge_is_fenced_not_double() {
+        let mut stale = sample(4, "node1", Some(true));
+        stale.can_acknowledge = false;
+        let samples = vec![stale.clone(), sample(4, "node3", Some(true))];
+        let seen = primaries(&samples);
+        assert_eq!((seen.double_moments, seen.fenced_moments), (0, 1));
+        assert!(seen.fenced_nodes.contains("node1") && seen.fenced_nodes.contains("node3"));
+        // Two that cannot acknowledge are no split brain either; two that can always are.
+        let mut other = sample(4, "node3", Some(true));
+        other.can_acknowledge = false;
+        assert_eq!(primaries(&[stale, other]).double_moments, 0);
     }
 }

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Benchmark: every failure drill, REPEAT times each, on a deployed cluster; prints one Markdown
+# table row per scenario (the BENCHMARKS.md "Drills" table) and keeps each drill's JSON report.
+# Usage: scripts/bench-drills.sh [INVENTORY] [REPEAT] [SCENARIO...]
+#        (defaults: inventories/lab.yml, 5, every scenario)
+# Needs the cluster deployed (`pgha lab up && pgha deploy -i INVENTORY`). A failed verdict is
+# reported in its row; the script goes on with the next scenario.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+pgha="${PGHA:-${CARGO_TARGET_DIR:-target}/debug/pgha}"
+[ -x "$pgha" ] || { echo "error: \`$pgha\` not found; hint: run \`cargo build\` or set PGHA" >&2; exit 1; }
+inventory="${1:-inventories/lab.yml}"
+repeat="${2:-5}"
+shift $(( $# < 2 ? $# : 2 ))
+scenarios=("$@")
+[ "${#scenarios[@]}" -gt 0 ] || scenarios=(switchover kill-postgres kill-haproxy kill-primary partition-primary freeze-primary)
+out="${PGHA_BENCH_OUT:-$(mktemp -d /tmp/pgha-drills.XXXXXX)}"
+mkdir -p "$out"
+echo "reports in $out" >&2
+echo "| scenario | runs | outage median | outage worst | model range (avg) | each run (s) | acknowledged writes lost | double-primary moments | fenced old-primary moments | old primary streams again after the heal | verdict |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|"
+for scenario in "${scenarios[@]}"; do
+  "$pgha" drill -i "$inventory" "$scenario" --repeat "$repeat" --json > "$out/$scenario.json" 2> "$out/$scenario.log" || true
+  python3 - "$out/$scenario.json" "$scenario" <<'EOF'
+import json, sys
+path, scenario = sys.argv[1], sys.argv[2]
+try:
+    report = json.load(open(path))
+except ValueError:
+    print(f"| `{scenario}` | – | – | – | – | – | – | – | – | – | no report (see the log beside it) |")
+    sys.exit(0)
+runs, summary, expected = report["runs"], report["summary"], report["expected"]
+s = lambda ms: f"{ms / 1000:.1f}"
+streams = [run["old_primary_streaming_after_heal_ms"] for run in runs if run["failover"]]
+streams = ", ".join(s(ms) if ms is not None else "never" for ms in streams) or "– (no failover)"
+verdict = "pass" if summary["passed"] and not report.get("error") else "FAIL"
+problems = sorted({p for run in runs for p in run["problems"]} | ({report["error"]} if report.get("error") else set()))
+if problems:
+    verdict += ": " + "; ".join(problems)
+print(f"| `{scenario}` | {len(runs)} | {s(summary['median_outage_ms'])} s | {s(summary['worst_outage_ms'])} s "
+      f"| {s(expected['min_ms'])}–{s(expected['max_ms'])} s ({s(expected['avg_ms'])}) "
+      f"| {', '.join(s(run['outage_ms']) for run in runs)} | {summary['acknowledged_writes_lost']} "
+      f"| {summary['double_primary_moments']} | {summary['fenced_primary_moments']} | {streams} | {verdict} |")
+EOF
+done
