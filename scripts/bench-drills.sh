@@ -35,6 +35,7 @@ streams = [run["old_primary_streaming_after_heal_ms"] for run in runs if run["fa
 streams = ", ".join(s(ms) if ms is not None else "never" for ms in streams) or "– (no failover)"
 verdict = "pass" if summary["passed"] and not report.get("error") else "FAIL"
 problems = sorted({p for run in runs for p in run["problems"]} | ({report["error"]} if report.get("error") else set()))
+problems = [" ".join(dict.fromkeys(p.split("\n"))).replace("|", "/") for p in problems]
 if problems:
     verdict += ": " + "; ".join(problems)
 print(f"| `{scenario}` | {len(runs)} | {s(summary['median_outage_ms'])} s | {s(summary['worst_outage_ms'])} s "

@@ -4,7 +4,7 @@
 //! own temporary folder. Needs root and `/usr/sbin/sshd`.
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -143,6 +143,18 @@ fn check_diff_apply_handlers_idempotency_and_one_connection_per_host() {
     let (sshd, inventory, _) = start();
     let work = sshd.dir.path().join("work");
     let playbook = sshd.dir.path().join("site.yml");
+    // A binary copied from the control machine: compared by size and modification time.
+    let tool = sshd.dir.path().join("tool");
+    let write_tool = |contents: &[u8], mtime: u64| {
+        fs::write(&tool, contents).unwrap();
+        fs::File::options()
+            .write(true)
+            .open(&tool)
+            .unwrap()
+            .set_modified(std::time::UNIX_EPOCH + Duration::from_secs(mtime))
+            .unwrap();
+    };
+    write_tool(b"\x7fELF\0\x01 tool v1", 1_700_000_000);
     let write_playbook = |greeting: &str| {
         fs::write(
             &playbook,
@@ -155,6 +167,8 @@ fn check_diff_apply_handlers_idempotency_and_one_connection_per_host() {
     - name: greeting
       copy: {{dest: \"{w}/{{{{ node.name }}}}/greeting\", content: \"{greeting} from {{{{ node.name }}}}\\n\", mode: \"0640\"}}
       notify: count
+    - name: tool binary
+      copy: {{src: \"{tool}\", dest: \"{w}/{{{{ node.name }}}}/tool\", mode: \"0755\"}}
     - name: rendered template
       template: {{src: haproxy.cfg.j2, dest: \"{w}/{{{{ node.name }}}}/haproxy.cfg\", owner: root, group: root, mode: \"0600\"}}
     - name: one-time setup
@@ -169,7 +183,8 @@ fn check_diff_apply_handlers_idempotency_and_one_connection_per_host() {
     - name: count
       command: \"echo ran >> {w}/{{{{ node.name }}}}/handler-runs\"
 ",
-                w = work.display()
+                w = work.display(),
+                tool = tool.display()
             ),
         )
         .unwrap();
@@ -211,6 +226,9 @@ fn check_diff_apply_handlers_idempotency_and_one_connection_per_host() {
             "ran\n"
         );
         assert_eq!(folder.join("conditional").exists(), node == "n2");
+        let copied = fs::metadata(folder.join("tool")).unwrap();
+        assert_eq!(fs::read(folder.join("tool")).unwrap(), fs::read(&tool).unwrap());
+        assert_eq!(copied.mtime(), 1_700_000_000, "the copy keeps the local time");
         assert_eq!(first["hosts"][node]["connections"], 1);
     }
 
@@ -223,7 +241,9 @@ fn check_diff_apply_handlers_idempotency_and_one_connection_per_host() {
     );
 
     // A content change: --check --diff shows it, apply makes it, the handler runs again.
+    // The binary changed too: --diff names it without printing it.
     write_playbook("goodbye");
+    write_tool(b"\x7fELF\0\x01 tool v2!", 1_700_000_100);
     let (diff, _) = run_json(&inventory, &playbook, &["--check", "--diff"]);
     let changes = diff["changes"].as_array().unwrap();
     let greeting = changes
@@ -235,15 +255,25 @@ fn check_diff_apply_handlers_idempotency_and_one_connection_per_host() {
         text.contains("-hello from n1") && text.contains("+goodbye from n1"),
         "{text}"
     );
+    let binary = changes
+        .iter()
+        .find(|change| change["task"] == "tool binary" && change["host"] == "n2")
+        .unwrap();
+    let text = binary["diff"].as_str().unwrap();
+    assert!(text.contains("binary") && !text.contains("ELF"), "{text}");
     assert_eq!(
         fs::read_to_string(work.join("n1/greeting")).unwrap(),
         "hello from n1\n"
     );
     let (third, _) = run_json(&inventory, &playbook, &[]);
     assert_eq!(
+        fs::read(work.join("n3/tool")).unwrap(),
+        b"\x7fELF\0\x01 tool v2!"
+    );
+    assert_eq!(
         changed(&third),
-        6,
-        "greeting and handler on 3 hosts: {:#}",
+        9,
+        "greeting, binary and handler on 3 hosts: {:#}",
         third["changes"]
     );
     assert_eq!(

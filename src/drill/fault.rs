@@ -130,8 +130,10 @@ pub async fn inject(
                 inventory.cluster.postgres_version, inventory.cluster.name
             );
             let script = format!(
+                // The postmaster must die; a child may have exited on its own in between.
                 "set -e; pid=$(head -1 {data_dir}/postmaster.pid); \
-                 children=$(pgrep -P \"$pid\" || true); kill -KILL \"$pid\" $children"
+                 children=$(pgrep -P \"$pid\" || true); kill -KILL \"$pid\"; \
+                 kill -KILL $children 2>/dev/null || true"
             );
             run_on(connections, target, &script).await?;
             Ok(Injected::Nothing)

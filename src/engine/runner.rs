@@ -630,10 +630,23 @@ impl Run {
         let Action::WriteFile { upload, .. } = action else {
             return None;
         };
+        // Like `git diff`: a binary or very large file is named, not printed.
+        let text = std::str::from_utf8(&upload.contents)
+            .ok()
+            .filter(|text| text.len() <= DIFF_LIMIT && !text.contains('\0'));
+        if text.is_none() {
+            return Some(format!(
+                "--- {path}\n+++ {path}\n(binary or larger than {} KiB: {} bytes planned; not shown)\n",
+                DIFF_LIMIT / 1024,
+                upload.contents.len(),
+                path = upload.path
+            ));
+        }
         let old = session
             .run(
-                &RemoteCommand::script("cat -- \"$1\" 2>/dev/null || true")
+                &RemoteCommand::script("head -c \"$2\" -- \"$1\" 2>/dev/null || true")
                     .arg(upload.path.clone())
+                    .arg((DIFF_LIMIT + 1).to_string())
                     .as_root(),
             )
             .await
@@ -648,6 +661,9 @@ impl Run {
         ))
     }
 }
+
+/// Files above this size are not diffed.
+const DIFF_LIMIT: usize = 1024 * 1024;
 
 struct HostState {
     /// `None` once a change made the facts stale.
