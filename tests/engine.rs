@@ -282,6 +282,42 @@ fn check_diff_apply_handlers_idempotency_and_one_connection_per_host() {
     );
 }
 
+/// Facts carry over from play to play (one probe serves the whole playbook on a converged
+/// host), but a change in one play makes the next play look again.
+#[test]
+fn a_later_play_sees_what_an_earlier_play_changed() {
+    let (sshd, inventory, _) = start();
+    let work = sshd.dir.path().join("work");
+    fs::create_dir_all(&work).unwrap();
+    let playbook = sshd.dir.path().join("two-plays.yml");
+    fs::write(
+        &playbook,
+        format!(
+            "- name: make
+  hosts: n1
+  tasks:
+    - name: scratch file
+      copy: {{dest: \"{w}/scratch\", content: \"x\\n\"}}
+- name: clean up
+  hosts: n1
+  tasks:
+    - name: no scratch file
+      file: {{path: \"{w}/scratch\", state: absent}}
+",
+            w = work.display()
+        ),
+    )
+    .unwrap();
+    let (result, _) = run_json(&inventory, &playbook, &[]);
+    assert_eq!(result["success"], true, "{result:#}");
+    assert_eq!(changed(&result), 2, "{:#}", result["changes"]);
+    assert!(
+        !work.join("scratch").exists(),
+        "the second play planned from facts gathered before the first play's change"
+    );
+    assert_eq!(result["hosts"]["n1"]["connections"], 1);
+}
+
 #[test]
 fn serial_batches_stop_on_failure_and_unreachable_hosts_are_reported() {
     let (sshd, inventory, _) = start();

@@ -4,14 +4,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio::sync::{OnceCell, Semaphore};
 
 use super::facts::{self, Facts, Probe};
 use super::modules::{self, Action, Plan, Planner};
-use super::playbook::{Batch, Play, Playbook, Task};
+use super::playbook::{Batch, Module, Play, Playbook, Task};
 use super::report::{Failure, Reporter, RunResult, Status};
 use crate::error::UserError;
 use crate::inventory::{Inventory, Node, Role, Secrets};
@@ -293,6 +293,16 @@ impl Run {
         let mut failed_hosts: Vec<String> = Vec::new();
         let mut stopped = None;
         let mut registered: HashMap<String, BTreeMap<String, minijinja::Value>> = HashMap::new();
+        // Facts outlive a play: the next play on the host reuses them while they are fresh.
+        let mut host_states: HashMap<String, HostState> = HashMap::new();
+        let every_module: Arc<Vec<Module>> = Arc::new(
+            playbook
+                .plays
+                .iter()
+                .flat_map(|play| play.tasks.iter().chain(&play.handlers))
+                .map(|task| task.module.clone())
+                .collect(),
+        );
         'plays: for play in &playbook.plays {
             let hosts: Vec<String> = select(&self.inventory, &play.hosts)
                 .unwrap_or_default()
@@ -313,19 +323,27 @@ impl Run {
                     let host = host.clone();
                     let semaphore = semaphore.clone();
                     let vars = registered.remove(&host).unwrap_or_default();
+                    let state = host_states.remove(&host);
+                    let every_module = every_module.clone();
                     let this = self.clone_handles();
                     handles.push(tokio::spawn(async move {
                         let _permit = semaphore.acquire_owned().await;
                         let mut vars = vars;
-                        let ok = this.run_host(&play, &host, &mut vars).await;
-                        (host, ok, vars)
+                        let mut state = state;
+                        let ok = this
+                            .run_host(&play, &host, &mut vars, &mut state, &every_module)
+                            .await;
+                        (host, ok, vars, state)
                     }));
                 }
                 let mut failed = 0;
                 for handle in handles {
                     match handle.await {
-                        Ok((host, ok, vars)) => {
+                        Ok((host, ok, vars, state)) => {
                             registered.insert(host.clone(), vars);
+                            if let Some(state) = state {
+                                host_states.insert(host.clone(), state);
+                            }
                             if !ok {
                                 failed += 1;
                                 failed_hosts.push(host);
@@ -364,12 +382,16 @@ impl Run {
         }
     }
 
-    /// One play on one host; false when the host failed or was unreachable.
+    /// One play on one host; false when the host failed or was unreachable. `state` carries
+    /// the host's facts from play to play; on the host's first play it is `None`, and the
+    /// probe then asks for everything `every_module` of the playbook reads.
     async fn run_host(
         &self,
         play: &Play,
         host: &str,
         vars: &mut BTreeMap<String, minijinja::Value>,
+        state: &mut Option<HostState>,
+        every_module: &[Module],
     ) -> bool {
         let Some(node) = self.inventory.node(host) else {
             return false;
@@ -397,25 +419,30 @@ impl Run {
                 return false;
             }
         };
-        let mut state = HostState {
-            facts: None,
-            probe: Probe::default(),
-            daemon_reload: false,
-        };
-        // Gather what every task will read in the first round trip (best effort: arguments
-        // that depend on registered values are added when their task comes).
-        let base = minijinja::context! { control => self.control.clone(), ..render::context(&self.inventory, &self.secrets, node) };
-        let planner = Planner {
-            renderer: &self.renderer,
-            context: &base,
-        };
-        for task in play.tasks.iter().chain(&play.handlers) {
-            let _ = planner.wants(&task.module, &mut state.probe);
-        }
+        let state = state.get_or_insert_with(|| {
+            // Gather what every task of the playbook will read in the first round trip (best
+            // effort: arguments that depend on registered values are added when their task
+            // comes).
+            let mut state = HostState {
+                facts: None,
+                gathered: Instant::now(),
+                probe: Probe::default(),
+                daemon_reload: false,
+            };
+            let base = minijinja::context! { control => self.control.clone(), ..render::context(&self.inventory, &self.secrets, node) };
+            let planner = Planner {
+                renderer: &self.renderer,
+                context: &base,
+            };
+            for module in every_module {
+                let _ = planner.wants(module, &mut state.probe);
+            }
+            state
+        });
         let mut notified: Vec<String> = Vec::new();
         for task in &play.tasks {
             match self
-                .run_task(&session, play, node, task, &mut state, vars)
+                .run_task(&session, play, node, task, state, vars)
                 .await
             {
                 Ok(changed) => {
@@ -439,7 +466,7 @@ impl Run {
             .filter(|handler| notified.contains(&handler.name))
         {
             if let Err(error) = self
-                .run_task(&session, play, node, handler, &mut state, vars)
+                .run_task(&session, play, node, handler, state, vars)
                 .await
             {
                 self.report_failure(host, play, handler, &error);
@@ -486,9 +513,13 @@ impl Run {
         };
         let mut wanted = Probe::default();
         planner.wants(&task.module, &mut wanted)?;
-        if !state.probe.covers(&wanted) || state.facts.is_none() {
+        if !state.probe.covers(&wanted)
+            || state.facts.is_none()
+            || state.gathered.elapsed() > FACTS_MAX_AGE
+        {
             state.probe.extend(wanted);
             state.facts = Some(gather(session, &state.probe).await?);
+            state.gathered = Instant::now();
         }
         let facts = state.facts.as_ref().expect("facts were just gathered");
         let context = minijinja::context! { facts => minijinja::Value::from_serialize(facts), ..context_without_facts };
@@ -665,9 +696,15 @@ impl Run {
 /// Files above this size are not diffed.
 const DIFF_LIMIT: usize = 1024 * 1024;
 
+/// Facts older than this are gathered again before a task reads them. Every change the run
+/// makes on a host invalidates them at once; the age bounds what others change meanwhile.
+const FACTS_MAX_AGE: Duration = Duration::from_secs(10);
+
 struct HostState {
     /// `None` once a change made the facts stale.
     facts: Option<Facts>,
+    /// When `facts` were gathered.
+    gathered: Instant,
     probe: Probe,
     daemon_reload: bool,
 }
