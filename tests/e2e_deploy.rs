@@ -229,6 +229,12 @@ fn deploy_converges_routes_and_is_idempotent() {
         first["success"], true,
         "deploy after an interrupted one failed: {first:#}"
     );
+    // The deploy ends by checking that exactly one node holds the VIP, and names it.
+    let holder = first["vip_holder"].as_str().unwrap_or_default().to_string();
+    assert!(
+        ["node1", "node2", "node3"].contains(&holder.as_str()),
+        "no single VIP holder reported: {first:#}"
+    );
 
     // 2. Writes through VIP:5000 reach the primary; reads through VIP:5001 come from a replica.
     let password = superuser_password(dir.path());
@@ -291,9 +297,32 @@ fn deploy_converges_routes_and_is_idempotent() {
     let after = start_times(&inventory);
     assert_eq!(before, after, "a no-op deploy must restart no service");
 
+    // A VIP claimed by a second node (a duplicate address) fails the deploy, naming both.
+    let holder = second["vip_holder"].as_str().unwrap().to_string();
+    let intruder = ["node1", "node2", "node3"]
+        .into_iter()
+        .find(|node| *node != holder)
+        .unwrap();
+    exec(&inventory, intruder, &format!("ip addr add {VIP}/32 dev eth0"));
+    let split = pgha(&["deploy", "-i", inventory.to_str().unwrap(), "--json"]);
+    exec(&inventory, intruder, &format!("ip addr del {VIP}/32 dev eth0"));
+    // This machine may have learnt the intruder's MAC for the VIP meanwhile.
+    let _ = Command::new("ip").args(["neigh", "flush", "to", VIP]).status();
+    let split: serde_json::Value = serde_json::from_slice(&split.stdout).unwrap();
+    assert_eq!(split["success"], false, "{split:#}");
+    let reason = split["stopped"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains(&holder) && reason.contains(intruder) && reason.contains("exactly one"),
+        "{reason}"
+    );
+    assert_eq!(changed(&split), 0, "{:#}", split["changes"]);
+
     // `pgha verify` passes on the fresh cluster, and names what breaks.
-    let verified = verify(&inventory);
-    assert_eq!(verified["success"], true, "{verified:#}");
+    verify_eventually(
+        &inventory,
+        "verify passes once the duplicate VIP is gone",
+        Duration::from_secs(60),
+    );
     exec(&inventory, "node3", "systemctl stop haproxy");
     let broken = verify(&inventory);
     assert_eq!(broken["success"], false);

@@ -104,11 +104,19 @@ fn run_playbook(playbook: String, args: PlaybookArgs) -> anyhow::Result<()> {
             .map(|(name, _)| name)
             .collect();
         let names: Vec<&str> = failed.iter().map(|name| name.as_str()).collect();
-        bail!(
-            "the run failed on {} host(s): {}",
-            failed.len(),
-            names.join(", ")
-        );
+        match (&result.stopped, names.is_empty()) {
+            (Some(reason), true) => bail!("the run failed: {reason}"),
+            (Some(reason), false) => bail!(
+                "the run failed on {} host(s): {}; {reason}",
+                names.len(),
+                names.join(", ")
+            ),
+            (None, _) => bail!(
+                "the run failed on {} host(s): {}",
+                names.len(),
+                names.join(", ")
+            ),
+        }
     }
     Ok(())
 }

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde::Serialize;
@@ -10,7 +11,7 @@ use super::playbook::Playbook;
 use super::report::{Reporter, RunResult};
 use super::runner::{select, Connections, Run, RunOptions};
 use crate::error::UserError;
-use crate::inventory::{Inventory, Secrets};
+use crate::inventory::{Inventory, Role, Secrets};
 use crate::render::Renderer;
 use crate::ssh::RemoteCommand;
 
@@ -52,9 +53,106 @@ pub async fn run_playbook(request: PlaybookRequest) -> anyhow::Result<RunResult>
         wheels_archive => wheels_archive,
         pgha_binary => pgha_binary.display().to_string(),
     };
-    let run = Run::new(inventory, secrets, renderer, request.options).with_control(control);
+    let settle = request.playbook == "deploy" && !request.options.check;
+    let quiet = request.options.quiet;
+    let inventory = Arc::new(inventory);
+    let run = Run::new((*inventory).clone(), secrets, renderer, request.options)
+        .with_control(control);
     run.check_patterns(&playbook)?;
-    Ok(run.run(&playbook).await)
+    let mut result = run.run_keeping_connections(&playbook).await;
+    if settle && result.success && inventory.cluster.vip.is_some() {
+        match wait_single_vip_holder(&inventory, &run.connections(), VIP_SETTLE_TIMEOUT).await {
+            Ok(holder) => {
+                if !quiet {
+                    eprintln!("  the VIP is held by `{holder}` alone");
+                }
+                result.vip_holder = Some(holder);
+            }
+            Err(problem) => {
+                if !quiet {
+                    eprintln!("  {problem}");
+                }
+                result.success = false;
+                result.stopped = Some(problem);
+            }
+        }
+    }
+    run.close().await;
+    Ok(result)
+}
+
+/// How long a deploy waits for the VIP to settle on one node.
+const VIP_SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Wait until exactly one Keepalived node holds the VIP: every task can succeed while two
+/// nodes claim the address (or none does), and applications would then not reach one primary.
+/// Returns the holder, or what was seen last.
+async fn wait_single_vip_holder(
+    inventory: &Arc<Inventory>,
+    connections: &Arc<Connections>,
+    timeout: Duration,
+) -> Result<String, String> {
+    let Some(vip) = inventory.cluster.vip.as_ref().map(|vip| vip.address.to_string()) else {
+        return Err("no VIP in the inventory".into());
+    };
+    // The run's sessions are open already; this reporter only absorbs bookkeeping.
+    let reporter = Arc::new(Reporter::new(true, Vec::new(), Vec::new()));
+    let started = Instant::now();
+    loop {
+        let mut asks = tokio::task::JoinSet::new();
+        for node in inventory.nodes_with(Role::Keepalived) {
+            let (node, connections, reporter, vip) =
+                (node.clone(), connections.clone(), reporter.clone(), vip.clone());
+            asks.spawn(async move {
+                let answer = match connections.get(&node, &reporter).await {
+                    Ok(session) => session
+                        .run(&RemoteCommand::argv(["ip", "-o", "addr", "show", "to", vip.as_str()]))
+                        .await
+                        .map_err(|error| format!("{error:#}")),
+                    Err(error) => Err(error),
+                };
+                (node.name, answer)
+            });
+        }
+        let mut holders = Vec::new();
+        let mut unknown = Vec::new();
+        while let Some(joined) = asks.join_next().await {
+            let Ok((name, answer)) = joined else {
+                unknown.push("a check crashed".to_string());
+                continue;
+            };
+            match answer {
+                Ok(output) if output.success() => {
+                    if !output.stdout_text().trim().is_empty() {
+                        holders.push(name);
+                    }
+                }
+                Ok(output) => unknown.push(format!("{name}: {}", output.status())),
+                Err(error) => unknown.push(format!("{name}: {error}")),
+            }
+        }
+        holders.sort();
+        if holders.len() == 1 && unknown.is_empty() {
+            return Ok(holders.remove(0));
+        }
+        if started.elapsed() >= timeout {
+            let seen = if holders.is_empty() {
+                "no node".to_string()
+            } else {
+                holders.join(", ")
+            };
+            let unknown = if unknown.is_empty() {
+                String::new()
+            } else {
+                format!("; not answered: {}", unknown.join(", "))
+            };
+            return Err(format!(
+                "the VIP {vip} is held by {seen} {} s after the deploy (expected exactly one node){unknown}\nhint: `pgha status -i INV` and `journalctl -u keepalived` on the nodes",
+                timeout.as_secs()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// One host's answer to an ad-hoc command.

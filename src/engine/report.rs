@@ -60,6 +60,9 @@ pub struct RunResult {
     pub stopped: Option<String>,
     /// The slowest task runs (at most five), to show where a run spent its time.
     pub slowest: Vec<TaskTime>,
+    /// After a deploy with a VIP: the one node holding it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vip_holder: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -313,6 +316,7 @@ impl Reporter {
             changes,
             stopped,
             slowest,
+            vip_holder: None,
         };
         if !self.quiet {
             eprintln!(

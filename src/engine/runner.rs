@@ -284,6 +284,23 @@ impl Run {
     /// Run every play; per-host failures are collected, and a host that failed takes no part
     /// in later plays.
     pub async fn run(&self, playbook: &Playbook) -> RunResult {
+        let result = self.run_keeping_connections(playbook).await;
+        self.close().await;
+        result
+    }
+
+    /// The run's SSH sessions, for checks after the plays ([`Run::run_keeping_connections`]).
+    pub fn connections(&self) -> Arc<Connections> {
+        self.connections.clone()
+    }
+
+    pub async fn close(&self) {
+        self.connections.close().await;
+    }
+
+    /// [`Run::run`] without closing the SSH sessions: the caller uses them, then calls
+    /// [`Run::close`].
+    pub async fn run_keeping_connections(&self, playbook: &Playbook) -> RunResult {
         let limit: Option<Vec<String>> = self
             .options
             .limit
@@ -366,7 +383,6 @@ impl Run {
                 }
             }
         }
-        self.connections.close().await;
         self.reporter.finish(self.options.check, stopped)
     }
 
