@@ -410,7 +410,7 @@ impl Planner<'_> {
                     Some(ChangedWhen::Expression(expression)) => (true, Some(expression.clone())),
                 };
                 Plan::Act {
-                    summary: format!("run `{}`", first_line(&cmd)),
+                    summary: format!("run {}", describe_command(&cmd)),
                     action: Action::Command {
                         cmd,
                         stdin,
@@ -446,7 +446,7 @@ impl Planner<'_> {
                     )
                 } else {
                     let command = self.text(args.command.as_deref().unwrap_or("true"))?;
-                    let what = format!("`{}` to succeed", first_line(&command));
+                    let what = format!("{} to succeed", describe_command(&command));
                     (command, what)
                 };
                 Plan::Act {
@@ -480,11 +480,19 @@ impl Planner<'_> {
     }
 }
 
-fn first_line(text: &str) -> &str {
-    text.lines()
+/// A command for progress lines: a one-liner in backquotes, a script by its length (its first
+/// line is often a comment that would read as a claim).
+fn describe_command(text: &str) -> String {
+    let lines: Vec<&str> = text
+        .lines()
         .map(str::trim)
-        .find(|line| !line.is_empty())
-        .unwrap_or("")
+        .filter(|line| !line.is_empty())
+        .collect();
+    match lines[..] {
+        [] => "an empty command".to_string(),
+        [line] => format!("`{line}`"),
+        _ => format!("a {}-line script", lines.len()),
+    }
 }
 
 /// `name` or `name=version` is installed (at that version).
