@@ -10,8 +10,8 @@ pgha="${PGHA:-${CARGO_TARGET_DIR:-target}/debug/pgha}"
 inventory="${1:-inventories/lab.yml}"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-"$pgha" lab down > /dev/null 2>&1
-"$pgha" lab up > /dev/null 2>&1
+"$pgha" lab down > "$work/lab.log" 2>&1 || { cat "$work/lab.log" >&2; exit 1; }
+"$pgha" lab up > "$work/lab.log" 2>&1 || { cat "$work/lab.log" >&2; exit 1; }
 seconds() { local start end; start=$(date +%s.%N); "$@" > "$work/result.json" 2> "$work/err" || { cat "$work/err"; exit 1; }; end=$(date +%s.%N); awk -v s="$start" -v e="$end" 'BEGIN { printf "%.2f", e - s }'; }
 changed() { python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(sum(h["changed"] for h in r["hosts"].values()))' "$work/result.json"; }
 slowest() { python3 -c 'import json,sys

@@ -240,6 +240,16 @@ fn check_diff_apply_handlers_idempotency_and_one_connection_per_host() {
         "ran\n"
     );
 
+    // Same bytes with a new time (a rebuild that produced the same file): only the time is
+    // set on the hosts, and that is no change.
+    write_tool(b"\x7fELF\0\x01 tool v1", 1_700_000_050);
+    let (retimed, _) = run_json(&inventory, &playbook, &[]);
+    assert_eq!(changed(&retimed), 0, "{:#}", retimed["changes"]);
+    assert_eq!(
+        fs::metadata(work.join("n2/tool")).unwrap().mtime(),
+        1_700_000_050
+    );
+
     // A content change: --check --diff shows it, apply makes it, the handler runs again.
     // The binary changed too: --diff names it without printing it.
     write_playbook("goodbye");

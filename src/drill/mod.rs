@@ -572,7 +572,7 @@ async fn run_once(
     let stored = stored_ids(context, &run_id).await?;
 
     let lost_ids = probe::lost_writes(&log.writes, &stored);
-    let primaries = probe::primaries(&log.samples);
+    let primaries = probe::primaries(&log.samples, &old_primary);
     let double_moments = primaries.double_moments;
     let outage_ms = probe::longest_outage_ms(&log.writes);
     let recovery_ms =

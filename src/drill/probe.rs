@@ -343,27 +343,30 @@ pub struct Primaries {
     /// a split brain.
     pub double_moments: usize,
     pub double_nodes: BTreeSet<String>,
-    /// Rounds in which two or more nodes were out of recovery but only one at most could
-    /// acknowledge a commit: a resumed old primary not yet demoted, whose commits wait for a
-    /// synchronous standby that follows the new primary.
+    /// Rounds in which two or more nodes were out of recovery but only one could acknowledge
+    /// a commit, and not the old primary: a resumed old primary not yet demoted, whose commits
+    /// wait for a synchronous standby that follows the new primary.
     pub fenced_moments: usize,
     pub fenced_nodes: BTreeSet<String>,
 }
 
-/// Sort the rounds of the primary probe with more than one node out of recovery.
-pub fn primaries(samples: &[PrimarySample]) -> Primaries {
+/// Sort the rounds of the primary probe with more than one node out of recovery. Such a round
+/// is a split brain when two of them could acknowledge a commit, or when the one that could is
+/// `old_primary` (its acknowledged writes would be rewound away once it is demoted).
+pub fn primaries(samples: &[PrimarySample], old_primary: &str) -> Primaries {
     let mut rounds: BTreeMap<u64, Vec<&PrimarySample>> = BTreeMap::new();
     for sample in samples.iter().filter(|sample| sample.writable == Some(true)) {
         rounds.entry(sample.round).or_default().push(sample);
     }
     let mut result = Primaries::default();
     for out_of_recovery in rounds.values().filter(|nodes| nodes.len() >= 2) {
-        let acknowledging = out_of_recovery
+        let acknowledging: Vec<&str> = out_of_recovery
             .iter()
             .filter(|sample| sample.can_acknowledge)
-            .count();
+            .map(|sample| sample.node.as_str())
+            .collect();
         let names = out_of_recovery.iter().map(|sample| sample.node.clone());
-        if acknowledging >= 2 {
+        if acknowledging.len() >= 2 || acknowledging.contains(&old_primary) {
             result.double_moments += 1;
             result.double_nodes.extend(names);
         } else {
@@ -453,14 +456,14 @@ mod tests {
             sample(3, "node2", Some(true)),
             sample(3, "node3", Some(false)),
         ];
-        let seen = primaries(&samples);
+        let seen = primaries(&samples, "node1");
         assert_eq!(seen.double_moments, 1);
         assert_eq!(
             seen.double_nodes.into_iter().collect::<Vec<_>>(),
             vec!["node1".to_string(), "node2".to_string()]
         );
         assert_eq!(seen.fenced_moments, 0);
-        assert_eq!(primaries(&samples[..4]), Primaries::default());
+        assert_eq!(primaries(&samples[..4], "node1"), Primaries::default());
     }
 
     #[test]
@@ -468,12 +471,18 @@ mod tests {
         let mut stale = sample(4, "node1", Some(true));
         stale.can_acknowledge = false;
         let samples = vec![stale.clone(), sample(4, "node3", Some(true))];
-        let seen = primaries(&samples);
+        let seen = primaries(&samples, "node1");
         assert_eq!((seen.double_moments, seen.fenced_moments), (0, 1));
         assert!(seen.fenced_nodes.contains("node1") && seen.fenced_nodes.contains("node3"));
-        // Two that cannot acknowledge are no split brain either; two that can always are.
+        // Two that cannot acknowledge are no split brain either.
         let mut other = sample(4, "node3", Some(true));
         other.can_acknowledge = false;
-        assert_eq!(primaries(&[stale, other]).double_moments, 0);
+        assert_eq!(primaries(&[stale.clone(), other.clone()], "node1").double_moments, 0);
+        // But an old primary that can acknowledge beside a new one that cannot is: writes
+        // acknowledged there would be rewound away.
+        let mut old_acknowledging = stale;
+        old_acknowledging.can_acknowledge = true;
+        let seen = primaries(&[old_acknowledging, other], "node1");
+        assert_eq!((seen.double_moments, seen.fenced_moments), (1, 0));
     }
 }

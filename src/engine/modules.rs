@@ -254,7 +254,11 @@ impl Planner<'_> {
                                     },
                                 changes,
                             } => {
-                                upload.contents = read_local(&src)?.as_ref().clone();
+                                // The bytes and the time stamped on them come from one read,
+                                // even if the file was replaced since the size check above.
+                                let (bytes, mtime) = read_local(&src)?;
+                                upload.contents = bytes.as_ref().clone();
+                                upload.mtime = Some(mtime);
                                 Plan::Act {
                                     summary,
                                     action: Action::WriteFile {
@@ -506,9 +510,10 @@ fn package_satisfied(spec: &str, facts: &Facts) -> bool {
     }
 }
 
-/// The bytes of a local file for `copy`, read once per run however many hosts need them.
-fn read_local(path: &str) -> anyhow::Result<std::sync::Arc<Vec<u8>>> {
-    type Cache = std::collections::HashMap<String, std::sync::Arc<Vec<u8>>>;
+/// The bytes of a local file for `copy` and their modification time, read once per run however
+/// many hosts need them.
+fn read_local(path: &str) -> anyhow::Result<(std::sync::Arc<Vec<u8>>, i64)> {
+    type Cache = std::collections::HashMap<String, (std::sync::Arc<Vec<u8>>, i64)>;
     static CACHE: std::sync::OnceLock<std::sync::Mutex<Cache>> = std::sync::OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
     if let Some(hit) = cache
@@ -518,15 +523,20 @@ fn read_local(path: &str) -> anyhow::Result<std::sync::Arc<Vec<u8>>> {
     {
         return Ok(hit.clone());
     }
-    let bytes = std::sync::Arc::new(
-        std::fs::read(path)
-            .with_context(|| format!("cannot read local file `{path}` for `copy`"))?,
+    let before = local_size_and_time(path)?;
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("cannot read local file `{path}` for `copy`"))?;
+    let after = local_size_and_time(path)?;
+    anyhow::ensure!(
+        before == after && after.0 == bytes.len() as u64,
+        "local file `{path}` for `copy` changed while it was read; hint: run again once it is written"
     );
+    let entry = (std::sync::Arc::new(bytes), after.1);
     cache
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .insert(path.to_string(), bytes.clone());
-    Ok(bytes)
+        .insert(path.to_string(), entry.clone());
+    Ok(entry)
 }
 
 /// Size and modification time (whole seconds since the epoch) of a local file for `copy`.
@@ -652,7 +662,17 @@ timeout 1200 apt-get $apt_options install -y -q --no-install-recommends -o Dpkg:
 "#;
 
 /// Perform `action`; returns the command's output for `register` where there is one.
-pub async fn apply(session: &Session, action: &Action) -> anyhow::Result<Option<CommandOutput>> {
+/// What applying an action found on the host.
+#[derive(Debug)]
+pub enum Applied {
+    /// Done as planned; a command's output when the action ran one.
+    Done(Option<CommandOutput>),
+    /// The host turned out to hold the planned state already (why, for the progress line):
+    /// e.g. a copied file with the same bytes and only another modification time.
+    AlreadyThere(String),
+}
+
+pub async fn apply(session: &Session, action: &Action) -> anyhow::Result<Applied> {
     match action {
         Action::Packages {
             install,
@@ -686,7 +706,7 @@ pub async fn apply(session: &Session, action: &Action) -> anyhow::Result<Option<
                 }
                 checked(session, command).await?;
             }
-            Ok(None)
+            Ok(Applied::Done(None))
         }
         Action::WriteFile {
             upload, validate, ..
@@ -703,11 +723,22 @@ pub async fn apply(session: &Session, action: &Action) -> anyhow::Result<Option<
             )
             .await?;
             let Some(validate) = validate else {
-                session
+                let written = session
                     .upload(upload)
                     .await
                     .with_context(|| format!("cannot write `{}`", upload.path))?;
-                return Ok(None);
+                if !written {
+                    let time = if upload.mtime.is_some() {
+                        " (only its modification time was set)"
+                    } else {
+                        ""
+                    };
+                    return Ok(Applied::AlreadyThere(format!(
+                        "`{}` already held these bytes{time}",
+                        upload.path
+                    )));
+                }
+                return Ok(Applied::Done(None));
             };
             // Write the candidate beside the target, let the program check it, and only then
             // rename it into place: a refused file never replaces a working one.
@@ -739,7 +770,7 @@ pub async fn apply(session: &Session, action: &Action) -> anyhow::Result<Option<
                 RemoteCommand::argv(["mv", "-f", &candidate.path, &upload.path]).as_root(),
             )
             .await?;
-            Ok(None)
+            Ok(Applied::Done(None))
         }
         Action::Directory {
             path,
@@ -768,7 +799,7 @@ pub async fn apply(session: &Session, action: &Action) -> anyhow::Result<Option<
                 RemoteCommand::script(script).arg(path.clone()).as_root(),
             )
             .await?;
-            Ok(None)
+            Ok(Applied::Done(None))
         }
         Action::Remove { path } => {
             checked(
@@ -776,7 +807,7 @@ pub async fn apply(session: &Session, action: &Action) -> anyhow::Result<Option<
                 RemoteCommand::argv(["rm", "-rf", "--", path]).as_root(),
             )
             .await?;
-            Ok(None)
+            Ok(Applied::Done(None))
         }
         Action::Systemctl { steps } => {
             for step in steps {
@@ -784,14 +815,14 @@ pub async fn apply(session: &Session, action: &Action) -> anyhow::Result<Option<
                 argv.extend(step.iter().cloned());
                 checked(session, RemoteCommand::argv(argv).as_root()).await?;
             }
-            Ok(None)
+            Ok(Applied::Done(None))
         }
         Action::Command { cmd, stdin, .. } => {
             let mut command = RemoteCommand::script(cmd.clone()).as_root();
             if let Some(stdin) = stdin {
                 command = command.stdin(stdin.clone().into_bytes());
             }
-            Ok(Some(checked(session, command).await?))
+            Ok(Applied::Done(Some(checked(session, command).await?)))
         }
         Action::WaitFor {
             script,
@@ -814,7 +845,7 @@ pub async fn apply(session: &Session, action: &Action) -> anyhow::Result<Option<
                     tail(&output.stderr_text())
                 );
             }
-            Ok(Some(output))
+            Ok(Applied::Done(Some(output)))
         }
         Action::User {
             name,
@@ -834,7 +865,7 @@ pub async fn apply(session: &Session, action: &Action) -> anyhow::Result<Option<
             }
             argv.push(name.clone());
             checked(session, RemoteCommand::argv(argv).as_root()).await?;
-            Ok(None)
+            Ok(Applied::Done(None))
         }
     }
 }

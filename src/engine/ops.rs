@@ -53,7 +53,10 @@ pub async fn run_playbook(request: PlaybookRequest) -> anyhow::Result<RunResult>
         wheels_archive => wheels_archive,
         pgha_binary => pgha_binary.display().to_string(),
     };
-    let settle = request.playbook == "deploy" && !request.options.check;
+    // The VIP is the whole cluster's: a run limited to some hosts does not judge it.
+    let settle = request.playbook == "deploy"
+        && !request.options.check
+        && request.options.limit.is_none();
     let quiet = request.options.quiet;
     let inventory = Arc::new(inventory);
     let run = Run::new((*inventory).clone(), secrets, renderer, request.options)
@@ -69,9 +72,6 @@ pub async fn run_playbook(request: PlaybookRequest) -> anyhow::Result<RunResult>
                 result.vip_holder = Some(holder);
             }
             Err(problem) => {
-                if !quiet {
-                    eprintln!("  {problem}");
-                }
                 result.success = false;
                 result.stopped = Some(problem);
             }
@@ -83,6 +83,8 @@ pub async fn run_playbook(request: PlaybookRequest) -> anyhow::Result<RunResult>
 
 /// How long a deploy waits for the VIP to settle on one node.
 const VIP_SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one node may take to say whether it holds the VIP.
+const VIP_ASK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Wait until exactly one Keepalived node holds the VIP: every task can succeed while two
 /// nodes claim the address (or none does), and applications would then not reach one primary.
@@ -104,13 +106,16 @@ async fn wait_single_vip_holder(
             let (node, connections, reporter, vip) =
                 (node.clone(), connections.clone(), reporter.clone(), vip.clone());
             asks.spawn(async move {
-                let answer = match connections.get(&node, &reporter).await {
-                    Ok(session) => session
+                let ask = async {
+                    let session = connections.get(&node, &reporter).await?;
+                    session
                         .run(&RemoteCommand::argv(["ip", "-o", "addr", "show", "to", vip.as_str()]))
                         .await
-                        .map_err(|error| format!("{error:#}")),
-                    Err(error) => Err(error),
+                        .map_err(|error| format!("{error:#}"))
                 };
+                let answer = tokio::time::timeout(VIP_ASK_TIMEOUT, ask)
+                    .await
+                    .unwrap_or_else(|_| Err(format!("no answer within {} s", VIP_ASK_TIMEOUT.as_secs())));
                 (node.name, answer)
             });
         }

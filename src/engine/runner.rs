@@ -10,7 +10,7 @@ use anyhow::Context;
 use tokio::sync::{OnceCell, Semaphore};
 
 use super::facts::{self, Facts, Probe};
-use super::modules::{self, Action, Plan, Planner};
+use super::modules::{self, Action, Applied, Plan, Planner};
 use super::playbook::{Batch, Module, Play, Playbook, Task};
 use super::report::{Failure, Reporter, RunResult, Status};
 use crate::error::UserError;
@@ -312,14 +312,25 @@ impl Run {
         let mut registered: HashMap<String, BTreeMap<String, minijinja::Value>> = HashMap::new();
         // Facts outlive a play: the next play on the host reuses them while they are fresh.
         let mut host_states: HashMap<String, HostState> = HashMap::new();
-        let every_module: Arc<Vec<Module>> = Arc::new(
-            playbook
-                .plays
-                .iter()
-                .flat_map(|play| play.tasks.iter().chain(&play.handlers))
-                .map(|task| task.module.clone())
-                .collect(),
-        );
+        // What each host's first probe asks for: every module of the plays it takes part in.
+        let modules_by_host: HashMap<String, Arc<Vec<Module>>> = self
+            .inventory
+            .nodes
+            .iter()
+            .map(|node| {
+                let modules = playbook
+                    .plays
+                    .iter()
+                    .filter(|play| {
+                        select(&self.inventory, &play.hosts)
+                            .is_ok_and(|hosts| hosts.iter().any(|host| host.name == node.name))
+                    })
+                    .flat_map(|play| play.tasks.iter().chain(&play.handlers))
+                    .map(|task| task.module.clone())
+                    .collect();
+                (node.name.clone(), Arc::new(modules))
+            })
+            .collect();
         'plays: for play in &playbook.plays {
             let hosts: Vec<String> = select(&self.inventory, &play.hosts)
                 .unwrap_or_default()
@@ -341,14 +352,14 @@ impl Run {
                     let semaphore = semaphore.clone();
                     let vars = registered.remove(&host).unwrap_or_default();
                     let state = host_states.remove(&host);
-                    let every_module = every_module.clone();
+                    let modules = modules_by_host.get(&host).cloned().unwrap_or_default();
                     let this = self.clone_handles();
                     handles.push(tokio::spawn(async move {
                         let _permit = semaphore.acquire_owned().await;
                         let mut vars = vars;
                         let mut state = state;
                         let ok = this
-                            .run_host(&play, &host, &mut vars, &mut state, &every_module)
+                            .run_host(&play, &host, &mut vars, &mut state, &modules)
                             .await;
                         (host, ok, vars, state)
                     }));
@@ -400,14 +411,14 @@ impl Run {
 
     /// One play on one host; false when the host failed or was unreachable. `state` carries
     /// the host's facts from play to play; on the host's first play it is `None`, and the
-    /// probe then asks for everything `every_module` of the playbook reads.
+    /// probe then asks for everything the host's `modules` (of all its plays) read.
     async fn run_host(
         &self,
         play: &Play,
         host: &str,
         vars: &mut BTreeMap<String, minijinja::Value>,
         state: &mut Option<HostState>,
-        every_module: &[Module],
+        modules: &[Module],
     ) -> bool {
         let Some(node) = self.inventory.node(host) else {
             return false;
@@ -450,7 +461,7 @@ impl Run {
                 renderer: &self.renderer,
                 context: &base,
             };
-            for module in every_module {
+            for module in modules {
                 let _ = planner.wants(module, &mut state.probe);
             }
             state
@@ -632,10 +643,14 @@ impl Run {
             );
             state.daemon_reload = false;
         }
-        let output = modules::apply(session, &action)
+        let applied = modules::apply(session, &action)
             .await
             .with_context(|| format!("{} ({})", task.name, task.place))?;
-        if modules::writes_unit_file(&action) {
+        let (output, summary, changes) = match applied {
+            Applied::Done(output) => (output, summary, changes),
+            Applied::AlreadyThere(reason) => (None, format!("no change: {reason}"), false),
+        };
+        if changes && modules::writes_unit_file(&action) {
             state.daemon_reload = true;
         }
         let changes = match (&action, &output) {
@@ -677,18 +692,18 @@ impl Run {
         let Action::WriteFile { upload, .. } = action else {
             return None;
         };
-        // Like `git diff`: a binary or very large file is named, not printed.
-        let text = std::str::from_utf8(&upload.contents)
-            .ok()
-            .filter(|text| text.len() <= DIFF_LIMIT && !text.contains('\0'));
-        if text.is_none() {
-            return Some(format!(
-                "--- {path}\n+++ {path}\n(binary or larger than {} KiB: {} bytes planned; not shown)\n",
+        // Like `git diff`: a binary or very large file, planned or on the host, is named, not
+        // printed (a cut text could also cut a secret in two and slip past the mask).
+        let not_shown = |which: &str| {
+            Some(format!(
+                "--- {path}\n+++ {path}\n({which} is binary or larger than {} KiB; not shown)\n",
                 DIFF_LIMIT / 1024,
-                upload.contents.len(),
                 path = upload.path
-            ));
-        }
+            ))
+        };
+        let Some(new) = diffable(&upload.contents) else {
+            return not_shown("the planned file");
+        };
         let old = session
             .run(
                 &RemoteCommand::script("head -c \"$2\" -- \"$1\" 2>/dev/null || true")
@@ -697,13 +712,15 @@ impl Run {
                     .as_root(),
             )
             .await
-            .map(|output| output.stdout_text())
+            .map(|output| output.stdout)
             .unwrap_or_default();
-        let new = String::from_utf8_lossy(&upload.contents);
+        let Some(old) = diffable(&old) else {
+            return not_shown("the file on the host");
+        };
         Some(modules::file_diff(
             &upload.path,
-            &old,
-            &new,
+            old,
+            new,
             &self.secrets.values(),
         ))
     }
@@ -711,6 +728,13 @@ impl Run {
 
 /// Files above this size are not diffed.
 const DIFF_LIMIT: usize = 1024 * 1024;
+
+/// `bytes` as text fit for a diff: UTF-8, no NUL, at most [`DIFF_LIMIT`] bytes.
+fn diffable(bytes: &[u8]) -> Option<&str> {
+    std::str::from_utf8(bytes)
+        .ok()
+        .filter(|text| text.len() <= DIFF_LIMIT && !text.contains('\0'))
+}
 
 /// Facts older than this are gathered again before a task reads them. Every change the run
 /// makes on a host invalidates them at once; the age bounds what others change meanwhile.
