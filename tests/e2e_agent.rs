@@ -13,9 +13,9 @@
 
 mod common;
 
-use common::{eventually, is_root, pgha, pgha_ok, Lab};
+use common::{eventually, is_root, lab_inventory, pgha, pgha_ok, Lab};
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -104,13 +104,7 @@ fn agent_routes_a_switchover_and_keeps_the_vip_honest() {
         is_root(),
         "the end-to-end test needs root (it runs the lab)"
     );
-    let dir = tempfile::tempdir().unwrap();
-    let inventory: PathBuf = dir.path().join("lab.yml");
-    std::fs::copy(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("inventories/lab.yml"),
-        &inventory,
-    )
-    .unwrap();
+    let (dir, inventory) = lab_inventory();
     let inventory_arg = inventory.to_str().unwrap();
 
     let _lab = Lab;

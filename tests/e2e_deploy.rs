@@ -17,9 +17,9 @@
 
 mod common;
 
-use common::{eventually, is_root, pgha, pgha_ok, Lab};
+use common::{eventually, is_root, lab_inventory, pgha, pgha_ok, Lab};
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
@@ -197,13 +197,7 @@ fn deploy_converges_routes_and_is_idempotent() {
         is_root(),
         "the end-to-end test needs root (it runs the lab)"
     );
-    let dir = tempfile::tempdir().unwrap();
-    let inventory: PathBuf = dir.path().join("lab.yml");
-    std::fs::copy(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("inventories/lab.yml"),
-        &inventory,
-    )
-    .unwrap();
+    let (dir, inventory) = lab_inventory();
     let inventory_arg = inventory.to_str().unwrap();
 
     // A clean slate: fresh nodes from the cached base.
@@ -303,11 +297,21 @@ fn deploy_converges_routes_and_is_idempotent() {
         .into_iter()
         .find(|node| *node != holder)
         .unwrap();
-    exec(&inventory, intruder, &format!("ip addr add {VIP}/32 dev eth0"));
+    exec(
+        &inventory,
+        intruder,
+        &format!("ip addr add {VIP}/32 dev eth0"),
+    );
     let split = pgha(&["deploy", "-i", inventory.to_str().unwrap(), "--json"]);
-    exec(&inventory, intruder, &format!("ip addr del {VIP}/32 dev eth0"));
+    exec(
+        &inventory,
+        intruder,
+        &format!("ip addr del {VIP}/32 dev eth0"),
+    );
     // This machine may have learnt the intruder's MAC for the VIP meanwhile.
-    let _ = Command::new("ip").args(["neigh", "flush", "to", VIP]).status();
+    let _ = Command::new("ip")
+        .args(["neigh", "flush", "to", VIP])
+        .status();
     let split: serde_json::Value = serde_json::from_slice(&split.stdout).unwrap();
     assert_eq!(split["success"], false, "{split:#}");
     let reason = split["stopped"].as_str().unwrap_or_default();

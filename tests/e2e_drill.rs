@@ -8,9 +8,7 @@
 
 mod common;
 
-use common::{is_root, pgha, pgha_ok, Lab};
-
-use std::path::{Path, PathBuf};
+use common::{is_root, lab_inventory, pgha, pgha_ok, Lab};
 
 /// Run one drill with `--json` and return its report (printed by the drill even on a failed
 /// verdict, so the assertions below name what went wrong).
@@ -33,13 +31,7 @@ fn every_drill_keeps_acknowledged_writes_and_one_primary() {
         is_root(),
         "the end-to-end test needs root (it runs the lab)"
     );
-    let dir = tempfile::tempdir().expect("temp dir");
-    let inventory: PathBuf = dir.path().join("lab.yml");
-    std::fs::copy(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("inventories/lab.yml"),
-        &inventory,
-    )
-    .expect("copy the lab inventory");
+    let (_dir, inventory) = lab_inventory();
     let inventory = inventory.to_str().expect("utf-8 path");
 
     pgha_ok(&["lab", "down"]);

@@ -227,8 +227,15 @@ fn check_diff_apply_handlers_idempotency_and_one_connection_per_host() {
         );
         assert_eq!(folder.join("conditional").exists(), node == "n2");
         let copied = fs::metadata(folder.join("tool")).unwrap();
-        assert_eq!(fs::read(folder.join("tool")).unwrap(), fs::read(&tool).unwrap());
-        assert_eq!(copied.mtime(), 1_700_000_000, "the copy keeps the local time");
+        assert_eq!(
+            fs::read(folder.join("tool")).unwrap(),
+            fs::read(&tool).unwrap()
+        );
+        assert_eq!(
+            copied.mtime(),
+            1_700_000_000,
+            "the copy keeps the local time"
+        );
         assert_eq!(first["hosts"][node]["connections"], 1);
     }
 

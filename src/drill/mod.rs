@@ -588,7 +588,12 @@ async fn run_once(
     if double_moments > 0 {
         problems.push(format!(
             "{double_moments} moment(s) with two primaries able to acknowledge writes ({})",
-            primaries.double_nodes.iter().cloned().collect::<Vec<_>>().join(", ")
+            primaries
+                .double_nodes
+                .iter()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
         ));
     }
     if scenario.requires_new_primary() && !failover {

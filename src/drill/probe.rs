@@ -355,7 +355,10 @@ pub struct Primaries {
 /// `old_primary` (its acknowledged writes would be rewound away once it is demoted).
 pub fn primaries(samples: &[PrimarySample], old_primary: &str) -> Primaries {
     let mut rounds: BTreeMap<u64, Vec<&PrimarySample>> = BTreeMap::new();
-    for sample in samples.iter().filter(|sample| sample.writable == Some(true)) {
+    for sample in samples
+        .iter()
+        .filter(|sample| sample.writable == Some(true))
+    {
         rounds.entry(sample.round).or_default().push(sample);
     }
     let mut result = Primaries::default();
@@ -477,7 +480,10 @@ mod tests {
         // Two that cannot acknowledge are no split brain either.
         let mut other = sample(4, "node3", Some(true));
         other.can_acknowledge = false;
-        assert_eq!(primaries(&[stale.clone(), other.clone()], "node1").double_moments, 0);
+        assert_eq!(
+            primaries(&[stale.clone(), other.clone()], "node1").double_moments,
+            0
+        );
         // But an old primary that can acknowledge beside a new one that cannot is: writes
         // acknowledged there would be rewound away.
         let mut old_acknowledging = stale;

@@ -324,9 +324,15 @@ file\troot\troot\t644\tbig\t1\t-\t/bad-size
             FileFact::Directory { mode: 0o755, .. }
         ));
         assert_eq!(facts.files["/etc/nothing here"], FileFact::Absent);
-        assert!(
-            matches!(&facts.files["/usr/local/bin/pgha"], FileFact::File { size: 62000000, mtime: 1764115201, sha256: None, .. })
-        );
+        assert!(matches!(
+            &facts.files["/usr/local/bin/pgha"],
+            FileFact::File {
+                size: 62000000,
+                mtime: 1764115201,
+                sha256: None,
+                ..
+            }
+        ));
         assert!(!facts.files.contains_key("/broken"));
         assert!(!facts.files.contains_key("/bad-size"));
     }

@@ -242,7 +242,13 @@ impl Planner<'_> {
                             mtime: Some(mtime),
                             ..upload(Vec::new())
                         };
-                        match compare_file(upload, Content::SizeAndTime { size, mtime }, false, None, facts) {
+                        match compare_file(
+                            upload,
+                            Content::SizeAndTime { size, mtime },
+                            false,
+                            None,
+                            facts,
+                        ) {
                             // Only a planned write needs the bytes themselves.
                             Plan::Act {
                                 summary,
@@ -1040,7 +1046,10 @@ mod tests {
             );
             facts
         };
-        assert!(matches!(plan(&yaml, &on_host(size, mtime)), Plan::NoChange(_)));
+        assert!(matches!(
+            plan(&yaml, &on_host(size, mtime)),
+            Plan::NoChange(_)
+        ));
         match plan(&yaml, &on_host(size, mtime - 1)) {
             Plan::Act {
                 summary,
@@ -1053,7 +1062,10 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(plan(&yaml, &on_host(size + 1, mtime)), Plan::Act { .. }));
+        assert!(matches!(
+            plan(&yaml, &on_host(size + 1, mtime)),
+            Plan::Act { .. }
+        ));
     }
 
     #[test]

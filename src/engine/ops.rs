@@ -54,13 +54,12 @@ pub async fn run_playbook(request: PlaybookRequest) -> anyhow::Result<RunResult>
         pgha_binary => pgha_binary.display().to_string(),
     };
     // The VIP is the whole cluster's: a run limited to some hosts does not judge it.
-    let settle = request.playbook == "deploy"
-        && !request.options.check
-        && request.options.limit.is_none();
+    let settle =
+        request.playbook == "deploy" && !request.options.check && request.options.limit.is_none();
     let quiet = request.options.quiet;
     let inventory = Arc::new(inventory);
-    let run = Run::new((*inventory).clone(), secrets, renderer, request.options)
-        .with_control(control);
+    let run =
+        Run::new((*inventory).clone(), secrets, renderer, request.options).with_control(control);
     run.check_patterns(&playbook)?;
     let mut result = run.run_keeping_connections(&playbook).await;
     if settle && result.success && inventory.cluster.vip.is_some() {
@@ -94,7 +93,12 @@ async fn wait_single_vip_holder(
     connections: &Arc<Connections>,
     timeout: Duration,
 ) -> Result<String, String> {
-    let Some(vip) = inventory.cluster.vip.as_ref().map(|vip| vip.address.to_string()) else {
+    let Some(vip) = inventory
+        .cluster
+        .vip
+        .as_ref()
+        .map(|vip| vip.address.to_string())
+    else {
         return Err("no VIP in the inventory".into());
     };
     // The run's sessions are open already; this reporter only absorbs bookkeeping.
@@ -103,19 +107,32 @@ async fn wait_single_vip_holder(
     loop {
         let mut asks = tokio::task::JoinSet::new();
         for node in inventory.nodes_with(Role::Keepalived) {
-            let (node, connections, reporter, vip) =
-                (node.clone(), connections.clone(), reporter.clone(), vip.clone());
+            let (node, connections, reporter, vip) = (
+                node.clone(),
+                connections.clone(),
+                reporter.clone(),
+                vip.clone(),
+            );
             asks.spawn(async move {
                 let ask = async {
                     let session = connections.get(&node, &reporter).await?;
                     session
-                        .run(&RemoteCommand::argv(["ip", "-o", "addr", "show", "to", vip.as_str()]))
+                        .run(&RemoteCommand::argv([
+                            "ip",
+                            "-o",
+                            "addr",
+                            "show",
+                            "to",
+                            vip.as_str(),
+                        ]))
                         .await
                         .map_err(|error| format!("{error:#}"))
                 };
                 let answer = tokio::time::timeout(VIP_ASK_TIMEOUT, ask)
                     .await
-                    .unwrap_or_else(|_| Err(format!("no answer within {} s", VIP_ASK_TIMEOUT.as_secs())));
+                    .unwrap_or_else(|_| {
+                        Err(format!("no answer within {} s", VIP_ASK_TIMEOUT.as_secs()))
+                    });
                 (node.name, answer)
             });
         }

@@ -468,10 +468,7 @@ impl Run {
         });
         let mut notified: Vec<String> = Vec::new();
         for task in &play.tasks {
-            match self
-                .run_task(&session, play, node, task, state, vars)
-                .await
-            {
+            match self.run_task(&session, play, node, task, state, vars).await {
                 Ok(changed) => {
                     if changed {
                         for handler in &task.notify {

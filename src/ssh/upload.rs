@@ -127,7 +127,12 @@ impl Session {
             .arg(upload.owner.as_str())
             .arg(upload.group.as_str())
             .arg(format!("{mode:o}"))
-            .arg(upload.mtime.map(|mtime| mtime.to_string()).unwrap_or_default())
+            .arg(
+                upload
+                    .mtime
+                    .map(|mtime| mtime.to_string())
+                    .unwrap_or_default(),
+            )
             .stdin(upload.contents.clone())
             .as_root();
         self.run_checked(&write).await?;

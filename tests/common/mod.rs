@@ -2,6 +2,7 @@
 //! Each test binary uses a subset, hence `dead_code` is allowed here.
 #![allow(dead_code)]
 
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -30,6 +31,19 @@ pub fn pgha_ok(args: &[&str]) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A copy of `inventories/lab.yml` in a fresh temporary folder, so that the secrets file the
+/// test generates lands beside the copy, not in the repository. Keep the folder alive.
+pub fn lab_inventory() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let inventory = dir.path().join("lab.yml");
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("inventories/lab.yml"),
+        &inventory,
+    )
+    .expect("copy the lab inventory");
+    (dir, inventory)
 }
 
 /// Tears the lab down however the test ends.
