@@ -57,8 +57,9 @@ fn on_node(inventory: &Path, node: &str, command: &str) -> String {
     ])
 }
 
-/// The nodes whose `eth0` holds the VIP.
-fn vip_holders(inventory: &Path) -> Vec<String> {
+/// The nodes whose `eth0` holds the VIP. An error when any node could not be asked: a node
+/// that did not answer is not a node without the VIP.
+fn vip_holders(inventory: &Path) -> Result<Vec<String>, String> {
     let output = pgha(&[
         "exec",
         "-i",
@@ -67,22 +68,25 @@ fn vip_holders(inventory: &Path) -> Vec<String> {
         "--",
         "ip -o addr show dev eth0",
     ]);
-    let results: serde_json::Value =
-        serde_json::from_slice(&output.stdout).unwrap_or(serde_json::Value::Null);
-    results
+    let results = json(&String::from_utf8_lossy(&output.stdout))?;
+    let hosts = results
         .as_array()
-        .map(|hosts| {
-            hosts
-                .iter()
-                .filter(|host| {
-                    host["stdout"]
-                        .as_str()
-                        .is_some_and(|out| out.contains(&format!(" {VIP}/")))
-                })
-                .filter_map(|host| host["host"].as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
+        .ok_or_else(|| format!("`pgha exec --json` printed no list: {results}"))?;
+    if hosts.len() != 3 {
+        return Err(format!("{} of 3 nodes answered: {results}", hosts.len()));
+    }
+    let mut holders = Vec::new();
+    for host in hosts {
+        let name = host["host"].as_str().ok_or("a result without `host`")?;
+        let stdout = match (host["exit_code"].as_i64(), host["stdout"].as_str()) {
+            (Some(0), Some(stdout)) => stdout,
+            _ => return Err(format!("`ip addr` failed on {name}: {host}")),
+        };
+        if stdout.contains(&format!(" {VIP}/")) {
+            holders.push(name.to_string());
+        }
+    }
+    Ok(holders)
 }
 
 /// HAProxy's `show servers state pgha_write` on a node, as `server -> operational state`.
@@ -236,7 +240,7 @@ fn agent_routes_a_switchover_and_keeps_the_vip_honest() {
     let holder = eventually(
         "one node holds the VIP",
         Duration::from_secs(20),
-        || match vip_holders(&inventory).as_slice() {
+        || match vip_holders(&inventory)?.as_slice() {
             [one] => Ok(one.clone()),
             other => Err(format!("holders: {other:?}")),
         },
@@ -250,7 +254,7 @@ fn agent_routes_a_switchover_and_keeps_the_vip_honest() {
     let new_holder = eventually(
         &format!("the VIP leaves {holder} after its HAProxy died"),
         Duration::from_secs(20),
-        || match vip_holders(&inventory).as_slice() {
+        || match vip_holders(&inventory)?.as_slice() {
             [one] if *one != holder => Ok(one.clone()),
             other => Err(format!("holders: {other:?}")),
         },

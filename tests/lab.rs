@@ -3,6 +3,8 @@
 //! `pgha lab`: nodes boot with systemd and strict SSH, apt works through the proxy, every fault
 //! does what it says and is undone, a second `up` changes nothing, `down` leaves nothing behind.
 
+mod common;
+
 use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -194,6 +196,8 @@ fn lab_boots_real_nodes_injects_faults_and_leaves_nothing_behind() {
     );
     let dir = state_dir();
     pgha(&["lab", "down"]);
+    // Down again however the test ends, so that a failure leaves no lab behind.
+    let _lab = common::Lab;
 
     // Up: three nodes with systemd and strict SSH as root and as `deploy` with sudo.
     let up = pgha(&["lab", "up", "--nodes", "3"]);

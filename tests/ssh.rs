@@ -7,7 +7,6 @@ use std::net::TcpListener;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use pgha::ssh::{sha256_hex, shell_quote, RemoteCommand, Session, SshError, SshTarget, Upload};
@@ -711,54 +710,71 @@ async fn many_parallel_commands_share_one_connection() {
     assert_eq!(logins, 1, "one connection, one login:\n{}", sshd.log());
 }
 
-/// Test users for the sudo path, created once per test run if missing: `pgha-test` with
-/// passwordless sudo and `pgha-test-nosudo` without any sudo rule. Their password field is `*`
-/// (no password, but not locked, so sshd lets them in with a key).
-fn ensure_test_users() {
-    static USERS: Once = Once::new();
-    USERS.call_once(|| {
-        for user in ["pgha-test", "pgha-test-nosudo"] {
-            let exists = Command::new("id")
-                .arg(user)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
+/// A throw-away local user for the sudo path, with or without a passwordless sudo rule. Its
+/// password field is `*` (no password, but not locked, so sshd lets it in with a key). Dropping
+/// it removes the user and its rule, however the test ends. Each test has its own user, so the
+/// tests can run in parallel.
+struct TestUser {
+    name: &'static str,
+    rule: Option<PathBuf>,
+}
+
+impl TestUser {
+    fn create(name: &'static str, passwordless_sudo: bool) -> TestUser {
+        assert!(
+            Path::new("/usr/bin/sudo").exists(),
+            "the sudo path needs `/usr/bin/sudo`; hint: run `scripts/setup-host.sh`, which installs `sudo`"
+        );
+        let exists = Command::new("id")
+            .arg(name)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("run id")
+            .success();
+        // Created before the user, so that a failure below still removes whatever exists.
+        let user = TestUser {
+            name,
+            rule: passwordless_sudo.then(|| PathBuf::from(format!("/etc/sudoers.d/{name}"))),
+        };
+        if !exists {
+            let status = Command::new("useradd")
+                .args([
+                    "--no-create-home",
+                    "--home-dir",
+                    "/tmp",
+                    "--shell",
+                    "/bin/sh",
+                ])
+                .args(["--password", "*", name])
                 .status()
-                .expect("run id")
-                .success();
-            if !exists {
-                let status = Command::new("useradd")
-                    .args([
-                        "--no-create-home",
-                        "--home-dir",
-                        "/tmp",
-                        "--shell",
-                        "/bin/sh",
-                    ])
-                    .args(["--password", "*", user])
-                    .status()
-                    .expect("run useradd");
-                assert!(status.success(), "useradd {user}");
-            }
+                .expect("run useradd");
+            assert!(status.success(), "useradd {name}");
         }
-        let rule = Path::new("/etc/sudoers.d/pgha-test");
-        if !rule.exists() {
-            fs::write(rule, "pgha-test ALL=(ALL) NOPASSWD: ALL\n").expect("write sudoers rule");
+        if let Some(rule) = &user.rule {
+            fs::write(rule, format!("{name} ALL=(ALL) NOPASSWD: ALL\n"))
+                .expect("write sudoers rule");
             fs::set_permissions(rule, fs::Permissions::from_mode(0o440)).expect("chmod");
         }
-    });
+        user
+    }
+}
+
+impl Drop for TestUser {
+    fn drop(&mut self) {
+        if let Some(rule) = &self.rule {
+            let _ = fs::remove_file(rule);
+        }
+        let _ = Command::new("userdel").arg(self.name).status();
+    }
 }
 
 #[tokio::test]
 async fn non_root_user_runs_root_commands_through_sudo() {
-    if !Path::new("/usr/bin/sudo").exists() {
-        // Without sudo on this machine the sudo path cannot be exercised for real.
-        eprintln!("skipped: /usr/bin/sudo is not installed");
-        return;
-    }
-    ensure_test_users();
+    let user = TestUser::create("pgha-test", true);
     let sshd = Sshd::start();
     sshd.trust_host_key();
-    let session = Session::connect(&sshd.target("pgha-test"))
+    let session = Session::connect(&sshd.target(user.name))
         .await
         .unwrap_or_else(|error| panic!("connect: {error}\n{}", sshd.log()));
 
@@ -814,14 +830,10 @@ async fn non_root_user_runs_root_commands_through_sudo() {
 
 #[tokio::test]
 async fn sudo_that_wants_a_password_is_a_clear_error() {
-    if !Path::new("/usr/bin/sudo").exists() {
-        eprintln!("skipped: /usr/bin/sudo is not installed");
-        return;
-    }
-    ensure_test_users();
+    let user = TestUser::create("pgha-test-nosudo", false);
     let sshd = Sshd::start();
     sshd.trust_host_key();
-    let session = Session::connect(&sshd.target("pgha-test-nosudo"))
+    let session = Session::connect(&sshd.target(user.name))
         .await
         .unwrap_or_else(|error| panic!("connect: {error}\n{}", sshd.log()));
     let started = Instant::now();

@@ -24,8 +24,10 @@ pub enum Injector {
 /// A fault in place, with what it takes to undo it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Injected {
-    /// Nothing to undo (switchover, a crashed PostgreSQL that Patroni restarts).
+    /// Nothing to undo (switchover).
     Nothing,
+    /// PostgreSQL's postmaster on the node was killed (this pid); Patroni restarts it.
+    PostmasterKilled(String, u32),
     PowerCut(String),
     Partition(String),
     Freeze(String),
@@ -36,7 +38,7 @@ impl Injected {
     /// The node the heal step works on.
     pub fn node(&self) -> Option<&str> {
         match self {
-            Injected::Nothing => None,
+            Injected::Nothing | Injected::PostmasterKilled(..) => None,
             Injected::PowerCut(node)
             | Injected::Partition(node)
             | Injected::Freeze(node)
@@ -95,6 +97,28 @@ pub async fn vip_holder(
     )
 }
 
+fn postmaster_pid_file(inventory: &Inventory) -> String {
+    format!(
+        "/var/lib/postgresql/{}/{}/postmaster.pid",
+        inventory.cluster.postgres_version, inventory.cluster.name
+    )
+}
+
+/// The pid of the running postmaster on `node`, from the pid file PostgreSQL writes (`None`
+/// while there is none, or it names a dead process).
+pub async fn postmaster_pid(
+    inventory: &Inventory,
+    connections: &Arc<Connections>,
+    node: &Node,
+) -> anyhow::Result<Option<u32>> {
+    let script = format!(
+        "pid=$(head -1 {} 2>/dev/null) && kill -0 \"$pid\" 2>/dev/null && echo \"$pid\" || true",
+        postmaster_pid_file(inventory)
+    );
+    let output = run_on(connections, node, &script).await?;
+    Ok(output.trim().parse().ok())
+}
+
 /// Inject `scenario`'s fault on `target` (the primary, or the VIP holder for `kill-haproxy`).
 /// `Switchover` is done by the caller through Patroni's API.
 pub async fn inject(
@@ -125,18 +149,21 @@ pub async fn inject(
         }
         (Scenario::KillPostgres, _) => {
             // The postmaster and its children die at once, as in a crash; Patroni lives on.
-            let data_dir = format!(
-                "/var/lib/postgresql/{}/{}",
-                inventory.cluster.postgres_version, inventory.cluster.name
-            );
             let script = format!(
                 // The postmaster must die; a child may have exited on its own in between.
-                "set -e; pid=$(head -1 {data_dir}/postmaster.pid); \
+                "set -e; pid=$(head -1 {}); \
                  children=$(pgrep -P \"$pid\" || true); kill -KILL \"$pid\"; \
-                 kill -KILL $children 2>/dev/null || true"
+                 kill -KILL $children 2>/dev/null || true; echo \"$pid\"",
+                postmaster_pid_file(inventory)
             );
-            run_on(connections, target, &script).await?;
-            Ok(Injected::Nothing)
+            let output = run_on(connections, target, &script).await?;
+            let pid = output.trim().parse().with_context(|| {
+                format!(
+                    "the kill on `{name}` named no postmaster pid: `{}`",
+                    output.trim()
+                )
+            })?;
+            Ok(Injected::PostmasterKilled(name, pid))
         }
         (Scenario::KillHaproxy, _) => {
             // Masked for the runtime so that systemd does not restart it before the heal.
@@ -162,7 +189,7 @@ pub async fn heal(
     connections: &Arc<Connections>,
 ) -> anyhow::Result<()> {
     match injected {
-        Injected::Nothing => Ok(()),
+        Injected::Nothing | Injected::PostmasterKilled(..) => Ok(()),
         Injected::PowerCut(_) | Injected::Partition(_) | Injected::Freeze(_) => heal_lab(injected),
         Injected::HaproxyMasked(name) => {
             let node = inventory
@@ -185,7 +212,9 @@ fn heal_lab(injected: &Injected) -> anyhow::Result<()> {
         Injected::PowerCut(node) => lab.start(node),
         Injected::Partition(node) => lab.heal(node),
         Injected::Freeze(node) => lab.thaw(node),
-        Injected::Nothing | Injected::HaproxyMasked(_) => return Ok(()),
+        Injected::Nothing | Injected::PostmasterKilled(..) | Injected::HaproxyMasked(_) => {
+            return Ok(())
+        }
     }
     .map(|_| ())
 }

@@ -11,6 +11,7 @@ pub mod fault;
 pub mod model;
 pub mod patroni;
 pub mod probe;
+pub mod verdict;
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -28,7 +29,8 @@ use crate::inventory::{Inventory, Role, Secrets, SyncMode};
 use fault::{HealGuard, Injected, Injector};
 use model::ExpectedOutage;
 use patroni::{ClusterView, RestApi};
-use probe::{Endpoint, Probes};
+use probe::{Endpoint, Probes, Targets};
+use verdict::Observed;
 
 /// A drill scenario.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -143,12 +145,23 @@ pub struct DrillRun {
     pub target: String,
     pub timeline_before: Option<u64>,
     pub timeline_after: Option<u64>,
-    /// Longest run of failed writes through the VIP.
+    /// The longest time without an acknowledged commit through the VIP for a client that opens
+    /// a new connection for every write (attempts every 100 ms, overlapping): from the last
+    /// acknowledgement before the gap to the first one after it.
     pub outage_ms: u64,
-    /// From the fault to the first acknowledged write after the outage.
+    /// Where that gap lies, in ms since the probes started (the fault is at `fault_ms`).
+    pub outage: Option<probe::Gap>,
+    pub fault_ms: u64,
+    /// The same for a client on one persistent connection (reopened after a failure; its
+    /// 1.5 s write timeout limits its resolution).
+    pub persistent_outage_ms: u64,
+    /// From the fault to the end of the outage.
     pub recovery_ms: u64,
+    /// Write attempts of both clients through the VIP.
     pub writes: usize,
+    /// Failed attempts of the new-connection client, and of the persistent one.
     pub failed_writes: usize,
+    pub persistent_failed_writes: usize,
     pub acknowledged_writes_lost: usize,
     pub lost_ids: Vec<i64>,
     pub unacknowledged_but_stored: usize,
@@ -159,6 +172,14 @@ pub struct DrillRun {
     /// (a resumed old primary before Patroni demotes it; its synchronous standbys moved on).
     pub fenced_primary_moments: usize,
     pub fenced_primary_nodes: Vec<String>,
+    /// `partition-primary` on the lab: commits the cut-off old primary acknowledged while
+    /// isolated, probed from inside its own network (`None`: not probed).
+    pub isolated_acknowledged_writes: Option<usize>,
+    /// `kill-postgres`: the postmaster's pid before the kill and once PostgreSQL is back.
+    pub postmaster_pid_before: Option<u32>,
+    pub postmaster_pid_after: Option<u32>,
+    /// `kill-haproxy`: the VIP holder after recovery (the target held it before).
+    pub vip_holder_after: Option<String>,
     /// From the fault until the old primary streams from the new one (`None`: it stayed
     /// primary). For faults healed by the drill this includes the time until the heal.
     pub old_primary_streaming_after_ms: Option<u64>,
@@ -176,6 +197,7 @@ pub struct DrillSummary {
     pub repetitions: usize,
     pub median_outage_ms: u64,
     pub worst_outage_ms: u64,
+    pub median_persistent_outage_ms: u64,
     pub acknowledged_writes_lost: usize,
     pub double_primary_moments: usize,
     pub fenced_primary_moments: usize,
@@ -197,8 +219,6 @@ pub struct DrillReport {
     pub error: Option<String>,
 }
 
-/// Tolerance above the model's maximum before a measurement counts as out of range.
-const MODEL_SLACK_MS: u64 = 2_000;
 /// How long to wait for a healthy cluster before a repetition.
 const HEALTHY_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long the old primary may take to stream again after the heal.
@@ -258,6 +278,7 @@ pub async fn run(options: DrillOptions) -> anyhow::Result<DrillReport> {
         port,
         user: "postgres".into(),
         password: secrets.superuser_password.clone(),
+        inside: None,
     };
     let expected = model::expected_outage(
         scenario,
@@ -272,13 +293,15 @@ pub async fn run(options: DrillOptions) -> anyhow::Result<DrillReport> {
             password: secrets.restapi_password.clone(),
         },
         vip: endpoint(vip.address.to_string(), inventory.cluster.ports.write),
+        // On the lab each node is probed from inside its own network, so that a partitioned
+        // node is still seen.
         nodes: inventory
             .nodes_with(Role::Postgres)
             .map(|node| {
-                (
-                    node.name.clone(),
-                    endpoint(node.address.to_string(), inventory.cluster.ports.postgres),
-                )
+                let mut on_node =
+                    endpoint(node.address.to_string(), inventory.cluster.ports.postgres);
+                on_node.inside = lab.then(|| node.name.clone());
+                (node.name.clone(), on_node)
             })
             .collect(),
         injector: if lab { Injector::Lab } else { Injector::Ssh },
@@ -334,10 +357,13 @@ fn is_lab(inventory: &Inventory) -> bool {
 pub fn summarize(runs: &[DrillRun], completed: bool) -> DrillSummary {
     let mut outages: Vec<u64> = runs.iter().map(|run| run.outage_ms).collect();
     outages.sort_unstable();
+    let mut persistent: Vec<u64> = runs.iter().map(|run| run.persistent_outage_ms).collect();
+    persistent.sort_unstable();
     DrillSummary {
         repetitions: runs.len(),
         median_outage_ms: median(&outages),
         worst_outage_ms: outages.last().copied().unwrap_or(0),
+        median_persistent_outage_ms: median(&persistent),
         acknowledged_writes_lost: runs.iter().map(|run| run.acknowledged_writes_lost).sum(),
         double_primary_moments: runs.iter().map(|run| run.double_primary_moments).sum(),
         fenced_primary_moments: runs.iter().map(|run| run.fenced_primary_moments).sum(),
@@ -404,7 +430,8 @@ async fn ensure_table(context: &Drill) -> anyhow::Result<()> {
     loop {
         let attempt = async {
             let client = context.vip.connect().await?;
-            client.batch_execute(probe::TABLE_DDL).await
+            client.batch_execute(probe::TABLE_DDL).await?;
+            Ok::<_, probe::ConnectError>(())
         };
         match attempt.await {
             Ok(()) => return Ok(()),
@@ -430,9 +457,11 @@ async fn stored_ids(context: &Drill, run: &str) -> anyhow::Result<BTreeSet<i64>>
             let rows = client
                 .query("select id from pgha_drill where run = $1", &[&run])
                 .await?;
-            rows.iter()
+            let ids = rows
+                .iter()
                 .map(|row| row.try_get::<_, i64>(0))
-                .collect::<Result<BTreeSet<i64>, _>>()
+                .collect::<Result<BTreeSet<i64>, _>>()?;
+            Ok::<_, probe::ConnectError>(ids)
         };
         match attempt.await {
             Ok(ids) => return Ok(ids),
@@ -479,7 +508,28 @@ async fn run_once(
         "healthy: `{old_primary}` is primary (timeline {}); probing writes through the VIP",
         timeline_before.map_or("?".into(), |timeline| timeline.to_string())
     ));
-    let probes = Probes::start(run_id.clone(), context.vip.clone(), context.nodes.clone());
+    // A partition on the lab: the old primary is also probed from inside its own network,
+    // where a client cut off with it would still reach it.
+    let isolated = (scenario == Scenario::PartitionPrimary
+        && matches!(context.injector, Injector::Lab))
+    .then(|| {
+        context
+            .nodes
+            .iter()
+            .find(|(name, _)| *name == old_primary)
+            .map(|(_, endpoint)| Endpoint {
+                inside: Some(old_primary.clone()),
+                ..endpoint.clone()
+            })
+    })
+    .flatten();
+    let isolated_probed = isolated.is_some();
+    let probes = Probes::start(Targets {
+        run: run_id.clone(),
+        vip: context.vip.clone(),
+        nodes: context.nodes.clone(),
+        isolated,
+    });
     tokio::time::sleep(BASELINE).await;
     if !probes.writes().iter().any(|attempt| attempt.acknowledged) {
         probes.stop().await;
@@ -523,6 +573,22 @@ async fn run_once(
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
     };
     let recovered_at = probes.now_ms();
+    // What the fault must have done, seen from the node before the heal: a new postmaster, or
+    // the VIP elsewhere.
+    let postmaster = match &injected {
+        Injected::PostmasterKilled(node, before) if recovered.is_ok() => Some((
+            *before,
+            restarted_postmaster(context, &target, *before).await,
+        )),
+        _ => None,
+    };
+    let vip_after = if scenario == Scenario::KillHaproxy && recovered.is_ok() {
+        fault::vip_holder(&context.inventory, &context.connections)
+            .await
+            .ok()
+    } else {
+        None
+    };
     match &recovered {
         Ok(Some(primary)) => progress(&format!(
             "writes resumed on `{primary}` {:.1} s after the fault; healing",
@@ -571,34 +637,21 @@ async fn run_once(
     let new_primary = new_primary.or_else(|| leader_after.map(|leader| leader.name.clone()));
     let stored = stored_ids(context, &run_id).await?;
 
-    let lost_ids = probe::lost_writes(&log.writes, &stored);
-    let primaries = probe::primaries(&log.samples, &old_primary);
-    let double_moments = primaries.double_moments;
-    let outage_ms = probe::longest_outage_ms(&log.writes);
-    let recovery_ms =
-        first_ack_after_outage(&log.writes, fault_ms).map_or(0, |ack| ack.saturating_sub(fault_ms));
-    let within_model = context.expected.contains(outage_ms, MODEL_SLACK_MS);
-    let synchronous = context.inventory.cluster.synchronous_mode != SyncMode::Off;
-    if synchronous && !lost_ids.is_empty() {
-        problems.push(format!(
-            "{} acknowledged write(s) lost with synchronous_mode on",
-            lost_ids.len()
-        ));
-    }
-    if double_moments > 0 {
-        problems.push(format!(
-            "{double_moments} moment(s) with two primaries able to acknowledge writes ({})",
-            primaries
-                .double_nodes
-                .iter()
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
-    }
-    if scenario.requires_new_primary() && !failover {
-        problems.push(format!("`{old_primary}` is still the primary"));
-    }
+    let verdict = verdict::judge(&Observed {
+        scenario,
+        synchronous: context.inventory.cluster.synchronous_mode != SyncMode::Off,
+        expected: context.expected,
+        old_primary: &old_primary,
+        failover,
+        fault_ms,
+        heal_ms,
+        log: &log,
+        stored: &stored,
+        postmaster,
+        vip: (scenario == Scenario::KillHaproxy).then(|| (target_name.clone(), vip_after.clone())),
+        isolated_probed,
+    });
+    problems.extend(verdict.problems);
     Ok(DrillRun {
         repetition,
         old_primary,
@@ -607,36 +660,75 @@ async fn run_once(
         target: target_name,
         timeline_before,
         timeline_after,
-        outage_ms,
-        recovery_ms,
-        writes: log.writes.len(),
-        failed_writes: probe::failed_writes(&log.writes),
-        acknowledged_writes_lost: lost_ids.len(),
-        unacknowledged_but_stored: probe::unacknowledged_but_stored(&log.writes, &stored),
-        lost_ids: lost_ids.into_iter().take(20).collect(),
-        double_primary_moments: double_moments,
-        double_primary_nodes: primaries.double_nodes.into_iter().collect(),
-        fenced_primary_moments: primaries.fenced_moments,
-        fenced_primary_nodes: primaries.fenced_nodes.into_iter().collect(),
+        outage_ms: verdict.outage.map_or(0, |gap| gap.ms()),
+        outage: verdict.outage,
+        fault_ms,
+        persistent_outage_ms: verdict.persistent_outage.map_or(0, |gap| gap.ms()),
+        recovery_ms: verdict.recovery_ms,
+        writes: log
+            .writes
+            .iter()
+            .filter(|attempt| attempt.client != probe::WriteClient::Isolated)
+            .count(),
+        failed_writes: verdict.failed_writes,
+        persistent_failed_writes: verdict.persistent_failed_writes,
+        acknowledged_writes_lost: verdict.lost_ids.len(),
+        unacknowledged_but_stored: verdict.unacknowledged_but_stored,
+        lost_ids: verdict.lost_ids.into_iter().take(20).collect(),
+        double_primary_moments: verdict.primaries.double_moments,
+        double_primary_nodes: verdict.primaries.double_nodes.into_iter().collect(),
+        fenced_primary_moments: verdict.primaries.fenced_moments,
+        fenced_primary_nodes: verdict.primaries.fenced_nodes.into_iter().collect(),
+        isolated_acknowledged_writes: verdict.isolated_acknowledged,
+        postmaster_pid_before: postmaster.map(|(before, _)| before),
+        postmaster_pid_after: postmaster.and_then(|(_, after)| after),
+        vip_holder_after: vip_after,
         old_primary_streaming_after_ms: rejoined_ms.map(|at| at.saturating_sub(fault_ms)),
         old_primary_streaming_after_heal_ms: rejoined_ms.map(|at| at.saturating_sub(heal_ms)),
-        within_model,
+        within_model: verdict.within_model,
         passed: problems.is_empty(),
         problems,
     })
 }
 
-/// The start of the first acknowledged write after the last failed one that followed the fault.
+/// The postmaster pid on `node` once it differs from `killed` (PostgreSQL came back), waiting
+/// up to 30 s; `None` if none runs by then. Read from the node, not inferred from writes.
+async fn restarted_postmaster(
+    context: &Drill,
+    node: &crate::inventory::Node,
+    killed: u32,
+) -> Option<u32> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = None;
+    while Instant::now() < deadline {
+        last = fault::postmaster_pid(&context.inventory, &context.connections, node)
+            .await
+            .ok()
+            .flatten();
+        if last.is_some_and(|pid| pid != killed) {
+            break;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    last
+}
+
+/// When the first write of the new-connection probe that started after its last failure since
+/// the fault was acknowledged: writes are back, and no later attempt failed.
 fn first_ack_after_outage(writes: &[probe::WriteAttempt], fault_ms: u64) -> Option<u64> {
-    let last_failure = writes
-        .iter()
+    let probed = || {
+        writes
+            .iter()
+            .filter(|attempt| attempt.client == probe::WriteClient::NewConnection)
+    };
+    let last_failure = probed()
         .filter(|attempt| !attempt.acknowledged && attempt.started_ms >= fault_ms)
         .map(|attempt| attempt.started_ms)
         .max()?;
-    writes
-        .iter()
-        .find(|attempt| attempt.acknowledged && attempt.started_ms > last_failure)
+    probed()
+        .filter(|attempt| attempt.acknowledged && attempt.started_ms > last_failure)
         .map(|attempt| attempt.ended_ms)
+        .min()
 }
 
 /// Wait until writes are acknowledged through the VIP again after the fault (and, when the
@@ -653,9 +745,11 @@ async fn wait_recovery(
     let started = Instant::now();
     loop {
         let writes = probes.writes();
-        let failed_since_fault = writes
-            .iter()
-            .any(|attempt| !attempt.acknowledged && attempt.started_ms >= fault_ms);
+        let failed_since_fault = writes.iter().any(|attempt| {
+            attempt.client == probe::WriteClient::NewConnection
+                && !attempt.acknowledged
+                && attempt.started_ms >= fault_ms
+        });
         let resumed = first_ack_after_outage(&writes, fault_ms).is_some();
         let quiet = !failed_since_fault && started.elapsed() >= QUIET_AFTER_FAULT;
         if resumed || quiet {
@@ -742,9 +836,13 @@ mod tests {
             timeline_before: Some(1),
             timeline_after: Some(2),
             outage_ms,
+            outage: None,
+            fault_ms: 2_000,
+            persistent_outage_ms: outage_ms,
             recovery_ms: outage_ms,
             writes: 100,
             failed_writes: 10,
+            persistent_failed_writes: 5,
             acknowledged_writes_lost: lost,
             lost_ids: Vec::new(),
             unacknowledged_but_stored: 0,
@@ -752,6 +850,10 @@ mod tests {
             double_primary_nodes: Vec::new(),
             fenced_primary_moments: 0,
             fenced_primary_nodes: Vec::new(),
+            isolated_acknowledged_writes: None,
+            postmaster_pid_before: None,
+            postmaster_pid_after: None,
+            vip_holder_after: None,
             old_primary_streaming_after_ms: None,
             old_primary_streaming_after_heal_ms: None,
             within_model: true,
@@ -784,6 +886,7 @@ mod tests {
     fn recovery_is_the_first_ack_after_the_last_failure_after_the_fault() {
         let write = |id: i64, started_ms: u64, acknowledged: bool| probe::WriteAttempt {
             id,
+            client: probe::WriteClient::NewConnection,
             started_ms,
             ended_ms: started_ms + 5,
             acknowledged,

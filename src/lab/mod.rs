@@ -26,6 +26,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::error::UserError;
+pub use mirror::Mirrors;
 pub use topology::{Node, BRIDGE, BRIDGE_ADDRESS, MAX_NODES, VIP};
 
 /// Default state directory; `PGHA_LAB_DIR` overrides it.
@@ -34,6 +35,10 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/pgha/lab";
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a clean stop may take before the node's power is cut.
 const STOP_GRACE: Duration = Duration::from_secs(20);
+/// How long `heal`, `thaw` and `unblock` wait until the node answers again.
+const REACH_TIMEOUT: Duration = Duration::from_secs(30);
+/// The port every lab node answers on (sshd): what "the node answers" means.
+const SSH_PORT: u16 = 22;
 /// `down` is less patient: the nodes are thrown away anyway.
 const DOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -495,6 +500,7 @@ impl Lab {
         };
         node::launch(&node, &dirs, self.base().dir(), &cgroups, &identity)?;
         node::wait_for_ssh(&[(node.clone(), dirs.console_log())], BOOT_TIMEOUT)?;
+        self.wait_reachable(&node, "its start")?;
         Ok(changed(
             started,
             format!(
@@ -524,6 +530,7 @@ impl Lab {
         }
         network::set_link(&node, up)?;
         let message = if up {
+            self.wait_reachable(&node, "the heal")?;
             format!("healed `{node}`")
         } else {
             format!("partitioned `{node}`")
@@ -560,6 +567,7 @@ impl Lab {
         let message = if frozen {
             format!("froze `{node}`")
         } else {
+            self.wait_reachable(&node, "the thaw")?;
             format!("thawed `{node}`")
         };
         Ok(changed(started, message))
@@ -596,12 +604,101 @@ impl Lab {
         }
         network::set_blocked(&first, &second, blocked)?;
         network::set_blocked(&second, &first, blocked)?;
+        if !blocked {
+            wait_until(
+                || {
+                    let reaches = |from: &Node, to: &Node| {
+                        network::connects_from(from, to.address(), SSH_PORT, POLL_CONNECT)
+                    };
+                    reaches(&first, &second) && reaches(&second, &first)
+                },
+                || format!("`{first}` and `{second}` do not reach each other after the unblock"),
+            )?;
+        }
         let verb = if blocked { "blocked" } else { "unblocked" };
         Ok(changed(
             started,
             format!("{verb} the link `{first}` – `{second}`"),
         ))
     }
+}
+
+impl Lab {
+    /// Wait until `node` answers again after `what`: its sshd from this machine, and a TCP
+    /// connection from every other node that is running, connected, not frozen and not cut off
+    /// from it. A fault's undo returns only then, so that whoever relies on it (tests, drills)
+    /// does not race the network.
+    fn wait_reachable(&self, node: &Node, what: &str) -> Result<()> {
+        let cgroups = node::Cgroups::detect()?;
+        let mut peers = Vec::new();
+        for peer in self.nodes() {
+            if peer == *node
+                || self.node_dirs(&peer).pid().is_none()
+                || !network::link_up(&peer)
+                || node::frozen(&peer, &cgroups)
+                || network::blocked_peers(&peer)?.contains(&node.address())
+            {
+                continue;
+            }
+            peers.push(peer);
+        }
+        wait_until(
+            || {
+                node::ssh_answers(node)
+                    && peers.iter().all(|peer| {
+                        network::connects_from(peer, node.address(), SSH_PORT, POLL_CONNECT)
+                    })
+            },
+            || {
+                let silent: Vec<String> = peers
+                    .iter()
+                    .filter(|peer| {
+                        !network::connects_from(peer, node.address(), SSH_PORT, POLL_CONNECT)
+                    })
+                    .map(|peer| format!("`{peer}`"))
+                    .collect();
+                let from = if node::ssh_answers(node) {
+                    silent.join(", ")
+                } else {
+                    "this machine".to_string()
+                };
+                format!("`{node}` does not answer from {from} after {what}")
+            },
+        )
+    }
+}
+
+/// How long one reachability check may take.
+const POLL_CONNECT: Duration = Duration::from_millis(500);
+
+/// Poll `ready` every 100 ms until it holds; after [`REACH_TIMEOUT`] fail with `problem()` and
+/// a hint.
+fn wait_until(mut ready: impl FnMut() -> bool, problem: impl Fn() -> String) -> Result<()> {
+    let deadline = Instant::now() + REACH_TIMEOUT;
+    while !ready() {
+        if Instant::now() > deadline {
+            anyhow::bail!(
+                "{} within {} s\nhint: `pgha lab status`; the node's console log is in the lab's state directory",
+                problem(),
+                REACH_TIMEOUT.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+/// Open a TCP connection to `to` from inside the network namespace of the lab node `node`, as a
+/// process on that node would (the drills' probes see a partitioned node this way). Fails when
+/// `node` is not a lab node or the connection does not open within `timeout`.
+pub fn connect_inside(
+    node: &str,
+    to: std::net::SocketAddr,
+    timeout: Duration,
+) -> Result<std::net::TcpStream> {
+    let node = topology::node(node, MAX_NODES)?;
+    network::connect_from(&node, to, timeout)
+        .with_context(|| format!("cannot connect to `{to}` from inside `{node}`"))
 }
 
 fn changed(started: Instant, change: String) -> Report {

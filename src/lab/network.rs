@@ -7,9 +7,11 @@
 //! cable. (`tc` with the `prio` qdisc and `gact` drop action is not built into every kernel this
 //! runs on; blackhole routes fail `connect` at once instead of timing out.)
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
@@ -34,6 +36,32 @@ fn interface_up(name: &str) -> bool {
 
 fn namespace_exists(node: &Node) -> bool {
     Path::new("/run/netns").join(node.namespace()).exists()
+}
+
+/// Open a TCP connection from inside `from`'s network namespace to `to`, within `timeout`: the
+/// node's own view of the network, without logging in to it. Only a short-lived thread enters
+/// the namespace, so the caller's threads stay where they are; the socket keeps the namespace
+/// it was made in.
+pub fn connect_from(from: &Node, to: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
+    let path = Path::new("/run/netns").join(from.namespace());
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let namespace = std::fs::File::open(&path)?;
+                // SAFETY: setns on a valid descriptor changes only this thread's namespace.
+                if unsafe { libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                TcpStream::connect_timeout(&to, timeout)
+            })
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the connecting thread panicked")))
+    })
+}
+
+/// Whether `from` reaches `to:port` over TCP within `timeout` (see [`connect_from`]).
+pub fn connects_from(from: &Node, to: Ipv4Addr, port: u16, timeout: Duration) -> bool {
+    connect_from(from, SocketAddr::from((to, port)), timeout).is_ok()
 }
 
 /// Fail if the lab's subnet is already used by an interface other than the lab's bridge.
