@@ -270,7 +270,7 @@ fn agent_routes_a_switchover_and_keeps_the_vip_honest() {
         &format!("{new_holder}'s agent removes the VIP held without keepalived"),
         Duration::from_secs(20),
         || {
-            let holders = vip_holders(&inventory);
+            let holders = vip_holders(&inventory)?;
             if holders.contains(&new_holder) {
                 Err(format!("holders: {holders:?}"))
             } else {
