@@ -20,6 +20,8 @@ use std::process::{Command, Output, Stdio};
 
 const SUITE: &str = "bookworm";
 const CACHE: &str = "/var/cache/pgha/fresh-root";
+/// The container's name (also its host name).
+const MACHINE: &str = "pgha-fresh-root";
 /// Marks a finished pristine root.
 const MARKER: &str = ".pgha-fresh-root-complete";
 
@@ -147,7 +149,10 @@ fn in_container(root: &Path, script: &str, network: bool) -> Output {
     let project = env!("CARGO_MANIFEST_DIR");
     let mut command = Command::new("systemd-nspawn");
     command
-        .args(["--quiet", "--register=no", "--keep-unit", "--directory"])
+        // `--console=pipe`: plain output, as in CI (no terminal inside).
+        .args(["--quiet", "--register=no", "--keep-unit", "--console=pipe"])
+        .arg(format!("--machine={MACHINE}"))
+        .arg("--directory")
         .arg(root)
         .arg(format!("--bind-ro={project}:/src"))
         .arg(format!("--bind-ro={}:/opt/rust", toolchain().display()))
@@ -168,6 +173,8 @@ fn in_container(root: &Path, script: &str, network: bool) -> Output {
         .stdin(Stdio::null());
     eprintln!("$ {command:?}");
     let output = command.output().expect("run systemd-nspawn");
+    // systemd-nspawn leaves an empty directory per machine name behind in `/run`.
+    let _ = std::fs::remove_dir(Path::new("/run/systemd/nspawn/propagate").join(MACHINE));
     eprintln!(
         "{}\n{}",
         String::from_utf8_lossy(&output.stdout),
