@@ -4,7 +4,9 @@
 # Usage: scripts/bench-drills.sh [INVENTORY] [REPEAT] [SCENARIO...]
 #        (defaults: inventories/lab.yml, 5, every scenario)
 # Needs the cluster deployed (`pgha lab up && pgha deploy -i INVENTORY`). A failed verdict is
-# reported in its row; the script goes on with the next scenario.
+# reported in its row; the script goes on with the next scenario. Beside each drill runs
+# scripts/independent-probe.py (psql on a new connection every 100 ms through the VIP, no pgha
+# code); its gaps longer than 0.5 s are the last column, to compare with "each run".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 pgha="${PGHA:-${CARGO_TARGET_DIR:-target}/debug/pgha}"
@@ -17,17 +19,28 @@ scenarios=("$@")
 out="${PGHA_BENCH_OUT:-$(mktemp -d /tmp/pgha-drills.XXXXXX)}"
 mkdir -p "$out"
 echo "reports in $out" >&2
-echo "| scenario | runs | outage median | outage worst | model range (avg) | each run (s) | acknowledged writes lost | double-primary moments | fenced old-primary moments | old primary streams again after the heal | verdict |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|"
+secrets="${inventory%.yml}.secrets.yml"
+PGPASSWORD=$(awk '/superuser_password/ {print $2}' "$secrets")
+export PGPASSWORD
+vip=$("$pgha" inventory show -i "$inventory" --json | python3 -c 'import json, sys; print(json.load(sys.stdin)["cluster"]["vip"].split("/")[0])')
+echo "| scenario | runs | outage median | outage worst | model range (avg) | each run (s) | persistent connection (s) | acknowledged writes lost | double-primary moments | fenced old-primary moments | old primary streams again after the heal | verdict | independent probe (s) |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 for scenario in "${scenarios[@]}"; do
+  python3 scripts/independent-probe.py "$vip" 5000 0 0.5 > "$out/$scenario.independent" 2>&1 &
+  independent=$!
+  sleep 1
   "$pgha" drill -i "$inventory" "$scenario" --repeat "$repeat" --json > "$out/$scenario.json" 2> "$out/$scenario.log" || true
-  python3 - "$out/$scenario.json" "$scenario" <<'EOF'
+  kill -TERM "$independent"
+  wait "$independent" || true
+  python3 - "$out/$scenario.json" "$scenario" "$out/$scenario.independent" <<'EOF'
 import json, sys
-path, scenario = sys.argv[1], sys.argv[2]
+path, scenario, independent = sys.argv[1], sys.argv[2], sys.argv[3]
+gaps = [line.split()[1] for line in open(independent) if line.startswith("gap ")]
+independent = ", ".join(gaps) or "none > 0.5"
 try:
     report = json.load(open(path))
 except ValueError:
-    print(f"| `{scenario}` | – | – | – | – | – | – | – | – | – | no report (see the log beside it) |")
+    print(f"| `{scenario}` | – | – | – | – | – | – | – | – | – | – | no report (see the log beside it) | {independent} |")
     sys.exit(0)
 runs, summary, expected = report["runs"], report["summary"], report["expected"]
 s = lambda ms: f"{ms / 1000:.1f}"
@@ -40,7 +53,8 @@ if problems:
     verdict += ": " + "; ".join(problems)
 print(f"| `{scenario}` | {len(runs)} | {s(summary['median_outage_ms'])} s | {s(summary['worst_outage_ms'])} s "
       f"| {s(expected['min_ms'])}–{s(expected['max_ms'])} s ({s(expected['avg_ms'])}) "
-      f"| {', '.join(s(run['outage_ms']) for run in runs)} | {summary['acknowledged_writes_lost']} "
-      f"| {summary['double_primary_moments']} | {summary['fenced_primary_moments']} | {streams} | {verdict} |")
+      f"| {', '.join(s(run['outage_ms']) for run in runs)} "
+      f"| {', '.join(s(run['persistent_outage_ms']) for run in runs)} | {summary['acknowledged_writes_lost']} "
+      f"| {summary['double_primary_moments']} | {summary['fenced_primary_moments']} | {streams} | {verdict} | {independent} |")
 EOF
 done

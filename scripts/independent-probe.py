@@ -5,11 +5,13 @@ It shares no code with pgha: every 100 ms it starts `psql` (libpq) on a new conn
 HOST:PORT with one INSERT, without waiting for the earlier ones, and records when each
 acknowledgement arrived. At the end (SECONDS elapsed, or Ctrl-C) it prints every gap between
 consecutive acknowledgements longer than MIN_GAP seconds, and the longest one, in seconds.
+SECONDS 0 runs until SIGTERM or SIGINT.
 
 Usage: PGPASSWORD=... scripts/independent-probe.py HOST PORT SECONDS [MIN_GAP]
 The password comes from the environment only (never argv). Needs `psql` (postgresql-client).
 """
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -43,10 +45,15 @@ def attempt(number):
             failures[0] += 1
 
 
+def stop(*_):
+    raise KeyboardInterrupt
+
+
+signal.signal(signal.SIGTERM, stop)
 start = time.monotonic()
 threads, number = [], 0
 try:
-    while time.monotonic() - start < seconds:
+    while seconds == 0 or time.monotonic() - start < seconds:
         number += 1
         thread = threading.Thread(target=attempt, args=(number,), daemon=True)
         thread.start()

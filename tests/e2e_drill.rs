@@ -1,8 +1,10 @@
 //! End-to-end: every failure drill once against a freshly deployed 3-node lab, read like a spec.
 //! For each scenario the drill's JSON verdict says: no acknowledged write was lost (the lab
 //! inventory has synchronous_mode on), never two primaries that could both acknowledge a
-//! commit, a measured outage, and for the failover scenarios another node is primary afterwards
-//! on a new timeline while the old one streams again.
+//! commit, a measured outage inside the failover model, evidence that the fault happened (a new
+//! postmaster pid, a VIP on another node, an isolated old primary reached from inside its own
+//! network that acknowledged nothing), and for the failover scenarios another node is primary
+//! afterwards on a new timeline while the old one streams again.
 //!
 //! Needs root. One test function: only one lab can exist at a time.
 
@@ -67,9 +69,35 @@ fn every_drill_keeps_acknowledged_writes_and_one_primary() {
             "{scenario}: the write probe hardly ran: {run:#}"
         );
         assert!(
-            run["outage_ms"].is_u64(),
+            run["outage_ms"].is_u64() && run["outage"]["to_ms"].is_u64(),
             "{scenario}: no outage measured: {run:#}"
         );
+        assert_eq!(
+            run["within_model"], true,
+            "{scenario}: outage outside the failover model: {report:#}"
+        );
+        match scenario {
+            "kill-postgres" => assert!(
+                run["postmaster_pid_after"].is_u64()
+                    && run["postmaster_pid_after"] != run["postmaster_pid_before"],
+                "kill-postgres: PostgreSQL was not killed and restarted: {run:#}"
+            ),
+            "kill-haproxy" => assert!(
+                run["vip_holder_after"].is_string() && run["vip_holder_after"] != run["target"],
+                "kill-haproxy: the VIP did not move: {run:#}"
+            ),
+            "partition-primary" => {
+                assert!(
+                    run["isolated_connected_writes"].as_u64() > Some(0),
+                    "partition-primary: the isolated probe never reached the old primary: {run:#}"
+                );
+                assert_eq!(
+                    run["isolated_acknowledged_writes"], 0,
+                    "partition-primary: the cut-off old primary acknowledged commits: {run:#}"
+                );
+            }
+            _ => {}
+        }
         if [
             "switchover",
             "kill-primary",

@@ -175,6 +175,9 @@ pub struct DrillRun {
     /// `partition-primary` on the lab: commits the cut-off old primary acknowledged while
     /// isolated, probed from inside its own network (`None`: not probed).
     pub isolated_acknowledged_writes: Option<usize>,
+    /// Of the isolated probe's attempts while the node was cut off, those that opened a
+    /// connection to it: the probe could see it.
+    pub isolated_connected_writes: Option<usize>,
     /// `kill-postgres`: the postmaster's pid before the kill and once PostgreSQL is back.
     pub postmaster_pid_before: Option<u32>,
     pub postmaster_pid_after: Option<u32>,
@@ -670,6 +673,7 @@ async fn run_once(
             .iter()
             .filter(|attempt| attempt.client != probe::WriteClient::Isolated)
             .count(),
+        isolated_connected_writes: verdict.isolated_connected,
         failed_writes: verdict.failed_writes,
         persistent_failed_writes: verdict.persistent_failed_writes,
         acknowledged_writes_lost: verdict.lost_ids.len(),
@@ -851,6 +855,7 @@ mod tests {
             fenced_primary_moments: 0,
             fenced_primary_nodes: Vec::new(),
             isolated_acknowledged_writes: None,
+            isolated_connected_writes: None,
             postmaster_pid_before: None,
             postmaster_pid_after: None,
             vip_holder_after: None,
@@ -889,6 +894,7 @@ mod tests {
             client: probe::WriteClient::NewConnection,
             started_ms,
             ended_ms: started_ms + 5,
+            connected: true,
             acknowledged,
         };
         let writes = vec![

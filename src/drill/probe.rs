@@ -63,6 +63,8 @@ pub struct WriteAttempt {
     pub client: WriteClient,
     pub started_ms: u64,
     pub ended_ms: u64,
+    /// A connection to the server was open for the attempt (it may still have failed).
+    pub connected: bool,
     pub acknowledged: bool,
 }
 
@@ -324,8 +326,10 @@ async fn new_connection_probe(
         let shared = shared.clone();
         attempts.spawn(async move {
             let started_ms = elapsed_ms(shared.started);
+            let mut connected = false;
             let attempt = async {
                 let connection = endpoint.connect().await.map_err(|_| ())?;
+                connected = true;
                 connection
                     .execute(INSERT, &[&shared.run, &id])
                     .await
@@ -340,6 +344,7 @@ async fn new_connection_probe(
                 client,
                 started_ms,
                 ended_ms: elapsed_ms(shared.started),
+                connected,
                 acknowledged,
             });
         });
@@ -363,10 +368,12 @@ async fn persistent_probe(endpoint: Endpoint, shared: WriteLog) {
         }
         let id = shared.next_id();
         let started_ms = elapsed_ms(shared.started);
+        let mut connected = false;
         let attempt = async {
             if client.as_ref().is_none_or(|client| client.is_closed()) {
                 client = Some(endpoint.connect().await.map_err(|_| ())?);
             }
+            connected = true;
             let Some(connected) = client.as_ref() else {
                 return Err(());
             };
@@ -388,6 +395,7 @@ async fn persistent_probe(endpoint: Endpoint, shared: WriteLog) {
             client: WriteClient::Persistent,
             started_ms,
             ended_ms: elapsed_ms(shared.started),
+            connected,
             acknowledged,
         });
     }
@@ -531,17 +539,21 @@ pub fn unacknowledged_but_stored(writes: &[WriteAttempt], stored: &BTreeSet<i64>
         .count()
 }
 
-/// Commits the isolated old primary acknowledged for attempts started in `[from_ms, to_ms)`:
-/// writes a client cut off with it would believe were saved.
-pub fn isolated_acknowledged(writes: &[WriteAttempt], from_ms: u64, to_ms: u64) -> usize {
-    writes
+/// What the isolated write probe saw of the old primary for attempts started in
+/// `[from_ms, to_ms)`: how many opened a connection (the probe could see it at all), and how
+/// many commits it acknowledged (writes a client cut off with it would believe were saved).
+pub fn isolated_writes(writes: &[WriteAttempt], from_ms: u64, to_ms: u64) -> (usize, usize) {
+    let window: Vec<&WriteAttempt> = writes
         .iter()
         .filter(|attempt| {
             attempt.client == WriteClient::Isolated
-                && attempt.acknowledged
                 && (from_ms..to_ms).contains(&attempt.started_ms)
         })
-        .count()
+        .collect();
+    (
+        window.iter().filter(|attempt| attempt.connected).count(),
+        window.iter().filter(|attempt| attempt.acknowledged).count(),
+    )
 }
 
 /// What the primary probe saw of nodes out of recovery at the same moment.
@@ -604,6 +616,7 @@ mod tests {
                     client: WriteClient::NewConnection,
                     started_ms: index * 100,
                     ended_ms: index * 100 + 10,
+                    connected: true,
                     acknowledged: mark == '.',
                 }
             })
@@ -679,6 +692,7 @@ mod tests {
             client: WriteClient::Persistent,
             started_ms: 0,
             ended_ms: 2_000,
+            connected: true,
             acknowledged: true,
         });
         assert_eq!(outage(&writes), 100);
@@ -706,8 +720,9 @@ mod tests {
         }
         // Rewound away later, so missing from the new primary: not "lost", but a finding.
         assert!(lost_writes(&writes, &BTreeSet::new()).is_empty());
-        assert_eq!(isolated_acknowledged(&writes, 100, 300), 2);
-        assert_eq!(isolated_acknowledged(&writes, 300, 900), 0);
+        writes[2].connected = false;
+        assert_eq!(isolated_writes(&writes, 100, 300), (1, 2));
+        assert_eq!(isolated_writes(&writes, 300, 900), (0, 0));
     }
 
     fn sample(round: u64, node: &str, writable: Option<bool>) -> PrimarySample {

@@ -48,8 +48,10 @@ pub struct Verdict {
     pub lost_ids: Vec<i64>,
     pub unacknowledged_but_stored: usize,
     pub primaries: Primaries,
-    /// Commits the cut-off old primary acknowledged while isolated (`None`: not probed).
+    /// Commits the cut-off old primary acknowledged while isolated (`None`: not probed), and
+    /// the attempts that reached it then.
     pub isolated_acknowledged: Option<usize>,
+    pub isolated_connected: Option<usize>,
     pub within_model: bool,
     /// Why the verdict failed, one sentence each; empty when it passed.
     pub problems: Vec<String>,
@@ -66,9 +68,10 @@ pub fn judge(observed: &Observed) -> Verdict {
     let outage_ms = outage.map_or(0, |gap| gap.ms());
     let lost_ids = probe::lost_writes(writes, observed.stored);
     let primaries = probe::primaries(&observed.log.samples, observed.old_primary);
-    let isolated_acknowledged = observed
+    let isolated = observed
         .isolated_probed
-        .then(|| probe::isolated_acknowledged(writes, observed.fault_ms, observed.heal_ms));
+        .then(|| probe::isolated_writes(writes, observed.fault_ms, observed.heal_ms));
+    let isolated_acknowledged = isolated.map(|(_, acknowledged)| acknowledged);
     let within_model = observed.expected.contains(outage_ms, MODEL_SLACK_MS);
 
     let mut problems = Vec::new();
@@ -88,6 +91,12 @@ pub fn judge(observed: &Observed) -> Verdict {
                 .cloned()
                 .collect::<Vec<_>>()
                 .join(", ")
+        ));
+    }
+    if isolated.is_some_and(|(connected, _)| connected == 0) {
+        problems.push(format!(
+            "the isolated write probe never reached `{}` while it was cut off: it cannot tell whether it acknowledged commits",
+            observed.old_primary
         ));
     }
     if let Some(acknowledged) = isolated_acknowledged.filter(|count| *count > 0) {
@@ -138,6 +147,7 @@ pub fn judge(observed: &Observed) -> Verdict {
         lost_ids,
         primaries,
         isolated_acknowledged,
+        isolated_connected: isolated.map(|(connected, _)| connected),
         within_model,
         problems,
     }
@@ -165,6 +175,7 @@ mod tests {
                     client: WriteClient::NewConnection,
                     started_ms,
                     ended_ms: started_ms + 20,
+                    connected: true,
                     acknowledged: !(fail_from_ms..fail_until_ms).contains(&started_ms),
                 }
             })
@@ -274,6 +285,7 @@ mod tests {
             client: WriteClient::Isolated,
             started_ms: 5_000,
             ended_ms: 5_010,
+            connected: true,
             acknowledged: true,
         });
         let stored = stored_all(&log);
@@ -285,9 +297,15 @@ mod tests {
             verdict.problems,
             vec!["the cut-off old primary `node1` acknowledged 1 commit(s) while isolated"]
         );
-        // Before the fault it was simply the primary.
+        // Before the fault it was simply the primary; a probe that saw nothing while the node
+        // was cut off cannot vouch for it.
         input.fault_ms = 6_000;
-        assert_eq!(judge(&input).isolated_acknowledged, Some(0));
+        let blind = judge(&input);
+        assert_eq!(blind.isolated_acknowledged, Some(0));
+        assert_eq!(
+            blind.problems,
+            vec!["the isolated write probe never reached `node1` while it was cut off: it cannot tell whether it acknowledged commits"]
+        );
     }
 
     #[test]
