@@ -6,7 +6,7 @@
 //!    from a replica;
 //! 3. a second deploy reports 0 changed and restarts no service (unit start times unchanged);
 //! 4. `pgha verify` passes, and fails naming the assertion when HAProxy on one node or a
-//!    replica's Patroni is stopped; `pgha switchover` moves the primary, checked after; a
+//!    replica's Patroni is stopped, or a setting waits for a restart; `pgha switchover` moves the primary, checked after; a
 //!    parameter that needs a restart is rolled out replicas first, the primary via switchover;
 //! 5. the same inventory deployed as the non-root `deploy` user (sudo) also changes nothing;
 //! 6. a node killed with `pgha lab kill` makes the deploy fail on that node only, and after
@@ -434,6 +434,36 @@ fn deploy_converges_routes_and_is_idempotent() {
     verify_eventually(
         &inventory,
         "verify passes after the rolling restart",
+        Duration::from_secs(60),
+    );
+
+    // The configuration changed behind pgha's back: PostgreSQL keeps the old value until a
+    // restart, and verify says so instead of reading Patroni's stored configuration alone.
+    exec(
+        &inventory,
+        "node1",
+        "/opt/pgha/patroni-*/bin/patronictl -c /etc/patroni/patroni.yml edit-config --force -p max_connections=170 >/dev/null",
+    );
+    eventually(
+        "verify reports the pending restart",
+        Duration::from_secs(30),
+        || {
+            let failed = failed_checks(&verify(&inventory));
+            if failed
+                .iter()
+                .any(|name| name == "patroni.no_pending_restart")
+            {
+                Ok(())
+            } else {
+                Err(format!("failing: {failed:?}"))
+            }
+        },
+    );
+    let restored = deploy_json(&inventory);
+    assert_eq!(restored["success"], true, "{restored:#}");
+    verify_eventually(
+        &inventory,
+        "verify passes once deploy put the inventory's value back",
         Duration::from_secs(60),
     );
 

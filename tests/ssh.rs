@@ -765,7 +765,27 @@ impl Drop for TestUser {
         if let Some(rule) = &self.rule {
             let _ = fs::remove_file(rule);
         }
-        let _ = Command::new("userdel").arg(self.name).status();
+        // The daemon's per-connection process may still run as the user for a moment after
+        // the test ended; `userdel` refuses until it is gone. Wait for it, then insist.
+        let removed = |force: bool| {
+            let mut command = Command::new("userdel");
+            if force {
+                command.arg("--force");
+            }
+            command
+                .arg(self.name)
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|status| status.success())
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !removed(false) {
+            if Instant::now() > deadline {
+                let _ = removed(true);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }
 

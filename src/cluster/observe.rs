@@ -234,6 +234,8 @@ pub struct Member {
     pub host: String,
     pub timeline: Option<u64>,
     pub lag: Option<u64>,
+    /// PostgreSQL runs a setting other than its configuration until it restarts.
+    pub pending_restart: bool,
 }
 
 /// The members as the first node that answered `/cluster` sees them.
@@ -253,6 +255,7 @@ pub fn members(views: &[NodeView]) -> Vec<Member> {
                     host: member["host"].as_str().unwrap_or_default().to_string(),
                     timeline: member["timeline"].as_u64(),
                     lag: member["lag"].as_u64(),
+                    pending_restart: member["pending_restart"].as_bool().unwrap_or(false),
                 })
                 .collect()
         })

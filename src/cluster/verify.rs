@@ -156,6 +156,25 @@ pub fn assess(inventory: &Inventory, views: &[NodeView]) -> Vec<Check> {
             format!("not streaming: {}", not_streaming.join(", "))
         },
     ));
+    // Patroni's stored configuration is not what runs: a setting that needs a restart stays at
+    // its old value until then, and PostgreSQL says so (`pg_settings.pending_restart`).
+    let pending: Vec<String> = members
+        .iter()
+        .filter(|member| member.pending_restart)
+        .map(|member| member.name.clone())
+        .collect();
+    checks.push(Check::new(
+        "patroni.no_pending_restart",
+        pending.is_empty() && !members.is_empty(),
+        if pending.is_empty() {
+            "every member runs its configured settings".to_string()
+        } else {
+            format!(
+                "pending restart (a changed setting not in effect yet): {}; hint: `pgha deploy` rolls it out",
+                pending.join(", ")
+            )
+        },
+    ));
     let threshold = inventory.cluster.patroni.maximum_lag_on_failover;
     let lagging: Vec<String> = members
         .iter()
@@ -446,7 +465,7 @@ mod tests {
         views[1].cluster = Some(json!({"members": [
             {"name": "node1", "role": "leader", "state": "running", "timeline": 2},
             {"name": "node2", "role": "replica", "state": "stopped", "timeline": 1},
-            {"name": "node3", "role": "replica", "state": "streaming", "timeline": 2, "lag": 99999999}
+            {"name": "node3", "role": "replica", "state": "streaming", "timeline": 2, "lag": 99999999, "pending_restart": true}
         ]}));
         views[0].cluster = None;
         views[0].holds_vip = Some(true);
@@ -461,6 +480,7 @@ mod tests {
         let failed = failing(&assess(&inventory, &views)).join("\n");
         for name in [
             "patroni.replicas_streaming",
+            "patroni.no_pending_restart",
             "patroni.replication_lag",
             "patroni.same_timeline",
             "patroni.sync_standbys",
