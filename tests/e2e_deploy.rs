@@ -97,17 +97,25 @@ fn psql(port: u16, password: &str, sql: &str) -> Result<String, String> {
     }
 }
 
-/// `unit -> ActiveEnterTimestampMonotonic` on every node, through `pgha exec`.
-fn start_times(inventory: &Path) -> serde_json::Value {
+/// Run `command` as root on every node with `pgha exec --json`; its results.
+fn exec_everywhere(inventory: &Path, command: &str) -> serde_json::Value {
     let stdout = pgha_ok(&[
         "exec",
         "-i",
         inventory.to_str().unwrap(),
         "--json",
         "--",
-        "systemctl show -p Id,ActiveEnterTimestampMonotonic etcd patroni haproxy keepalived",
+        command,
     ]);
     serde_json::from_str(&stdout).unwrap()
+}
+
+/// `unit -> ActiveEnterTimestampMonotonic` on every node.
+fn start_times(inventory: &Path) -> serde_json::Value {
+    exec_everywhere(
+        inventory,
+        "systemctl show -p Id,ActiveEnterTimestampMonotonic etcd patroni haproxy keepalived",
+    )
 }
 
 fn verify(inventory: &Path) -> serde_json::Value {
@@ -157,16 +165,7 @@ fn accepted_logins(inventory: &Path, since: u64, until: u64) -> BTreeMap<String,
     let command = format!(
         "journalctl -u ssh -o cat --since @{since} --until @{until} | grep -c 'Accepted publickey' || true"
     );
-    let stdout = pgha_ok(&[
-        "exec",
-        "-i",
-        inventory.to_str().unwrap(),
-        "--json",
-        "--",
-        &command,
-    ]);
-    let results: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-    results
+    exec_everywhere(inventory, &command)
         .as_array()
         .unwrap()
         .iter()

@@ -39,6 +39,8 @@ const STOP_GRACE: Duration = Duration::from_secs(20);
 const REACH_TIMEOUT: Duration = Duration::from_secs(30);
 /// The port every lab node answers on (sshd): what "the node answers" means.
 const SSH_PORT: u16 = 22;
+/// How long one reachability check may take.
+const POLL_CONNECT: Duration = Duration::from_millis(500);
 /// `down` is less patient: the nodes are thrown away anyway.
 const DOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -621,9 +623,7 @@ impl Lab {
             format!("{verb} the link `{first}` – `{second}`"),
         ))
     }
-}
 
-impl Lab {
     /// Wait until `node` answers again after `what`: its sshd from this machine, and a TCP
     /// connection from every other node that is running, connected, not frozen and not cut off
     /// from it. A fault's undo returns only then, so that whoever relies on it (tests, drills)
@@ -667,9 +667,6 @@ impl Lab {
         )
     }
 }
-
-/// How long one reachability check may take.
-const POLL_CONNECT: Duration = Duration::from_millis(500);
 
 /// Poll `ready` every 100 ms until it holds; after [`REACH_TIMEOUT`] fail with `problem()` and
 /// a hint.
