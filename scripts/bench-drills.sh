@@ -22,21 +22,25 @@ echo "reports in $out" >&2
 secrets="${inventory%.yml}.secrets.yml"
 PGPASSWORD=$(awk '/superuser_password/ {print $2}' "$secrets")
 export PGPASSWORD
-vip=$("$pgha" inventory show -i "$inventory" --json | python3 -c 'import json, sys; print(json.load(sys.stdin)["cluster"]["vip"].split("/")[0])')
+read -r vip write_port < <("$pgha" inventory show -i "$inventory" --json | python3 -c 'import json, sys; c = json.load(sys.stdin)["cluster"]; print(c["vip"].split("/")[0], c["ports"]["write"])')
 echo "| scenario | runs | outage median | outage worst | model range (avg) | each run (s) | persistent connection (s) | acknowledged writes lost | double-primary moments | fenced old-primary moments | old primary streams again after the heal | verdict | independent probe (s) |"
 echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 for scenario in "${scenarios[@]}"; do
-  python3 scripts/independent-probe.py "$vip" 5000 0 0.5 > "$out/$scenario.independent" 2>&1 &
+  python3 scripts/independent-probe.py "$vip" "$write_port" 0 0.5 > "$out/$scenario.independent" 2>&1 &
   independent=$!
   sleep 1
   "$pgha" drill -i "$inventory" "$scenario" --repeat "$repeat" --json > "$out/$scenario.json" 2> "$out/$scenario.log" || true
-  kill -TERM "$independent"
+  kill -TERM "$independent" 2>/dev/null || true
   wait "$independent" || true
   python3 - "$out/$scenario.json" "$scenario" "$out/$scenario.independent" <<'EOF'
 import json, sys
 path, scenario, independent = sys.argv[1], sys.argv[2], sys.argv[3]
-gaps = [line.split()[1] for line in open(independent) if line.startswith("gap ")]
-independent = ", ".join(gaps) or "none > 0.5"
+lines = open(independent).read().splitlines()
+gaps = [line.split()[1] for line in lines if line.startswith("gap ")]
+if not any(line.startswith("attempts ") for line in lines):
+    independent = "probe failed (see the .independent file)"
+else:
+    independent = ", ".join(gaps) or "none > 0.5"
 try:
     report = json.load(open(path))
 except ValueError:

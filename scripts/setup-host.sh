@@ -59,8 +59,10 @@ if [ "${#missing[@]}" -gt 0 ]; then
     step="installing ${missing[*]}"
     hint="run \`apt-get install ${missing[*]}\` by hand to see which package apt cannot install"
     apt-get install -y -q --no-install-recommends "${missing[@]}" </dev/null
-    rm -f "$policy"
-    created_policy=no
+    if [ "$created_policy" = yes ]; then
+        rm -f "$policy"
+        created_policy=no
+    fi
 fi
 
 step="looking for the Rust toolchain"

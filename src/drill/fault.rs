@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 
 use super::Scenario;
 use crate::engine::runner::Connections;
-use crate::inventory::{Inventory, Node};
+use crate::inventory::{Inventory, Node, Role};
 use crate::lab::Lab;
 use crate::ssh::{RemoteCommand, Session};
 
@@ -75,26 +75,47 @@ pub async fn run_on(
     Ok(output.stdout_text())
 }
 
-/// The node currently holding the VIP (`ip -o addr show to VIP` is not empty there).
-pub async fn vip_holder(
+/// Every node holding the VIP (`ip -o addr show to VIP` is not empty there). Fails when a node
+/// cannot be asked: a node that did not answer is not a node without the VIP.
+pub async fn vip_holders(
     inventory: &Inventory,
     connections: &Arc<Connections>,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<Vec<String>> {
     let Some(vip) = inventory.cluster.vip else {
         bail!("the inventory has no `cluster.vip`; hint: `kill-haproxy` needs a VIP");
     };
     let script = format!("ip -o addr show to {}", vip.address);
-    for node in &inventory.nodes {
-        if let Ok(output) = run_on(connections, node, &script).await {
-            if !output.trim().is_empty() {
-                return Ok(node.name.clone());
-            }
+    let mut holders = Vec::new();
+    for node in inventory
+        .nodes
+        .iter()
+        .filter(|node| node.has(Role::Keepalived))
+    {
+        let output = run_on(connections, node, &script)
+            .await
+            .with_context(|| format!("cannot ask `{}` whether it holds the VIP", node.name))?;
+        if !output.trim().is_empty() {
+            holders.push(node.name.clone());
         }
     }
-    bail!(
-        "no node holds the VIP `{}`\nhint: `pgha exec -i INV -- systemctl status keepalived`",
-        vip.address
-    )
+    Ok(holders)
+}
+
+/// The one node holding the VIP; an error when none or several do.
+pub async fn vip_holder(
+    inventory: &Inventory,
+    connections: &Arc<Connections>,
+) -> anyhow::Result<String> {
+    match vip_holders(inventory, connections).await?.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => {
+            bail!("no node holds the VIP\nhint: `pgha exec -i INV -- systemctl status keepalived`")
+        }
+        several => bail!(
+            "the VIP is on several nodes: {}\nhint: `pgha verify -i INV`",
+            several.join(", ")
+        ),
+    }
 }
 
 fn postmaster_pid_file(inventory: &Inventory) -> String {
@@ -129,22 +150,26 @@ pub async fn inject(
     target: &Node,
 ) -> anyhow::Result<Injected> {
     let name = target.name.clone();
+    // The lab's operations block (they wait for the node); off the probes' worker threads.
     let with_lab = |action: fn(&mut Lab, &str) -> anyhow::Result<crate::lab::Report>| {
-        let mut lab = Lab::open()?;
-        action(&mut lab, &name).map(|_| ())
+        let name = name.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut lab = Lab::open()?;
+            action(&mut lab, &name).map(|_| ())
+        })
     };
     match (scenario, injector) {
         (Scenario::Switchover, _) => Ok(Injected::Nothing),
         (Scenario::KillPrimary, Injector::Lab) => {
-            with_lab(Lab::kill)?;
+            with_lab(Lab::kill).await??;
             Ok(Injected::PowerCut(name))
         }
         (Scenario::PartitionPrimary, Injector::Lab) => {
-            with_lab(Lab::partition)?;
+            with_lab(Lab::partition).await??;
             Ok(Injected::Partition(name))
         }
         (Scenario::FreezePrimary, Injector::Lab) => {
-            with_lab(Lab::freeze)?;
+            with_lab(Lab::freeze).await??;
             Ok(Injected::Freeze(name))
         }
         (Scenario::KillPostgres, _) => {
@@ -190,7 +215,11 @@ pub async fn heal(
 ) -> anyhow::Result<()> {
     match injected {
         Injected::Nothing | Injected::PostmasterKilled(..) => Ok(()),
-        Injected::PowerCut(_) | Injected::Partition(_) | Injected::Freeze(_) => heal_lab(injected),
+        Injected::PowerCut(_) | Injected::Partition(_) | Injected::Freeze(_) => {
+            // `start`, `heal` and `thaw` wait until the node answers: off the probes' threads.
+            let injected = injected.clone();
+            tokio::task::spawn_blocking(move || heal_lab(&injected)).await?
+        }
         Injected::HaproxyMasked(name) => {
             let node = inventory
                 .node(name)

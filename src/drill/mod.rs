@@ -181,8 +181,8 @@ pub struct DrillRun {
     /// `kill-postgres`: the postmaster's pid before the kill and once PostgreSQL is back.
     pub postmaster_pid_before: Option<u32>,
     pub postmaster_pid_after: Option<u32>,
-    /// `kill-haproxy`: the VIP holder after recovery (the target held it before).
-    pub vip_holder_after: Option<String>,
+    /// `kill-haproxy`: the nodes holding the VIP after recovery (the target held it before).
+    pub vip_holders_after: Option<Vec<String>>,
     /// From the fault until the old primary streams from the new one (`None`: it stayed
     /// primary). For faults healed by the drill this includes the time until the heal.
     pub old_primary_streaming_after_ms: Option<u64>,
@@ -534,7 +534,11 @@ async fn run_once(
         isolated,
     });
     tokio::time::sleep(BASELINE).await;
-    if !probes.writes().iter().any(|attempt| attempt.acknowledged) {
+    if !probes
+        .writes()
+        .iter()
+        .any(|attempt| attempt.client == probe::WriteClient::NewConnection && attempt.acknowledged)
+    {
         probes.stop().await;
         bail!(
             "no write through the VIP `{:?}` was acknowledged before the fault\nhint: `pgha verify -i INV`",
@@ -568,6 +572,8 @@ async fn run_once(
             return Err(error.context(format!("failed to inject `{scenario}`")));
         }
     };
+    // From here until the heal starts the fault is certainly in place.
+    let injected_ms = probes.now_ms();
     let mut guard = HealGuard::new(&injected);
     let avoid = injected.node().map(str::to_string);
 
@@ -579,16 +585,18 @@ async fn run_once(
     // What the fault must have done, seen from the node before the heal: a new postmaster, or
     // the VIP elsewhere.
     let postmaster = match &injected {
-        Injected::PostmasterKilled(node, before) if recovered.is_ok() => Some((
+        Injected::PostmasterKilled(_, before) if recovered.is_ok() => Some((
             *before,
             restarted_postmaster(context, &target, *before).await,
         )),
         _ => None,
     };
     let vip_after = if scenario == Scenario::KillHaproxy && recovered.is_ok() {
-        fault::vip_holder(&context.inventory, &context.connections)
-            .await
-            .ok()
+        Some(
+            fault::vip_holders(&context.inventory, &context.connections)
+                .await
+                .map_err(|error| format!("{error:#}")),
+        )
     } else {
         None
     };
@@ -601,6 +609,7 @@ async fn run_once(
         Err(_) => progress("recovery failed; healing"),
     }
     // Heal on every path out; the guard covers panics and early returns before this line.
+    let heal_started_ms = probes.now_ms();
     let healed = fault::heal(&injected, &context.inventory, &context.connections).await;
     guard.disarm();
     let heal_ms = probes.now_ms();
@@ -640,6 +649,7 @@ async fn run_once(
     let new_primary = new_primary.or_else(|| leader_after.map(|leader| leader.name.clone()));
     let stored = stored_ids(context, &run_id).await?;
 
+    let probed_nodes: Vec<String> = context.nodes.iter().map(|(name, _)| name.clone()).collect();
     let verdict = verdict::judge(&Observed {
         scenario,
         synchronous: context.inventory.cluster.synchronous_mode != SyncMode::Off,
@@ -647,11 +657,14 @@ async fn run_once(
         old_primary: &old_primary,
         failover,
         fault_ms,
-        heal_ms,
+        in_place: (injected_ms, heal_started_ms),
         log: &log,
         stored: &stored,
+        nodes: &probed_nodes,
         postmaster,
-        vip: (scenario == Scenario::KillHaproxy).then(|| (target_name.clone(), vip_after.clone())),
+        vip: vip_after
+            .clone()
+            .map(|holders| (target_name.clone(), holders)),
         isolated_probed,
     });
     problems.extend(verdict.problems);
@@ -686,7 +699,7 @@ async fn run_once(
         isolated_acknowledged_writes: verdict.isolated_acknowledged,
         postmaster_pid_before: postmaster.map(|(before, _)| before),
         postmaster_pid_after: postmaster.and_then(|(_, after)| after),
-        vip_holder_after: vip_after,
+        vip_holders_after: vip_after.and_then(Result::ok),
         old_primary_streaming_after_ms: rejoined_ms.map(|at| at.saturating_sub(fault_ms)),
         old_primary_streaming_after_heal_ms: rejoined_ms.map(|at| at.saturating_sub(heal_ms)),
         within_model: verdict.within_model,
@@ -705,10 +718,11 @@ async fn restarted_postmaster(
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut last = None;
     while Instant::now() < deadline {
-        last = fault::postmaster_pid(&context.inventory, &context.connections, node)
-            .await
-            .ok()
-            .flatten();
+        // A failed read (SSH) keeps the last answer rather than reading as "no postmaster".
+        if let Ok(pid) = fault::postmaster_pid(&context.inventory, &context.connections, node).await
+        {
+            last = pid;
+        }
         if last.is_some_and(|pid| pid != killed) {
             break;
         }
@@ -858,7 +872,7 @@ mod tests {
             isolated_connected_writes: None,
             postmaster_pid_before: None,
             postmaster_pid_after: None,
-            vip_holder_after: None,
+            vip_holders_after: None,
             old_primary_streaming_after_ms: None,
             old_primary_streaming_after_heal_ms: None,
             within_model: true,

@@ -8,7 +8,7 @@ use super::model::ExpectedOutage;
 use super::probe::{self, Gap, Primaries, ProbeLog, WriteClient};
 use super::Scenario;
 
-/// Tolerance above the model's maximum before a measurement counts as out of range.
+/// Tolerance beyond either end of the model's range before a measurement counts as out of it.
 pub const MODEL_SLACK_MS: u64 = 2_000;
 
 /// What one repetition observed.
@@ -19,17 +19,21 @@ pub struct Observed<'a> {
     pub old_primary: &'a str,
     /// Another node leads after the fault.
     pub failover: bool,
-    /// When the fault was injected and healed, on the probes' clock.
+    /// When the fault was injected, on the probes' clock, and the window in which it was
+    /// certainly in place (from the injection's return to the start of the heal).
     pub fault_ms: u64,
-    pub heal_ms: u64,
+    pub in_place: (u64, u64),
     pub log: &'a ProbeLog,
     /// The probe's ids the surviving primary holds.
     pub stored: &'a BTreeSet<i64>,
+    /// The nodes the primary probe asked.
+    pub nodes: &'a [String],
     /// `kill-postgres`: the postmaster's pid before the fault, and after recovery (`None`: no
     /// postmaster).
     pub postmaster: Option<(u32, Option<u32>)>,
-    /// `kill-haproxy`: the VIP holder before the fault, and after recovery.
-    pub vip: Option<(String, Option<String>)>,
+    /// `kill-haproxy`: the VIP holder before the fault, and every holder after recovery (or
+    /// why they could not be asked).
+    pub vip: Option<(String, Result<Vec<String>, String>)>,
     /// Whether the isolated old primary was probed from inside its own network.
     pub isolated_probed: bool,
 }
@@ -70,11 +74,26 @@ pub fn judge(observed: &Observed) -> Verdict {
     let primaries = probe::primaries(&observed.log.samples, observed.old_primary);
     let isolated = observed
         .isolated_probed
-        .then(|| probe::isolated_writes(writes, observed.fault_ms, observed.heal_ms));
+        .then(|| probe::isolated_writes(writes, observed.in_place.0, observed.in_place.1));
     let isolated_acknowledged = isolated.map(|(_, acknowledged)| acknowledged);
     let within_model = observed.expected.contains(outage_ms, MODEL_SLACK_MS);
 
     let mut problems = Vec::new();
+    // The primary probe must have seen every node before the fault, or "no double primary"
+    // means nothing there.
+    let round_ms = u64::try_from(probe::PRIMARY_INTERVAL.as_millis()).unwrap_or(200);
+    for node in observed.nodes {
+        let answered = observed.log.samples.iter().any(|sample| {
+            sample.node == *node
+                && sample.writable.is_some()
+                && sample.round * round_ms < observed.fault_ms
+        });
+        if !answered {
+            problems.push(format!(
+                "the primary probe got no answer from `{node}` before the fault: it could not have seen a second primary there"
+            ));
+        }
+    }
     if observed.synchronous && !lost_ids.is_empty() {
         problems.push(format!(
             "{} acknowledged write(s) lost with synchronous_mode on",
@@ -110,7 +129,7 @@ pub fn judge(observed: &Observed) -> Verdict {
     }
     if !within_model {
         problems.push(format!(
-            "the outage of {} is outside the model's range {}–{} (+{} slack)",
+            "the outage of {} is outside the model's range {}–{} (±{} slack)",
             seconds(outage_ms),
             seconds(observed.expected.min_ms),
             seconds(observed.expected.max_ms),
@@ -127,13 +146,24 @@ pub fn judge(observed: &Observed) -> Verdict {
         _ => {}
     }
     match &observed.vip {
-        Some((before, None)) => problems.push(format!(
-            "no node holds the VIP after HAProxy on `{before}` died"
+        Some((_, Err(error))) => problems.push(format!(
+            "cannot tell where the VIP went: {}",
+            error.replace('\n', "; ")
         )),
-        Some((before, Some(after))) if before == after => problems.push(format!(
-            "the VIP stayed on `{before}`, whose HAProxy is dead"
-        )),
-        _ => {}
+        Some((before, Ok(after))) => match after.as_slice() {
+            [] => problems.push(format!(
+                "no node holds the VIP after HAProxy on `{before}` died"
+            )),
+            [one] if one == before => problems.push(format!(
+                "the VIP stayed on `{before}`, whose HAProxy is dead"
+            )),
+            [_] => {}
+            several => problems.push(format!(
+                "the VIP is on several nodes: {}",
+                several.join(", ")
+            )),
+        },
+        None => {}
     }
     Verdict {
         outage,
@@ -190,6 +220,8 @@ mod tests {
         log.writes.iter().map(|attempt| attempt.id).collect()
     }
 
+    const NODES: &[String] = &[];
+
     fn observed<'a>(log: &'a ProbeLog, stored: &'a BTreeSet<i64>) -> Observed<'a> {
         Observed {
             scenario: Scenario::KillPrimary,
@@ -198,9 +230,10 @@ mod tests {
             old_primary: "node1",
             failover: true,
             fault_ms: 1_000,
-            heal_ms: 40_000,
+            in_place: (1_000, 40_000),
             log,
             stored,
+            nodes: NODES,
             postmaster: None,
             vip: None,
             isolated_probed: false,
@@ -262,7 +295,7 @@ mod tests {
             assert_eq!(
                 verdict.problems,
                 vec![format!(
-                    "the outage of {shown} is outside the model's range 25.0 s–41.0 s (+2.0 s slack)"
+                    "the outage of {shown} is outside the model's range 25.0 s–41.0 s (±2.0 s slack)"
                 )]
             );
         }
@@ -299,7 +332,7 @@ mod tests {
         );
         // Before the fault it was simply the primary; a probe that saw nothing while the node
         // was cut off cannot vouch for it.
-        input.fault_ms = 6_000;
+        input.in_place = (6_000, 40_000);
         let blind = judge(&input);
         assert_eq!(blind.isolated_acknowledged, Some(0));
         assert_eq!(
@@ -332,12 +365,49 @@ mod tests {
 
         input.postmaster = None;
         input.scenario = Scenario::KillHaproxy;
-        input.vip = Some(("node1".into(), Some("node2".into())));
+        input.vip = Some(("node1".into(), Ok(vec!["node2".into()])));
         assert!(judge(&input).problems.is_empty());
-        input.vip = Some(("node1".into(), Some("node1".into())));
+        input.vip = Some(("node1".into(), Ok(vec!["node1".into()])));
         assert_eq!(
             judge(&input).problems,
             vec!["the VIP stayed on `node1`, whose HAProxy is dead"]
         );
+        input.vip = Some(("node1".into(), Ok(vec!["node2".into(), "node3".into()])));
+        assert_eq!(
+            judge(&input).problems,
+            vec!["the VIP is on several nodes: node2, node3"]
+        );
+        input.vip = Some(("node1".into(), Err("cannot ask `node3`".into())));
+        assert_eq!(
+            judge(&input).problems,
+            vec!["cannot tell where the VIP went: cannot ask `node3`"]
+        );
+    }
+
+    #[test]
+    fn a_node_the_primary_probe_never_heard_before_the_fault_fails() {
+        let mut log = power_cut(1_000, 31_000);
+        let sample = |round: u64, node: &str, writable: Option<bool>| PrimarySample {
+            round,
+            node: node.into(),
+            writable,
+            can_acknowledge: writable == Some(true),
+        };
+        log.samples = vec![
+            sample(1, "node1", Some(true)),
+            sample(2, "node2", Some(false)),
+            sample(2, "node3", None),
+            sample(10, "node3", Some(false)),
+        ];
+        let stored = stored_all(&log);
+        let nodes: Vec<String> = ["node1", "node2", "node3"].map(String::from).to_vec();
+        let mut input = observed(&log, &stored);
+        input.nodes = &nodes;
+        assert_eq!(
+            judge(&input).problems,
+            vec!["the primary probe got no answer from `node3` before the fault: it could not have seen a second primary there"]
+        );
+        input.fault_ms = 2_500;
+        assert!(judge(&input).problems.is_empty());
     }
 }

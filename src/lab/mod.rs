@@ -606,7 +606,9 @@ impl Lab {
         }
         network::set_blocked(&first, &second, blocked)?;
         network::set_blocked(&second, &first, blocked)?;
-        if !blocked {
+        // Wait only when both can answer: another fault on either (a power cut, a partition, a
+        // freeze) is undone by its own command, which waits then.
+        if !blocked && self.answers(&first)? && self.answers(&second)? {
             wait_until(
                 || {
                     let reaches = |from: &Node, to: &Node| {
@@ -629,13 +631,15 @@ impl Lab {
     /// from it. A fault's undo returns only then, so that whoever relies on it (tests, drills)
     /// does not race the network.
     fn wait_reachable(&self, node: &Node, what: &str) -> Result<()> {
-        let cgroups = node::Cgroups::detect()?;
+        if !self.answers(node)? {
+            // Still under another fault (e.g. a thawed node that is also partitioned): that
+            // fault's own undo waits.
+            return Ok(());
+        }
         let mut peers = Vec::new();
         for peer in self.nodes() {
             if peer == *node
-                || self.node_dirs(&peer).pid().is_none()
-                || !network::link_up(&peer)
-                || node::frozen(&peer, &cgroups)
+                || !self.answers(&peer)?
                 || network::blocked_peers(&peer)?.contains(&node.address())
             {
                 continue;
@@ -657,14 +661,24 @@ impl Lab {
                     })
                     .map(|peer| format!("`{peer}`"))
                     .collect();
-                let from = if node::ssh_answers(node) {
-                    silent.join(", ")
+                if node::ssh_answers(node) && !silent.is_empty() {
+                    format!(
+                        "`{node}` does not answer {} after {what}",
+                        silent.join(", ")
+                    )
                 } else {
-                    "this machine".to_string()
-                };
-                format!("`{node}` does not answer from {from} after {what}")
+                    format!("`{node}` does not answer this machine after {what}")
+                }
             },
         )
+    }
+
+    /// Whether `node` is in a state to answer: running, connected and not frozen.
+    fn answers(&self, node: &Node) -> Result<bool> {
+        let cgroups = node::Cgroups::detect()?;
+        Ok(self.node_dirs(node).pid().is_some()
+            && network::link_up(node)
+            && !node::frozen(node, &cgroups))
     }
 }
 
