@@ -5,6 +5,10 @@
 //! 2. a planned switchover through Patroni's REST API: every node's HAProxy routes writes to
 //!    the new primary, the agent's journal says so ("routing writes to ...") and HAProxy's
 //!    runtime state (`show servers state`) shows only the new primary up in `pgha_write`;
+//!    the others are drained, so a check that marks the old primary up again (as a thawed old
+//!    primary's `/primary` can for a moment) still sends it no write: every connection through
+//!    that node's write port lands on the new primary. A stopped agent makes the drained
+//!    servers ready again (the health checks route without it), a started one drains them;
 //! 3. HAProxy SIGKILLed (and masked) on the VIP holder: the VIP moves to another node;
 //! 4. keepalived SIGKILLed on the new holder: its agent removes the VIP it holds, and another
 //!    node takes it over (one holder, not two).
@@ -87,6 +91,54 @@ fn vip_holders(inventory: &Path) -> Result<Vec<String>, String> {
         }
     }
     Ok(holders)
+}
+
+/// One command to a node's HAProxy runtime socket; its answer.
+fn haproxy_command(inventory: &Path, node: &str, line: &str) -> String {
+    let script = format!(
+        r#"python3 -c 'import socket, sys; s = socket.socket(socket.AF_UNIX); s.connect("/run/haproxy/admin.sock"); s.sendall(sys.argv[1].encode() + b"\n"); print(s.makefile().read())' '{line}'"#
+    );
+    on_node(inventory, node, &script)
+}
+
+/// `pgha_write`'s servers on a node as `server -> admin state` (0x08: drained by the agent).
+fn write_backend_admin(inventory: &Path, node: &str) -> Vec<(String, u32)> {
+    haproxy_command(inventory, node, "show servers state pgha_write")
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields.len() > 6 && fields[1] == "pgha_write")
+                .then(|| (fields[3].to_string(), fields[6].parse().unwrap_or(u32::MAX)))
+        })
+        .collect()
+}
+
+/// `select inet_server_addr()` through `address:5000` on a new connection, from the host
+/// (the password in psql's environment, never on a command line).
+fn write_port_server(address: &str, password: &str) -> String {
+    let output = Command::new("psql")
+        .args([
+            "-h",
+            address,
+            "-p",
+            "5000",
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-Atc",
+            "select host(inet_server_addr())",
+        ])
+        .env("PGPASSWORD", password)
+        .env("PGCONNECT_TIMEOUT", "5")
+        .output()
+        .expect("psql runs");
+    assert!(
+        output.status.success(),
+        "psql through {address}:5000 failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
 }
 
 /// HAProxy's `show servers state pgha_write` on a node, as `server -> operational state`.
@@ -234,7 +286,61 @@ fn agent_routes_a_switchover_and_keeps_the_vip_honest() {
             journal.contains(&format!("routing writes to {candidate}, the new leader")),
             "{node}'s agent journal does not say it routed writes to {candidate}:\n{journal}"
         );
+        for (server, admin) in write_backend_admin(&inventory, node) {
+            assert_eq!(
+                admin & 0x08 != 0,
+                server != candidate,
+                "{node}: `{server}` has admin state {admin}: every write server but the leader {candidate} must be drained"
+            );
+        }
     }
+
+    // 2b. A check that re-admits the old primary (forced here, as a thawed old primary's
+    // `/primary` can for a moment) does not give it writes: it stays drained.
+    let superuser_password = secrets["superuser_password"].as_str().unwrap();
+    let candidate_address = NODES.iter().find(|(name, _)| *name == candidate).unwrap().1;
+    let (router, router_address) = NODES[0];
+    let forced = haproxy_command(
+        &inventory,
+        router,
+        &format!("set server pgha_write/{leader} health up"),
+    );
+    assert!(forced.trim().is_empty(), "HAProxy refused: {forced}");
+    for attempt in 0..8 {
+        assert_eq!(
+            write_port_server(router_address, superuser_password),
+            candidate_address,
+            "connection {attempt} through {router}'s write port did not land on the leader {candidate} while {leader} was up but drained"
+        );
+    }
+
+    // 2c. A stopped agent makes the drained servers ready; a started one drains them again.
+    on_node(&inventory, router, "systemctl stop pgha-agent");
+    let drained: Vec<(String, u32)> = write_backend_admin(&inventory, router)
+        .into_iter()
+        .filter(|(_, admin)| admin & 0x08 != 0)
+        .collect();
+    assert!(
+        drained.is_empty(),
+        "{router}: a stopped agent left drained write servers: {drained:?}"
+    );
+    on_node(&inventory, router, "systemctl start pgha-agent");
+    eventually(
+        &format!("{router}'s restarted agent drains every write server but {candidate}"),
+        Duration::from_secs(20),
+        || {
+            let admin = write_backend_admin(&inventory, router);
+            let wrong: Vec<&(String, u32)> = admin
+                .iter()
+                .filter(|(server, admin)| (admin & 0x08 != 0) != (*server != candidate))
+                .collect();
+            if wrong.is_empty() && admin.len() == NODES.len() {
+                Ok(())
+            } else {
+                Err(format!("admin states: {admin:?}"))
+            }
+        },
+    );
 
     // 3. HAProxy killed on the VIP holder: the VIP moves away.
     let holder = eventually(

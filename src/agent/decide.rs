@@ -5,9 +5,12 @@
 //! Safety rules it encodes:
 //! - nothing is done before a full view is known (the first etcd read and one HAProxy read);
 //! - writes are routed only to the etcd leader, and only once its `/primary` answers 200;
-//! - the agent only forces HAProxy *health* (never `maint`): the health checks keep running and
-//!   correct any state the agent leaves behind, so a dead or crash-looping agent cannot keep
-//!   writes away from a healthy primary;
+//! - every other write server is *drained* (and forced down): its health checks keep running but
+//!   cannot send it new writes, so an old primary that comes back believing it still leads (a
+//!   thawed or reconnected node whose `/primary` answers 200 for a moment) gets no write;
+//! - the leader is made `ready` and forced up; the agent never sets `maint`, and on a graceful
+//!   stop it makes every write server `ready` again, so a stopped agent leaves routing to the
+//!   health checks and cannot keep writes away from a healthy primary;
 //! - no leader, or etcd unreachable: HAProxy is left as it is.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -60,6 +63,8 @@ pub struct ServerState {
     pub up: bool,
     /// Administratively in maintenance (forced, or by configuration).
     pub maint: bool,
+    /// Administratively drained: up or not, it receives no new connection.
+    pub drain: bool,
 }
 
 /// The local HAProxy's two backends, server name → state.
@@ -74,7 +79,7 @@ impl HaproxyView {
     pub fn write_targets(&self) -> BTreeSet<&str> {
         self.write
             .iter()
-            .filter(|(_, state)| state.up && !state.maint)
+            .filter(|(_, state)| state.up && !state.maint && !state.drain)
             .map(|(name, _)| name.as_str())
             .collect()
     }
@@ -118,6 +123,9 @@ pub enum Action {
         server: String,
         up: bool,
     },
+    /// `set server <write backend>/<server> state drain` then `health down`: no new writes,
+    /// whatever its health checks say later.
+    KeepOutOfWrites { server: String },
     /// `ip addr del <vip> dev <interface>`.
     RemoveVip,
 }
@@ -243,17 +251,25 @@ fn route(
         }
     }
 
-    // The leader is a confirmed primary: it alone takes writes.
+    // The leader is a confirmed primary: it alone takes writes. The others go out first, so
+    // there is no moment with two write targets.
     let mut changed = Vec::new();
     for (server, state) in &haproxy.write {
-        let want_up = server == leader;
-        if state.up != want_up || (want_up && state.maint) {
-            actions.push(Action::SetHealth {
-                backend: Backend::Write,
+        if server != leader && !state.drain {
+            actions.push(Action::KeepOutOfWrites {
                 server: server.clone(),
-                up: want_up,
             });
             changed.push(server.clone());
+        }
+    }
+    if let Some(state) = haproxy.write.get(leader) {
+        if !state.up || state.maint || state.drain {
+            actions.push(Action::SetHealth {
+                backend: Backend::Write,
+                server: leader.clone(),
+                up: true,
+            });
+            changed.push(leader.clone());
         }
     }
     let new_leader = memory.routed_leader.as_deref() != Some(leader.as_str());
@@ -352,18 +368,20 @@ mod tests {
         let mut view = HaproxyView::default();
         for name in ["node1", "node2", "node3"] {
             let is_writer = Some(name) == writer;
+            // What the agent leaves behind: the writer ready and up, the others drained.
             view.write.insert(
                 name.into(),
                 ServerState {
                     up: is_writer,
                     maint: false,
+                    drain: writer.is_some() && !is_writer,
                 },
             );
             view.read.insert(
                 name.into(),
                 ServerState {
                     up: !is_writer,
-                    maint: false,
+                    ..ServerState::default()
                 },
             );
         }
@@ -388,6 +406,12 @@ mod tests {
             backend: Backend::Write,
             server: server.into(),
             up,
+        }
+    }
+
+    fn keep_out(server: &str) -> Action {
+        Action::KeepOutOfWrites {
+            server: server.into(),
         }
     }
 
@@ -434,7 +458,7 @@ mod tests {
                 local: local(Some("node1")),
                 memory: routed("node1"),
                 actions: vec![
-                    write("node1", false),
+                    keep_out("node1"),
                     write("node2", true),
                     read("node1", true),
                     read("node2", false),
@@ -528,7 +552,12 @@ mod tests {
                 cluster: cluster(Some("node1")),
                 local: local(None),
                 memory: routed("node1"),
-                actions: vec![write("node1", true), read("node1", false)],
+                actions: vec![
+                    keep_out("node2"),
+                    keep_out("node3"),
+                    write("node1", true),
+                    read("node1", false),
+                ],
                 sentence: "correcting HAProxy: writes to node1, the leader since 0.3 s (was routing to no server)",
                 verdict: true,
             },
@@ -538,7 +567,7 @@ mod tests {
                 local: LocalView {
                     haproxy: Some({
                         let mut view = haproxy(Some("node1"));
-                        view.write.insert("node1".into(), ServerState { up: true, maint: true });
+                        view.write.insert("node1".into(), ServerState { up: true, maint: true, drain: false });
                         view
                     }),
                     ..local(Some("node1"))
@@ -546,6 +575,38 @@ mod tests {
                 memory: routed("node1"),
                 actions: vec![write("node1", true)],
                 sentence: "correcting HAProxy: writes to node1, the leader since 0.3 s (was routing to no server)",
+                verdict: true,
+            },
+            Case {
+                name: "an old primary that its checks mark up again stays drained: no action",
+                cluster: cluster(Some("node1")),
+                local: LocalView {
+                    haproxy: Some({
+                        let mut view = haproxy(Some("node1"));
+                        view.write.insert("node3".into(), ServerState { up: true, maint: false, drain: true });
+                        view
+                    }),
+                    ..local(Some("node1"))
+                },
+                memory: routed("node1"),
+                actions: vec![],
+                sentence: "writes go to node1, the leader",
+                verdict: true,
+            },
+            Case {
+                name: "a non-leader that is ready (HAProxy reloaded) is drained even while its check is down",
+                cluster: cluster(Some("node1")),
+                local: LocalView {
+                    haproxy: Some({
+                        let mut view = haproxy(Some("node1"));
+                        view.write.insert("node2".into(), ServerState::default());
+                        view
+                    }),
+                    ..local(Some("node1"))
+                },
+                memory: routed("node1"),
+                actions: vec![keep_out("node2")],
+                sentence: "correcting HAProxy: writes to node1, the leader since 0.3 s (was routing to node1)",
                 verdict: true,
             },
         ];

@@ -1,5 +1,6 @@
 //! The local HAProxy's runtime API (the admin stats socket): read `show servers state`, force a
-//! server's health. One command line per connection (non-interactive mode); never `maint`.
+//! server's health, drain a server or make it ready. One command line per connection
+//! (non-interactive mode); never `maint`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -67,8 +68,26 @@ pub async fn set_health(
     let line = format!(
         "set server {backend}/{server} state ready; set server {backend}/{server} health {health}"
     );
+    expect_silence(socket, line).await
+}
+
+/// Drain `backend/server` and force it down: no new connection, whatever its health checks say
+/// later; the existing ones are shut down (`on-marked-down shutdown-sessions`).
+pub async fn keep_out(socket: &Path, backend: &str, server: &str) -> Result<(), HaproxyError> {
+    let line = format!(
+        "set server {backend}/{server} state drain; set server {backend}/{server} health down"
+    );
+    expect_silence(socket, line).await
+}
+
+/// Make `backend/server` ready (out of drain): its health checks decide again.
+pub async fn make_ready(socket: &Path, backend: &str, server: &str) -> Result<(), HaproxyError> {
+    expect_silence(socket, format!("set server {backend}/{server} state ready")).await
+}
+
+/// Send `line`; success prints nothing, any text is HAProxy explaining a refusal.
+async fn expect_silence(socket: &Path, line: String) -> Result<(), HaproxyError> {
     let answer = command(socket, &line).await?;
-    // Success prints nothing; any text is HAProxy explaining a refusal.
     if answer.trim().is_empty() {
         Ok(())
     } else {
@@ -99,7 +118,8 @@ pub fn parse_servers_state(answer: &str, write_backend: &str, read_backend: &str
         // (0x01 0x02 0x04 0x20 0x80) and forced/inherited drain (0x08 0x10).
         let state = ServerState {
             up: operational == 2,
-            maint: admin & 0xBF != 0,
+            maint: admin & 0xA7 != 0,
+            drain: admin & 0x18 != 0,
         };
         let backend = fields[1];
         let server = fields[3].to_string();
@@ -121,6 +141,7 @@ mod tests {
         let answer = "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight\n\
             3 pgha_write 1 node1 10.231.0.11 2 0 1 1 10 6 3 4 6 0 0 0 - 5432 - 0 0 - - 0\n\
             3 pgha_write 2 node2 10.231.0.12 0 1 1 1 10 6 3 4 6 0 0 0 - 5432 - 0 0 - - 0\n\
+            3 pgha_write 3 node3 10.231.0.13 2 8 1 1 10 6 3 4 6 0 0 0 - 5432 - 0 0 - - 0\n\
             4 pgha_read 1 node1 10.231.0.11 0 0 1 1 10 6 3 4 6 0 0 0 - 5432 - 0 0 - - 0\n\
             garbage\n";
         let view = parse_servers_state(answer, "pgha_write", "pgha_read");
@@ -128,23 +149,26 @@ mod tests {
             view.write["node1"],
             ServerState {
                 up: true,
-                maint: false
+                ..ServerState::default()
             }
         );
         assert_eq!(
             view.write["node2"],
             ServerState {
-                up: false,
-                maint: true
+                maint: true,
+                ..ServerState::default()
             }
         );
+        // Drained and up (its check passes): not a write target.
         assert_eq!(
-            view.read["node1"],
+            view.write["node3"],
             ServerState {
-                up: false,
-                maint: false
+                up: true,
+                drain: true,
+                ..ServerState::default()
             }
         );
+        assert_eq!(view.read["node1"], ServerState::default());
         assert_eq!(
             view.write_targets().into_iter().collect::<Vec<_>>(),
             ["node1"]

@@ -8,7 +8,8 @@
 //!   keepalived. [`server`]: the HTTP endpoints. [`config`]: `agent.yml`.
 //!
 //! This module owns the cycle: gather views, decide, apply, write the verdict, log the
-//! sentence when something changes. On SIGTERM it stops and leaves HAProxy as it is.
+//! sentence when something changes. On SIGTERM it makes every write server `ready` again (the
+//! health checks route while no agent runs) and stops.
 
 pub mod config;
 pub mod decide;
@@ -114,9 +115,10 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             status.decision = Some(decision);
         }
     }
-    // Graceful: HAProxy keeps its state and its health checks; the verdict is withdrawn so
-    // Keepalived's check falls back to HAProxy's own view at once instead of a stale answer.
-    println!("pgha agent stopping: HAProxy is left as it is");
+    // Graceful: drained write servers are made ready, so HAProxy's health checks alone route
+    // while no agent runs (a stopped agent must not keep writes away from a future primary).
+    // The verdict is withdrawn so Keepalived's check falls back to HAProxy's own view at once.
+    release_drains(&config).await;
     let _ = std::fs::remove_file(&config.verdict_file);
     watcher.abort();
     http.abort();
@@ -175,6 +177,40 @@ async fn observe(config: &Config, cluster: &ClusterView) -> LocalView {
     }
 }
 
+/// Make every drained write server ready again; logs what it did.
+async fn release_drains(config: &Config) {
+    let Some(socket) = &config.haproxy_socket else {
+        println!("pgha agent stopping");
+        return;
+    };
+    let drained: Vec<String> =
+        match haproxy::read_view(socket, &config.write_backend, &config.read_backend).await {
+            Ok(view) => view
+                .write
+                .into_iter()
+                .filter(|(_, state)| state.drain)
+                .map(|(server, _)| server)
+                .collect(),
+            Err(error) => {
+                println!("pgha agent stopping; cannot release drained write servers: {error}");
+                return;
+            }
+        };
+    for server in &drained {
+        if let Err(error) = haproxy::make_ready(socket, &config.write_backend, server).await {
+            println!("cannot make `{server}` ready: {error}");
+        }
+    }
+    println!(
+        "pgha agent stopping: write servers made ready ({}); HAProxy's health checks route",
+        if drained.is_empty() {
+            "none was drained".to_string()
+        } else {
+            drained.join(", ")
+        }
+    );
+}
+
 /// Perform the decision's actions; returns (succeeded, failed). Failures are logged.
 async fn apply(config: &Config, decision: &Decision) -> (u64, u64) {
     let (mut applied, mut failed) = (0, 0);
@@ -193,6 +229,14 @@ async fn apply(config: &Config, decision: &Decision) -> (u64, u64) {
                     Backend::Read => &config.read_backend,
                 };
                 haproxy::set_health(socket, backend, server, *up)
+                    .await
+                    .map_err(|error| error.to_string())
+            }
+            Action::KeepOutOfWrites { server } => {
+                let Some(socket) = &config.haproxy_socket else {
+                    continue;
+                };
+                haproxy::keep_out(socket, &config.write_backend, server)
                     .await
                     .map_err(|error| error.to_string())
             }

@@ -183,7 +183,7 @@ pub fn metrics(status: &Status) -> String {
                 for (server, state) in servers {
                     samples.push((
                         format!(",backend=\"{backend}\",server=\"{server}\""),
-                        flag(state.up && !state.maint).to_string(),
+                        flag(state.up && !state.maint && !state.drain).to_string(),
                     ));
                 }
             }
