@@ -30,14 +30,103 @@ pub const SUPPORTED_POSTGRES_VERSIONS: &[u32] = &[15];
 pub const DEFAULT_PATRONI_VERSION: &str = "4.1.5";
 /// Parameters pgha sets itself; a user value would break replication, rewind or security.
 const MANAGED_PARAMETERS: &[&str] = &[
+    // Where PostgreSQL listens and finds its files: Patroni's `postgresql` section.
     "listen_addresses",
     "port",
     "hba_file",
+    "ident_file",
+    "config_file",
     "data_directory",
-    "wal_log_hints",
-    "password_encryption",
+    "unix_socket_directories",
+    "cluster_name",
+    // Replication, rewind and failover: set by Patroni for every member alike.
+    "wal_level",
     "hot_standby",
+    "wal_log_hints",
+    "max_wal_senders",
+    "max_replication_slots",
+    "synchronous_standby_names",
+    "primary_conninfo",
+    "primary_slot_name",
+    "promote_trigger_file",
+    "recovery_target",
+    "recovery_target_lsn",
+    "recovery_target_name",
+    "recovery_target_time",
+    "recovery_target_xid",
+    "recovery_target_timeline",
+    // scram-sha-256 only.
+    "password_encryption",
 ];
+
+/// Whether pgha (through Patroni) owns the parameter `name`; PostgreSQL's names are
+/// case-insensitive, so `WAL_LEVEL` is `wal_level`.
+fn is_managed_parameter(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    MANAGED_PARAMETERS.contains(&lower.as_str())
+}
+
+/// A PostgreSQL parameter name: a letter or `_`, then letters, digits, `_` or `$`; a custom
+/// (extension) parameter has one `.` (`auto_explain.log_min_duration`).
+fn is_parameter_name(name: &str) -> bool {
+    let part = |text: &str| {
+        let mut chars = text.chars();
+        chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
+    };
+    name.len() <= 63 && {
+        let mut parts = name.split('.');
+        let first = parts.next().is_some_and(part);
+        let rest: Vec<&str> = parts.collect();
+        first && rest.len() <= 1 && rest.iter().all(|text| part(text))
+    }
+}
+
+/// Why a parameter value cannot be written into `postgresql.conf` as it is, if it cannot.
+fn parameter_value_problem(value: &raw::RawParameter) -> Option<&'static str> {
+    match value {
+        raw::RawParameter::Float(number) if !number.is_finite() => {
+            Some("is not a finite number")
+        }
+        raw::RawParameter::Text(text) if text.len() > 1024 => Some("is longer than 1024 bytes"),
+        raw::RawParameter::Text(text) if text.chars().any(char::is_control) => {
+            Some("holds a control character (a newline, a tab, ...)")
+        }
+        _ => None,
+    }
+}
+
+/// A Patroni release pgha supports: `4.MINOR.PATCH`, digits only.
+fn is_patroni_version(text: &str) -> bool {
+    let parts: Vec<&str> = text.split('.').collect();
+    parts.len() == 3
+        && parts[0] == "4"
+        && parts[1..]
+            .iter()
+            .all(|part| !part.is_empty() && part.len() <= 3 && part.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// A Linux interface name: 1 to 15 bytes of letters, digits, `_`, `.` and `-`, not `.`/`..`.
+fn is_interface_name(text: &str) -> bool {
+    (1..=15).contains(&text.len())
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+        && text != "."
+        && text != ".."
+}
+
+/// A POSIX login name as Debian's `adduser` accepts it by default.
+fn is_user_name(text: &str) -> bool {
+    let mut bytes = text.bytes();
+    (1..=32).contains(&text.len())
+        && bytes
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+        && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-'))
+}
 
 /// A component a node runs.
 #[derive(
@@ -383,11 +472,11 @@ fn validate(path: &Path, raw: raw::RawInventory, problems: &mut Problems) -> Inv
                 .unwrap_or("~/.ssh/known_hosts"),
         ),
     };
-    if ssh.user.is_empty() {
+    if !is_user_name(&ssh.user) {
         problems.add(
             "ssh.user",
-            "the SSH user is empty",
-            Some("use `root` or a user with passwordless sudo"),
+            format!("{:?} is not a login name", ssh.user),
+            Some("use `root` or a user with passwordless sudo: lowercase letters, digits, `_` and `-`"),
         );
     }
     if ssh.port == 0 {
@@ -587,14 +676,27 @@ fn validate_cluster(
     }
 
     let postgresql = raw.postgresql.unwrap_or_default();
-    for name in postgresql.parameters.keys() {
-        if MANAGED_PARAMETERS.contains(&name.as_str()) {
+    for (name, value) in &postgresql.parameters {
+        let at = format!("cluster.postgresql.parameters.{name}");
+        if !is_parameter_name(name) {
             problems.add(
-                format!("cluster.postgresql.parameters.{name}"),
+                at,
+                format!("{name:?} is not a PostgreSQL parameter name"),
+                Some("names are letters, digits, `_` and `$` (one `.` for an extension's parameter), e.g. `work_mem`"),
+            );
+        } else if is_managed_parameter(name) {
+            problems.add(
+                at,
                 format!("`{name}` is managed by pgha"),
                 Some(
-                    "remove it; pgha sets it for replication, pg_rewind and scram-sha-256 to work",
+                    "remove it; pgha and Patroni set it for replication, pg_rewind, failover and scram-sha-256 to work",
                 ),
+            );
+        } else if let Some(reason) = parameter_value_problem(value) {
+            problems.add(
+                at,
+                format!("the value {reason}"),
+                Some("write the value on one line, as `postgresql.conf` would hold it"),
             );
         }
     }
@@ -633,19 +735,19 @@ fn validate_cluster(
     let patroni_version = raw
         .patroni_version
         .unwrap_or_else(|| DEFAULT_PATRONI_VERSION.to_string());
-    if !patroni_version.starts_with("4.") {
+    if !is_patroni_version(&patroni_version) {
         problems.add(
             "cluster.patroni_version",
-            format!("Patroni `{patroni_version}` is not supported"),
-            Some("use a 4.x release; 3.0.2 lost an acknowledged write in a freeze/thaw drill"),
+            format!("{patroni_version:?} is not a supported Patroni version"),
+            Some("write a 4.x release as MAJOR.MINOR.PATCH, e.g. `4.1.5`; 3.0.2 lost an acknowledged write in a freeze/thaw drill"),
         );
     }
     let vip_interface = raw.vip_interface.unwrap_or_else(|| "eth0".to_string());
-    if vip_interface.is_empty() || vip_interface.len() > 15 || vip_interface.contains(['/', ' ']) {
+    if !is_interface_name(&vip_interface) {
         problems.add(
             "cluster.vip_interface",
-            format!("`{vip_interface}` is not an interface name"),
-            Some("e.g. `eth0`"),
+            format!("{vip_interface:?} is not an interface name"),
+            Some("1 to 15 letters, digits, `_`, `.` or `-`, e.g. `eth0`"),
         );
     }
 

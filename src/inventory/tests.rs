@@ -237,3 +237,83 @@ fn the_committed_schema_is_current() {
         "regenerate with `pgha inventory schema > inventories/pgha-inventory.schema.json`"
     );
 }
+
+#[test]
+fn an_injection_attempt_in_any_value_is_refused_at_its_place() {
+    // (the place the message must name, the inventory line that carries the attempt)
+    let attempts = [
+        ("cluster.name", "  name: \"demo; touch /tmp/pwned\"\n", "  name: demo\n"),
+        (
+            "cluster.patroni_version",
+            "  patroni_version: \"4.1.5; rm -rf /\"\n",
+            "",
+        ),
+        ("cluster.patroni_version", "  patroni_version: \"4.1.5/../../x\"\n", ""),
+        (
+            "cluster.vip_interface",
+            "  vip_interface: \"eth0\\\"\\n    notify /tmp/x\"\n",
+            "",
+        ),
+        ("cluster.vip_interface", "  vip_interface: \"eth0 eth1\"\n", ""),
+        (
+            "cluster.postgresql.parameters.",
+            "  postgresql: {parameters: {\"work_mem: 1\\nwal_level\": minimal}}\n",
+            "",
+        ),
+        (
+            "cluster.postgresql.parameters.WAL_LEVEL",
+            "  postgresql: {parameters: {WAL_LEVEL: minimal}}\n",
+            "",
+        ),
+        (
+            "cluster.postgresql.parameters.max_wal_senders",
+            "  postgresql: {parameters: {max_wal_senders: 0}}\n",
+            "",
+        ),
+        (
+            "cluster.postgresql.parameters.Max_Replication_Slots",
+            "  postgresql: {parameters: {Max_Replication_Slots: 0}}\n",
+            "",
+        ),
+        (
+            "cluster.postgresql.parameters.archive_command",
+            "  postgresql: {parameters: {archive_command: \"true\\narchive_mode = off\"}}\n",
+            "",
+        ),
+        (
+            "cluster.postgresql.parameters.work_mem",
+            "  postgresql: {parameters: {work_mem: .nan}}\n",
+            "",
+        ),
+        (
+            "cluster.postgresql.client_cidrs[0]",
+            "  postgresql: {client_cidrs: [\"10.0.0.0/8 trust\"]}\n",
+            "",
+        ),
+        ("cluster.vip", "  vip: \"10.231.0.100/24\\n\"\n", "  vip: 10.231.0.100/24\n"),
+        ("ssh.user", "ssh: {user: \"root -o ProxyCommand=sh\"}\n", ""),
+        ("nodes[0].name", "", ""),
+        ("nodes[1].address", "", ""),
+    ];
+    for (place, line, replaces) in attempts {
+        let mut text = if replaces.is_empty() {
+            GOOD.to_string()
+        } else {
+            GOOD.replace(replaces, "")
+        };
+        if place == "ssh.user" {
+            text.push_str(line);
+        } else if place == "nodes[0].name" {
+            text = text.replace("{name: node1,", "{name: \"node1$(reboot)\",");
+        } else if place == "nodes[1].address" {
+            text = text.replace("address: 10.231.0.12}", "address: \"10.231.0.12 -oProxyCommand=x\"}");
+        } else {
+            text = text.replacen("cluster:\n", &format!("cluster:\n{line}"), 1);
+        }
+        let message = problems(&text);
+        assert!(
+            message.contains(place),
+            "an attempt in `{place}` is not refused at its place:\n{text}\n{message}"
+        );
+    }
+}
