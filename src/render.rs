@@ -100,9 +100,10 @@ const DESTINATIONS: &[Destination] = &[
     Destination {
         template: "patroni.yml.j2",
         path: "/etc/patroni/patroni.yml",
-        owner: "postgres",
+        // Patroni reads it; only root may change it (it names commands Patroni runs).
+        owner: "root",
         group: "postgres",
-        mode: 0o600,
+        mode: 0o640,
         secret: true,
         wanted: |_, node| node.has(Role::Postgres),
     },

@@ -1,6 +1,9 @@
 //! End-to-end: a real 3-node lab (systemd, sshd, etcd, PostgreSQL, Patroni, HAProxy,
 //! Keepalived), deployed by `pgha deploy`, read like a spec:
 //!
+//! 0. a node that already runs PostgreSQL's own `main` cluster holding a table is refused
+//!    (running: by the port preflight, naming the unit; stopped: by the default-data step,
+//!    which cannot prove it empty), and the table is still there;
 //! 1. a first deploy interrupted with Ctrl-C part-way converges when re-run;
 //! 2. a row written through VIP:5000 lands on the primary and is read back through VIP:5001
 //!    from a replica;
@@ -11,7 +14,9 @@
 //! 5. the same inventory deployed as the non-root `deploy` user (sudo) also changes nothing;
 //! 6. a node killed with `pgha lab kill` makes the deploy fail on that node only, and after
 //!    `pgha lab start` a re-run converges with every member streaming again;
-//! 7. a foreign `initialize` key in etcd is refused by the DCS preflight, changing nothing.
+//! 7. a foreign `initialize` key in etcd is refused by the DCS preflight, changing nothing;
+//! 8. hostile inventory values (a shell command in `patroni_version`, a keepalived line in
+//!    `vip_interface`, a YAML line in a parameter name, `WAL_LEVEL`) exit 2 before any login.
 //!
 //! Needs root. One test function: only one lab can exist at a time.
 
@@ -240,6 +245,52 @@ fn deploy_converges_routes_and_is_idempotent() {
     let _lab = Lab;
     pgha_ok(&["lab", "up", "--nodes", "3"]);
 
+    // 0. A reused host: node3 already runs PostgreSQL's own `main` cluster, holding a table.
+    //    pgha refuses it, running (the port preflight names its unit) and stopped (the
+    //    default-data step cannot prove it empty), and the table is still there.
+    exec(
+        &inventory,
+        "node3",
+        "export DEBIAN_FRONTEND=noninteractive; apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends postgresql-15 >/dev/null && su postgres -c \"psql -qc 'create table keepme (x int); insert into keepme values (42)'\"",
+    );
+    let refused = |expected: &[&str]| {
+        let output = pgha(&["deploy", "-i", inventory_arg, "--limit", "node3"]);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(!output.status.success(), "a host with a foreign `main` cluster was deployed:\n{text}");
+        for part in expected {
+            assert!(text.contains(part), "the refusal does not say `{part}`:\n{text}");
+        }
+    };
+    refused(&["port 5432 is used by postgres", "unit postgresql@15-main.service"]);
+    exec(&inventory, "node3", "pg_ctlcluster 15 main stop");
+    refused(&[
+        "pgha did not create and cannot prove empty",
+        "NextOID",
+        "--force-remove-stray-data",
+    ]);
+    let kept: serde_json::Value = serde_json::from_str(&pgha_ok(&[
+        "exec",
+        "-i",
+        inventory_arg,
+        "--limit",
+        "node3",
+        "--json",
+        "--",
+        "pg_ctlcluster 15 main start && su postgres -c \"psql -Atc 'select x from keepme'\"",
+    ]))
+    .unwrap();
+    assert_eq!(
+        kept[0]["stdout"].as_str().map(str::trim),
+        Some("42"),
+        "the foreign cluster's table is gone: {kept}"
+    );
+    // Its owner moves it away; then the deploy may go on.
+    exec(&inventory, "node3", "pg_dropcluster --stop 15 main");
+
     // 1. A first deploy cut off part-way (Ctrl-C) converges when run again.
     let mut interrupted = Command::new(env!("CARGO_BIN_EXE_pgha"))
         .args(["deploy", "-i", inventory_arg])
@@ -331,6 +382,64 @@ fn deploy_converges_routes_and_is_idempotent() {
     );
     let after = start_times(&inventory);
     assert_eq!(before, after, "a no-op deploy must restart no service");
+
+    // Hostile inventory values are refused with exit 2 before any host is contacted: no
+    // login in any node's sshd journal, and the injected command left no trace.
+    let lab_text = std::fs::read_to_string(&inventory).unwrap();
+    let hostile = [
+        (
+            "cluster.patroni_version",
+            lab_text.replace(
+                "  postgres_version: 15\n",
+                "  postgres_version: 15\n  patroni_version: \"4.1.5; touch /tmp/pgha-pwned\"\n",
+            ),
+        ),
+        (
+            "cluster.vip_interface",
+            lab_text.replace(
+                "vip_interface: eth0",
+                "vip_interface: \"eth0\\n    notify /tmp/pgha-pwned\"",
+            ),
+        ),
+        (
+            "cluster.postgresql.parameters",
+            lab_text.replace(
+                "parameters: {max_connections: 100}",
+                "parameters: {\"max_connections: 100\\n  archive_command\": \"touch /tmp/pgha-pwned\"}",
+            ),
+        ),
+        (
+            "cluster.postgresql.parameters.WAL_LEVEL",
+            lab_text.replace(
+                "parameters: {max_connections: 100}",
+                "parameters: {WAL_LEVEL: minimal}",
+            ),
+        ),
+    ];
+    let hostile_path = dir.path().join("hostile.yml");
+    let since = next_whole_second();
+    for (place, text) in &hostile {
+        assert_ne!(text, &lab_text, "the attempt on `{place}` was not written");
+        std::fs::write(&hostile_path, text).unwrap();
+        let output = pgha(&["deploy", "-i", hostile_path.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "a hostile `{place}` must be refused with exit 2: {stderr}"
+        );
+        assert!(stderr.contains(place), "the refusal does not name `{place}`: {stderr}");
+    }
+    let until = next_whole_second();
+    let logins = accepted_logins(&inventory, since, until);
+    assert!(
+        logins.values().all(|count| *count == 0),
+        "a refused inventory must contact no host; sshd accepted: {logins:?}"
+    );
+    let traces = exec_everywhere(&inventory, "test ! -e /tmp/pgha-pwned && echo clean");
+    for host in traces.as_array().unwrap() {
+        assert_eq!(host["stdout"].as_str().map(str::trim), Some("clean"), "{host}");
+    }
 
     // A VIP claimed by a second node (a duplicate address) fails the deploy, naming both.
     let holder = second["vip_holder"].as_str().unwrap().to_string();

@@ -622,6 +622,124 @@ async fn upload_is_atomic_idempotent_and_sets_owner_and_mode() {
     assert!(error_text(&error).contains("must be absolute"), "{error}");
 }
 
+/// A TCP relay to `port` for one connection that cuts both directions once `limit` bytes went
+/// from the client to the server: a connection dropped mid-way, as a network would drop it.
+fn cutting_relay(port: u16, limit: usize) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind relay");
+    let relay_port = listener.local_addr().expect("relay addr").port();
+    std::thread::spawn(move || {
+        let Ok((client, _)) = listener.accept() else {
+            return;
+        };
+        let server = std::net::TcpStream::connect(("127.0.0.1", port)).expect("reach sshd");
+        let (mut client_read, mut server_write) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+        let (mut server_read, mut client_write) = (server.try_clone().unwrap(), client.try_clone().unwrap());
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut server_read, &mut client_write);
+        });
+        let mut forwarded = 0;
+        let mut buffer = [0u8; 16384];
+        while forwarded < limit {
+            match std::io::Read::read(&mut client_read, &mut buffer) {
+                Ok(0) | Err(_) => break,
+                Ok(read) => {
+                    if std::io::Write::write_all(&mut server_write, &buffer[..read]).is_err() {
+                        break;
+                    }
+                    forwarded += read;
+                }
+            }
+        }
+        let _ = client.shutdown(std::net::Shutdown::Both);
+        let _ = server.shutdown(std::net::Shutdown::Both);
+    });
+    relay_port
+}
+
+#[tokio::test]
+async fn an_upload_cut_mid_way_keeps_the_old_file_and_the_next_one_completes() {
+    let sshd = Sshd::start();
+    let session = sshd.connect_as_root().await;
+    let remote_dir = sshd.path("remote");
+    fs::create_dir(&remote_dir).expect("mkdir");
+    let path = remote_dir.join("pgha");
+    let old = Upload {
+        path: path.display().to_string(),
+        contents: b"the old binary\n".to_vec(),
+        owner: "root".to_string(),
+        group: "root".to_string(),
+        mode: 0o755,
+        mtime: None,
+    };
+    assert!(session.upload(&old).await.expect("first upload"));
+
+    // 16 MiB that do not compress, through a relay that cuts the connection after 4 MiB.
+    let mut new = old.clone();
+    new.contents = (0..16u32 << 20)
+        .map(|index| (index.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let relay = cutting_relay(sshd.port, 4 << 20);
+    let line = format!("[127.0.0.1]:{relay} {}\n", sshd.host_key());
+    fs::write(sshd.known_hosts(), format!("{}{line}", read(&sshd.known_hosts()))).expect("trust");
+    let cut = Session::connect(&SshTarget {
+        port: relay,
+        ..sshd.target("root")
+    })
+    .await
+    .expect("connect through the relay");
+    let error = cut.upload(&new).await.expect_err("the cut upload must fail");
+    eprintln!("the cut upload failed as it must: {error}");
+
+    // The remote side notices the drop and cleans up; the old file is whole meanwhile.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !leftovers(&remote_dir).is_empty() && Instant::now() < deadline {
+        assert_eq!(fs::read(&path).expect("read"), old.contents, "the old file was damaged");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(fs::read(&path).expect("read"), old.contents, "the old file was replaced");
+    assert!(leftovers(&remote_dir).is_empty(), "{:?}", leftovers(&remote_dir));
+
+    // The next run completes, and what it installed is whole.
+    assert!(session.upload(&new).await.expect("the next upload"));
+    assert_eq!(sha256_hex(&fs::read(&path).expect("read")), sha256_hex(&new.contents));
+    assert_eq!(fs::metadata(&path).expect("stat").mode() & 0o7777, 0o755);
+}
+
+#[tokio::test]
+async fn uploads_never_go_through_a_symlink_or_into_a_directory_others_can_write() {
+    let sshd = Sshd::start();
+    let session = sshd.connect_as_root().await;
+    let remote_dir = sshd.path("remote");
+    fs::create_dir(&remote_dir).expect("mkdir");
+    let victim = remote_dir.join("victim");
+    fs::write(&victim, "keep me\n").expect("write victim");
+    let link = remote_dir.join("link.yml");
+    std::os::unix::fs::symlink(&victim, &link).expect("symlink");
+    let upload = Upload {
+        path: link.display().to_string(),
+        contents: b"through the link\n".to_vec(),
+        owner: "root".to_string(),
+        group: "root".to_string(),
+        mode: 0o644,
+        mtime: None,
+    };
+    let error = session.upload(&upload).await.expect_err("a symlink target is refused");
+    assert!(error_text(&error).contains("symbolic link"), "{error}");
+    assert_eq!(read(&victim), "keep me\n");
+
+    // A directory the `nobody` user owns: it could swap the temporary file before the rename.
+    let shared = remote_dir.join("shared");
+    fs::create_dir(&shared).expect("mkdir");
+    std::os::unix::fs::chown(&shared, Some(65534), Some(65534)).expect("chown");
+    let upload = Upload {
+        path: shared.join("patroni.yml").display().to_string(),
+        ..upload
+    };
+    let error = session.upload(&upload).await.expect_err("an unsafe directory is refused");
+    assert!(error_text(&error).contains("writable by others than root"), "{error}");
+    assert!(!shared.join("patroni.yml").exists());
+}
+
 #[tokio::test]
 async fn closed_port_fails_fast_with_a_clear_error() {
     let port = free_port();

@@ -37,6 +37,11 @@ pub struct PlaybookArgs {
     /// Folder whose templates replace the built-in ones by name
     #[arg(long)]
     templates: Option<PathBuf>,
+    /// Let the deploy remove a default PostgreSQL `main` cluster or etcd `default` member that
+    /// pgha did not create and cannot prove empty (its data is lost); without it such a host
+    /// is refused
+    #[arg(long)]
+    force_remove_stray_data: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -83,6 +88,7 @@ fn run_playbook(playbook: String, args: PlaybookArgs) -> anyhow::Result<()> {
         playbook,
         playbooks_dir: args.playbooks,
         templates_dir: args.templates,
+        force_remove_stray_data: args.force_remove_stray_data,
         options: RunOptions {
             check: args.check,
             diff: args.diff,

@@ -2,10 +2,12 @@
 //!
 //! - [`playbook`]: parsing and checking playbooks (nothing touches a host before this passes).
 //! - [`facts`]: one probe script per host and its parsers.
-//! - [`modules`]: each module's pure `plan` from facts and its `apply`.
+//! - [`modules`]: each module's pure `plan` from facts and its `apply`; [`default_data`]: the
+//!   module that removes a package's default data only when that is provably safe.
 //! - [`runner`]: host selection, batches, connections, handlers.
 //! - [`report`]: the only place that prints a run.
 
+pub mod default_data;
 pub mod facts;
 pub mod modules;
 pub mod ops;

@@ -68,6 +68,11 @@ pub enum Action {
         home: Option<String>,
         shell: Option<String>,
     },
+    DefaultData {
+        component: super::default_data::Component,
+        version: String,
+        force: bool,
+    },
 }
 
 /// The rendered arguments a task needs and the facts it reads.
@@ -105,6 +110,12 @@ impl Planner<'_> {
                 for path in [&args.creates, &args.removes].into_iter().flatten() {
                     probe.paths.insert(self.text(path)?);
                 }
+            }
+            Module::DefaultData(args) => {
+                let version = self.text(&args.version)?;
+                probe
+                    .paths
+                    .insert(super::default_data::marker_path(args.component, &version));
             }
             Module::Package(_) | Module::WaitFor(_) | Module::User(_) => {}
         }
@@ -469,6 +480,31 @@ impl Planner<'_> {
                     changes: false,
                 }
             }
+            Module::DefaultData(args) => {
+                let version = self.text(&args.version)?;
+                let path = super::default_data::marker_path(args.component, &version);
+                let force = match self.text(&args.force)?.trim() {
+                    "true" => true,
+                    "false" | "" => false,
+                    other => bail!("`default_data` force must render to true or false, not `{other}`"),
+                };
+                if matches!(facts.files.get(&path), None | Some(FileFact::Absent)) {
+                    Plan::NoChange(format!("`{path}` is absent"))
+                } else {
+                    Plan::Act {
+                        summary: format!(
+                            "remove `{path}` if pgha installed it or it is provably empty{}",
+                            if force { " (forced)" } else { "" }
+                        ),
+                        action: Action::DefaultData {
+                            component: args.component,
+                            version,
+                            force,
+                        },
+                        changes: true,
+                    }
+                }
+            }
             Module::User(args) => {
                 let name = self.text(&args.name)?;
                 if facts.users.contains(&name) {
@@ -654,6 +690,32 @@ pub fn file_diff(path: &str, old: &str, new: &str, secrets: &[&str]) -> String {
 /// half-configured, so that is finished first; a hung index download is cut off and retried
 /// (on the lab, apt-cacher-ng answered one of three nodes updating at once with a truncated
 /// `InRelease`, and that node's apt waited on it past its own timeouts).
+/// The marker line of the `policy-rc.d` pgha writes: a file with it is pgha's own (left by an
+/// interrupted run) and is replaced and removed; any other file is left as it is.
+pub const POLICY_RC_D_MARKER: &str = "# pgha: no service starts while pgha installs packages";
+
+/// Where pgha records the packages its package step installed (an empty file per package).
+pub const INSTALLED_BY_PGHA_DIR: &str = "/var/lib/pgha/installed";
+
+/// Shell lines that install a blocking `policy-rc.d` exiting `code`, unless a foreign one is
+/// there, and remove it on every way out of the script (signals included).
+fn policy_rc_d_script(code: u8) -> String {
+    format!(
+        r#"policy=/usr/sbin/policy-rc.d
+if [ ! -e "$policy" ] || grep -qxF '{POLICY_RC_D_MARKER}' "$policy" 2>/dev/null; then
+  trap 'rm -f "$policy"' EXIT
+  trap 'exit 129' HUP; trap 'exit 130' INT; trap 'exit 143' TERM
+  printf '#!/bin/sh\n%s\nexit {code}\n' '{POLICY_RC_D_MARKER}' > "$policy.pgha-new" && chmod 755 "$policy.pgha-new" && mv -f "$policy.pgha-new" "$policy"
+fi
+"#
+    )
+}
+
+/// Shell lines that record the script's arguments (package specs) as installed by pgha.
+const INSTALLED_BY_PGHA: &str = r#"mkdir -p /var/lib/pgha/installed
+for spec in "$@"; do : > "/var/lib/pgha/installed/${spec%%=*}"; done
+"#;
+
 const APT_INSTALL: &str = r#"
 dpkg --configure -a >/dev/null 2>&1 || true
 apt_options="-o DPkg::Lock::Timeout=120 -o Acquire::Retries=3 -o Acquire::http::Timeout=30"
@@ -676,6 +738,8 @@ pub enum Applied {
     /// The host turned out to hold the planned state already (why, for the progress line):
     /// e.g. a copied file with the same bytes and only another modification time.
     AlreadyThere(String),
+    /// Done, and why it was safe or needed (for the progress line).
+    DoneBecause(String),
 }
 
 pub async fn apply(session: &Session, action: &Action) -> anyhow::Result<Applied> {
@@ -687,12 +751,13 @@ pub async fn apply(session: &Session, action: &Action) -> anyhow::Result<Applied
         } => {
             let mut script = String::from("export DEBIAN_FRONTEND=noninteractive\n");
             if let Some(code) = policy_rc_d {
-                // Only ours is removed again: an existing policy file is left as it is.
-                script.push_str(&format!(
-                    "if [ ! -e /usr/sbin/policy-rc.d ]; then printf '#!/bin/sh\\nexit {code}\\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && trap 'rm -f /usr/sbin/policy-rc.d' EXIT; fi\n"
-                ));
+                script.push_str(&policy_rc_d_script(*code));
             }
             if !install.is_empty() {
+                // Recorded before the install: the package step of this run created whatever
+                // the packages' own scripts create (PostgreSQL's `main` cluster), and a later
+                // step may remove it. Only packages missing before this run are listed.
+                script.push_str(INSTALLED_BY_PGHA);
                 script.push_str(APT_INSTALL);
             }
             let mut command = RemoteCommand::script(script).as_root();
@@ -784,16 +849,19 @@ pub async fn apply(session: &Session, action: &Action) -> anyhow::Result<Applied
             group,
             mode,
         } => {
-            let mut script = String::from("mkdir -p \"$1\"");
+            // Never through a symbolic link: chown and chmod would change its target.
+            let mut script = String::from(
+                "if [ -L \"$1\" ]; then echo \"\\`$1\\` is a symbolic link; pgha never changes one\" >&2; exit 1; fi\nmkdir -p \"$1\"",
+            );
             if let Some(owner) = owner {
                 script.push_str(&format!(
-                    " && chown {} \"$1\"",
+                    " && chown -h {} \"$1\"",
                     crate::ssh::shell_quote(owner)
                 ));
             }
             if let Some(group) = group {
                 script.push_str(&format!(
-                    " && chgrp {} \"$1\"",
+                    " && chgrp -h {} \"$1\"",
                     crate::ssh::shell_quote(group)
                 ));
             }
@@ -853,6 +921,11 @@ pub async fn apply(session: &Session, action: &Action) -> anyhow::Result<Applied
             }
             Ok(Applied::Done(Some(output)))
         }
+        Action::DefaultData {
+            component,
+            version,
+            force,
+        } => super::default_data::apply(session, *component, version, *force).await,
         Action::User {
             name,
             system,

@@ -22,6 +22,8 @@ pub struct PlaybookRequest {
     pub playbook: String,
     pub playbooks_dir: Option<PathBuf>,
     pub templates_dir: Option<PathBuf>,
+    /// `--force-remove-stray-data`: default data pgha did not create may be removed.
+    pub force_remove_stray_data: bool,
     pub options: RunOptions,
 }
 
@@ -52,6 +54,7 @@ pub async fn run_playbook(request: PlaybookRequest) -> anyhow::Result<RunResult>
         time => now,
         wheels_archive => wheels_archive,
         pgha_binary => pgha_binary.display().to_string(),
+        force_remove_stray_data => request.force_remove_stray_data,
     };
     // The VIP is the whole cluster's: a run limited to some hosts does not judge it.
     let settle =

@@ -64,6 +64,7 @@ pub enum Module {
     Command(CommandArgs),
     WaitFor(WaitForArgs),
     User(UserArgs),
+    DefaultData(DefaultDataArgs),
 }
 
 impl Module {
@@ -77,12 +78,21 @@ impl Module {
             Module::Command(_) => "command",
             Module::WaitFor(_) => "wait_for",
             Module::User(_) => "user",
+            Module::DefaultData(_) => "default_data",
         }
     }
 }
 
 const MODULES: &[&str] = &[
-    "package", "template", "copy", "file", "service", "command", "wait_for", "user",
+    "package",
+    "template",
+    "copy",
+    "file",
+    "service",
+    "command",
+    "wait_for",
+    "user",
+    "default_data",
 ];
 const TASK_KEYS: &[&str] = &["name", "when", "notify", "register"];
 
@@ -289,6 +299,21 @@ pub struct UserArgs {
     pub system: bool,
     pub home: Option<String>,
     pub shell: Option<String>,
+}
+
+/// `default_data`: remove the data a package's scripts created (PostgreSQL's `main` cluster,
+/// etcd's `default` member) only when pgha installed the package, the data is provably empty,
+/// or `force` renders to `true`; otherwise fail naming it (see `engine::default_data`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DefaultDataArgs {
+    pub component: super::default_data::Component,
+    /// The PostgreSQL major version (a template); not used for etcd.
+    #[serde(default)]
+    pub version: String,
+    /// A template rendering to `true` or `false`.
+    #[serde(default)]
+    pub force: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -579,6 +604,7 @@ fn parse_module(name: &str, arguments: Value) -> Result<Module, String> {
             Module::WaitFor(wait)
         }
         "user" => Module::User(args(arguments)?),
+        "default_data" => Module::DefaultData(args(arguments)?),
         _ => unreachable!("module names are checked by the caller"),
     };
     Ok(module)

@@ -646,6 +646,7 @@ impl Run {
         let (output, summary, changes) = match applied {
             Applied::Done(output) => (output, summary, changes),
             Applied::AlreadyThere(reason) => (None, format!("no change: {reason}"), false),
+            Applied::DoneBecause(reason) => (None, format!("{summary}: {reason}"), changes),
         };
         if changes && modules::writes_unit_file(&action) {
             state.daemon_reload = true;

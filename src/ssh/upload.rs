@@ -1,7 +1,13 @@
-//! Idempotent, atomic file upload: one round trip reads the remote file's checksum, owner,
-//! group and mode; only when something differs does a second round trip write the contents
-//! (on stdin, never in argv) to a temporary file beside the target, set owner and mode on it
-//! and rename it over the target, so readers see the old file or the new one, never half.
+//! Idempotent, atomic, whole file upload: one round trip reads the remote file's checksum,
+//! owner, group and mode; only when something differs does a second round trip write the
+//! contents (on stdin, never in argv) to a temporary file beside the target that has its final
+//! owner and mode before the first byte, check its size and SHA-256, and rename it over the
+//! target, so readers see the old file or the new one, never half, and a connection cut
+//! mid-way leaves the old file.
+//!
+//! Never through a symbolic link: a target that is one is refused, and so is a directory that
+//! someone other than root could write to without the sticky bit (they could swap the
+//! temporary file between its creation and the rename).
 
 use ring::digest;
 
@@ -38,6 +44,9 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 enum RemoteFile {
     Missing,
     NotAFile,
+    Symlink,
+    /// The directory's owner and mode, when others than root could write into it.
+    UnsafeDirectory(String),
     File {
         owner: String,
         group: String,
@@ -47,26 +56,42 @@ enum RemoteFile {
     },
 }
 
-/// Prints `missing`, `not-a-file`, or `owner group octal-mode mtime` and then `sha256sum`'s
-/// line.
+/// Prints `symlink`, `unsafe-directory OWNER MODE`, `missing`, `not-a-file`, or
+/// `owner group octal-mode mtime` and then `sha256sum`'s line.
 const PROBE_SCRIPT: &str = r#"set -eu
+if [ -L "$1" ]; then echo symlink; exit 0; fi
+dir=$(dirname -- "$1")
+if [ -d "$dir" ] && [ ! -L "$dir" ]; then
+  set -- "$1" $(stat -c '%u %a' -- "$dir")
+  # Only root may create or rename entries there, unless the sticky bit protects root's files.
+  if [ "$2" != 0 ] || { [ $(( 0$3 & 01000 )) = 0 ] && [ $(( 0$3 & 022 )) != 0 ]; }; then
+    echo "unsafe-directory $(stat -c '%U %a' -- "$dir")"; exit 0
+  fi
+fi
 if [ -e "$1" ] && [ ! -f "$1" ]; then echo not-a-file; exit 0; fi
 if [ ! -e "$1" ]; then echo missing; exit 0; fi
-stat -L -c '%U %G %a %Y' -- "$1"
+stat -c '%U %G %a %Y' -- "$1"
 sha256sum < "$1"
 "#;
 
-/// Writes stdin to a fresh temporary file beside `$1`, sets owner `$2:$3`, mode `$4` and (when
-/// `$5` is not empty) the modification time `$5` on it, then renames it over `$1`. The trap
-/// removes the temporary file on any failure.
+/// Creates a temporary file beside `$1` (0600, then owner `$2:$3` and mode `$4` before any
+/// byte is written), writes stdin to it, checks that it holds `$6` bytes with SHA-256 `$7`,
+/// sets the modification time `$5` (when not empty) and renames it over `$1`. The traps remove
+/// the temporary file on any failure, a hang-up (the connection dropped) included.
 const WRITE_SCRIPT: &str = r#"set -eu
+umask 077
 tmp=$(mktemp -- "$(dirname -- "$1")/.pgha-upload.XXXXXXXX")
 trap 'rm -f -- "$tmp"' EXIT
-cat > "$tmp"
-chown -- "$2:$3" "$tmp"
+trap 'exit 129' HUP; trap 'exit 130' INT; trap 'exit 141' PIPE; trap 'exit 143' TERM
+chown -h -- "$2:$3" "$tmp"
 chmod -- "$4" "$tmp"
+cat > "$tmp"
+size=$(wc -c < "$tmp")
+if [ "$size" != "$6" ]; then echo "received $size of $6 bytes; the old file is kept" >&2; exit 1; fi
+sum=$(sha256sum < "$tmp")
+if [ "${sum%% *}" != "$7" ]; then echo "the received bytes do not have the sent SHA-256; the old file is kept" >&2; exit 1; fi
 if [ -n "$5" ]; then touch -m -d "@$5" -- "$tmp"; fi
-mv -f -- "$tmp" "$1"
+mv -f -T -- "$tmp" "$1"
 trap - EXIT
 "#;
 
@@ -93,6 +118,17 @@ impl Session {
         match &state {
             RemoteFile::NotAFile => {
                 return Err(fail("it exists and is not a regular file".to_string()))
+            }
+            RemoteFile::Symlink => {
+                return Err(fail(
+                    "it is a symbolic link; pgha never writes through one (remove the link)"
+                        .to_string(),
+                ))
+            }
+            RemoteFile::UnsafeDirectory(how) => {
+                return Err(fail(format!(
+                    "its directory is writable by others than root ({how}); make it root's, e.g. `chown root: DIR && chmod go-w DIR`"
+                )))
             }
             RemoteFile::File {
                 owner,
@@ -133,6 +169,8 @@ impl Session {
                     .map(|mtime| mtime.to_string())
                     .unwrap_or_default(),
             )
+            .arg(upload.contents.len().to_string())
+            .arg(sha256.as_str())
             .stdin(upload.contents.clone())
             .as_root();
         self.run_checked(&write).await?;
@@ -147,7 +185,11 @@ fn parse_probe(stdout: &str) -> Result<RemoteFile, String> {
     match first {
         "missing" => return Ok(RemoteFile::Missing),
         "not-a-file" => return Ok(RemoteFile::NotAFile),
+        "symlink" => return Ok(RemoteFile::Symlink),
         _ => {}
+    }
+    if let Some(how) = first.strip_prefix("unsafe-directory ") {
+        return Ok(RemoteFile::UnsafeDirectory(how.to_string()));
     }
     let fields: Vec<&str> = first.split(' ').collect();
     let [owner, group, mode, mtime] = fields[..] else {
@@ -190,6 +232,11 @@ mod tests {
         let hash = sha256_hex(b"abc");
         assert_eq!(parse_probe("missing\n"), Ok(RemoteFile::Missing));
         assert_eq!(parse_probe("not-a-file\n"), Ok(RemoteFile::NotAFile));
+        assert_eq!(parse_probe("symlink\n"), Ok(RemoteFile::Symlink));
+        assert_eq!(
+            parse_probe("unsafe-directory postgres 750\n"),
+            Ok(RemoteFile::UnsafeDirectory("postgres 750".into()))
+        );
         assert_eq!(
             parse_probe(&format!("postgres postgres 640 1764115200\n{hash}  -\n")),
             Ok(RemoteFile::File {
