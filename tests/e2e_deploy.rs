@@ -8,6 +8,9 @@
 //! 2. a row written through VIP:5000 lands on the primary and is read back through VIP:5001
 //!    from a replica;
 //! 3. a second deploy reports 0 changed and restarts no service (unit start times unchanged);
+//!    a run that fails after changing haproxy.cfg is followed by one that reloads HAProxy
+//!    (counted in HAProxy's journal) although nothing is left to change; a changed etcd
+//!    configuration restarts the members one at a time;
 //! 4. `pgha verify` passes, and fails naming the assertion when HAProxy on one node or a
 //!    replica's Patroni is stopped, or a setting waits for a restart; `pgha switchover` moves the primary, checked after; a
 //!    parameter that needs a restart is rolled out replicas first, the primary via switchover;
@@ -439,6 +442,98 @@ fn deploy_converges_routes_and_is_idempotent() {
     let traces = exec_everywhere(&inventory, "test ! -e /tmp/pgha-pwned && echo clean");
     for host in traces.as_array().unwrap() {
         assert_eq!(host["stdout"].as_str().map(str::trim), Some("clean"), "{host}");
+    }
+
+    // A run that fails after changing haproxy.cfg (before its reload) is followed by one that
+    // reloads HAProxy although it finds nothing left to change; HAProxy's journal counts the
+    // reloads. The deploy then puts the inventory's haproxy.cfg back.
+    let reloads = |node: &str| -> usize {
+        let output: serde_json::Value = serde_json::from_str(&pgha_ok(&[
+            "exec",
+            "-i",
+            inventory_arg,
+            "--limit",
+            node,
+            "--json",
+            "--",
+            "journalctl -u haproxy -o cat | grep -c '^Reloaded' || true",
+        ]))
+        .unwrap();
+        output[0]["stdout"].as_str().unwrap().trim().parse().unwrap()
+    };
+    let cut_playbook = dir.path().join("cut-reload.yml");
+    std::fs::write(
+        &cut_playbook,
+        r#"- name: a haproxy change whose reload is cut off
+  hosts: node1
+  tasks:
+    - name: haproxy.cfg changes
+      command:
+        cmd: "grep -q '^    timeout check 3s$' /etc/haproxy/haproxy.cfg && sed -i 's/^    timeout check 3s$/    timeout check 2900ms/' /etc/haproxy/haproxy.cfg && echo changed || true"
+        changed_when: "'changed' in stdout"
+      notify: reload haproxy
+    - name: a later task fails while the flag file exists
+      command: {cmd: "test ! -e /run/pgha-test-fail", changed_when: false}
+  handlers:
+    - name: reload haproxy
+      service: {name: haproxy, state: reloaded}
+"#,
+    )
+    .unwrap();
+    let before = reloads("node1");
+    exec(&inventory, "node1", "touch /run/pgha-test-fail");
+    let failed = pgha(&["run", "-i", inventory_arg, cut_playbook.to_str().unwrap()]);
+    assert!(!failed.status.success(), "the cut run must fail");
+    assert_eq!(reloads("node1"), before, "the failed run reloaded HAProxy");
+    exec(&inventory, "node1", "rm -f /run/pgha-test-fail");
+    let owed = pgha_ok(&["run", "-i", inventory_arg, cut_playbook.to_str().unwrap(), "--json"]);
+    assert_eq!(
+        reloads("node1"),
+        before + 1,
+        "the next run did not reload HAProxy for the change the failed run made: {owed}"
+    );
+    let restored = deploy_json(&inventory);
+    assert_eq!(restored["success"], true, "{restored:#}");
+    assert_eq!(reloads("node1"), before + 2, "the deploy did not reload the restored haproxy.cfg");
+    assert_eq!(changed(&deploy_json(&inventory)), 0);
+
+    // A changed etcd configuration restarts the members one at a time: each member stops
+    // only after the one before it is running again (systemd's monotonic timestamps, one
+    // kernel clock for every lab node).
+    exec_everywhere(&inventory, "echo '# changed by the test' >> /etc/etcd/pgha.conf.yml");
+    let rolled = deploy_json(&inventory);
+    assert_eq!(rolled["success"], true, "{rolled:#}");
+    let stamps = exec_everywhere(
+        &inventory,
+        "systemctl show etcd -p ActiveExitTimestampMonotonic -p ActiveEnterTimestampMonotonic",
+    );
+    let mut windows: Vec<(u64, u64, String)> = stamps
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|host| {
+            let stdout = host["stdout"].as_str().unwrap();
+            let value = |key: &str| -> u64 {
+                stdout
+                    .lines()
+                    .find_map(|line| line.strip_prefix(key)?.strip_prefix('='))
+                    .and_then(|value| value.trim().parse().ok())
+                    .unwrap_or_else(|| panic!("no {key} in {host}"))
+            };
+            (
+                value("ActiveExitTimestampMonotonic"),
+                value("ActiveEnterTimestampMonotonic"),
+                host["host"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    windows.sort();
+    for pair in windows.windows(2) {
+        let ((_, previous_up, previous), (next_down, _, next)) = (&pair[0], &pair[1]);
+        assert!(
+            next_down > previous_up,
+            "etcd on {next} stopped before {previous} was running again: {windows:?}"
+        );
     }
 
     // A VIP claimed by a second node (a duplicate address) fails the deploy, naming both.

@@ -456,3 +456,58 @@ fn exec_runs_ad_hoc_commands_with_hostile_arguments_intact() {
         assert_eq!(result["stdout"], "a'b|$HOME|\n", "{result:#}");
     }
 }
+
+#[test]
+fn a_handler_notified_by_a_failed_run_runs_in_the_next_one() {
+    let (sshd, inventory, _) = start();
+    let work = sshd.dir.path().join("work");
+    fs::create_dir_all(&work).unwrap();
+    let fail = work.join("fail");
+    let reloads = work.join("reloads");
+    let playbook = sshd.dir.path().join("pending.yml");
+    fs::write(
+        &playbook,
+        format!(
+            "- name: pending handler
+  hosts: n1
+  tasks:
+    - name: the configuration changes
+      copy: {{dest: \"{w}/conf\", content: \"v1\\n\"}}
+      notify: reload
+    - name: a later task fails while the flag file exists
+      command: {{cmd: \"test ! -e {fail}\", changed_when: false}}
+  handlers:
+    - name: reload
+      command: \"echo reloaded >> {reloads}\"
+",
+            w = work.display(),
+            fail = fail.display(),
+            reloads = reloads.display()
+        ),
+    )
+    .unwrap();
+    let reload_count = || {
+        fs::read_to_string(&reloads)
+            .map(|text| text.lines().count())
+            .unwrap_or(0)
+    };
+
+    // The change is made, then the run fails before its handler: nothing reloaded yet.
+    fs::write(&fail, "").unwrap();
+    let (first, _) = run_json(&inventory, &playbook, &[]);
+    assert_eq!(first["success"], false, "{first:#}");
+    assert_eq!(fs::read_to_string(work.join("conf")).unwrap(), "v1\n");
+    assert_eq!(reload_count(), 0);
+
+    // The next run finds nothing to change but runs the handler the failed run owed.
+    fs::remove_file(&fail).unwrap();
+    let (second, _) = run_json(&inventory, &playbook, &[]);
+    assert_eq!(second["success"], true, "{second:#}");
+    assert_eq!(reload_count(), 1, "the owed reload did not run: {second:#}");
+
+    // Owed once, run once: a third run has nothing to do.
+    let (third, _) = run_json(&inventory, &playbook, &[]);
+    assert_eq!(third["success"], true, "{third:#}");
+    assert_eq!(changed(&third), 0, "{third:#}");
+    assert_eq!(reload_count(), 1);
+}

@@ -1,6 +1,11 @@
 //! Running a playbook: host selection, `serial` batches bounded by `--forks`, one SSH
 //! connection per host for the whole run, facts gathered once and re-gathered only after a
 //! change, plan-then-apply per task, handlers at the end of each play.
+//!
+//! A notified handler is recorded on the host (an empty file under [`PENDING_HANDLERS_DIR`])
+//! as soon as the change that notifies it is made, and the record is removed when the handler
+//! has run. A run that fails or is interrupted in between leaves the record, and the next run
+//! runs the handler even though it finds nothing left to change: a reload is never lost.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -17,6 +22,45 @@ use crate::error::UserError;
 use crate::inventory::{Inventory, Node, Role, Secrets};
 use crate::render::{self, Renderer};
 use crate::ssh::{RemoteCommand, Session, SshTarget};
+
+/// Where notified handlers that have not run yet are recorded on each host.
+pub const PENDING_HANDLERS_DIR: &str = "/var/lib/pgha/pending-handlers";
+
+/// The record of `handler` of `play` notified on `node`: a file name made of the three names
+/// (the node's own name too, so that inventory nodes sharing a machine do not share records).
+pub fn pending_handler_path(node: &str, play: &str, handler: &str) -> String {
+    let slug = |text: &str| {
+        let mut out = String::new();
+        for c in text.chars() {
+            if c.is_ascii_alphanumeric() {
+                out.push(c.to_ascii_lowercase());
+            } else if !out.ends_with('-') {
+                out.push('-');
+            }
+        }
+        out.trim_matches('-').chars().take(80).collect::<String>()
+    };
+    format!(
+        "{PENDING_HANDLERS_DIR}/{}--{}--{}",
+        slug(node),
+        slug(play),
+        slug(handler)
+    )
+}
+
+/// Run `command` as root; an error names its status and stderr.
+async fn checked_run(session: &Session, command: RemoteCommand) -> anyhow::Result<()> {
+    let summary = command.summary();
+    let output = session.run(&command.as_root()).await?;
+    anyhow::ensure!(
+        output.success(),
+        "`{}` failed ({}): {}",
+        summary,
+        output.status(),
+        output.stderr_text().trim()
+    );
+    Ok(())
+}
 
 /// How to run.
 #[derive(Debug, Clone)]
@@ -313,22 +357,33 @@ impl Run {
         // Facts outlive a play: the next play on the host reuses them while they are fresh.
         let mut host_states: HashMap<String, HostState> = HashMap::new();
         // What each host's first probe asks for: every module of the plays it takes part in.
-        let modules_by_host: HashMap<String, Arc<Vec<Module>>> = self
+        let modules_by_host: HashMap<String, Arc<(Vec<Module>, Vec<String>)>> = self
             .inventory
             .nodes
             .iter()
             .map(|node| {
-                let modules = playbook
+                let plays: Vec<&Play> = playbook
                     .plays
                     .iter()
                     .filter(|play| {
                         select(&self.inventory, &play.hosts)
                             .is_ok_and(|hosts| hosts.iter().any(|host| host.name == node.name))
                     })
+                    .collect();
+                let modules = plays
+                    .iter()
                     .flat_map(|play| play.tasks.iter().chain(&play.handlers))
                     .map(|task| task.module.clone())
                     .collect();
-                (node.name.clone(), Arc::new(modules))
+                let pending = plays
+                    .iter()
+                    .flat_map(|play| {
+                        play.handlers.iter().map(|handler| {
+                            pending_handler_path(&node.name, &play.name, &handler.name)
+                        })
+                    })
+                    .collect();
+                (node.name.clone(), Arc::new((modules, pending)))
             })
             .collect();
         'plays: for play in &playbook.plays {
@@ -418,8 +473,9 @@ impl Run {
         host: &str,
         vars: &mut BTreeMap<String, minijinja::Value>,
         state: &mut Option<HostState>,
-        modules: &[Module],
+        wants: &(Vec<Module>, Vec<String>),
     ) -> bool {
+        let (modules, pending_paths) = wants;
         let Some(node) = self.inventory.node(host) else {
             return false;
         };
@@ -464,18 +520,40 @@ impl Run {
             for module in modules {
                 let _ = planner.wants(module, &mut state.probe);
             }
+            state.probe.paths.extend(pending_paths.iter().cloned());
             state
         });
-        let mut notified: Vec<String> = Vec::new();
+        let mut notified: Vec<String> = match self.pending_handlers(&session, host, play, state).await {
+            Ok(pending) => pending,
+            Err(error) => {
+                self.report_failure_at(host, play, "pending handlers", "", &error);
+                return false;
+            }
+        };
+        for handler in &notified {
+            self.reporter.task(
+                host,
+                &play.name,
+                handler,
+                Status::Ok,
+                "notified by an earlier run that did not get to run it: it runs at the end of this play",
+                None,
+            );
+        }
         for task in &play.tasks {
             match self.run_task(&session, play, node, task, state, vars).await {
                 Ok(changed) => {
                     if changed {
-                        for handler in &task.notify {
-                            if !notified.contains(handler) {
-                                notified.push(handler.clone());
-                            }
+                        let new: Vec<&String> = task
+                            .notify
+                            .iter()
+                            .filter(|handler| !notified.contains(handler))
+                            .collect();
+                        if let Err(error) = self.record_pending(&session, host, play, &new).await {
+                            self.report_failure(host, play, task, &error);
+                            return false;
                         }
+                        notified.extend(new.into_iter().cloned());
                     }
                 }
                 Err(error) => {
@@ -489,10 +567,18 @@ impl Run {
             .iter()
             .filter(|handler| notified.contains(&handler.name))
         {
-            if let Err(error) = self
+            let ran = self
                 .run_task(&session, play, node, handler, state, vars)
-                .await
-            {
+                .await;
+            let ran = match ran {
+                Ok(_) if self.options.check => Ok(()),
+                Ok(_) => {
+                    let path = pending_handler_path(host, &play.name, &handler.name);
+                    checked_run(&session, RemoteCommand::argv(["rm", "-f", "--", &path])).await
+                }
+                Err(error) => Err(error),
+            };
+            if let Err(error) = ran {
                 self.report_failure(host, play, handler, &error);
                 return false;
             }
@@ -500,17 +586,91 @@ impl Run {
         true
     }
 
+    /// The handlers of `play` an earlier run notified on this host and did not run (their
+    /// records are among the facts).
+    async fn pending_handlers(
+        &self,
+        session: &Session,
+        node: &str,
+        play: &Play,
+        state: &mut HostState,
+    ) -> anyhow::Result<Vec<String>> {
+        if play.handlers.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut wanted = Probe::default();
+        for handler in &play.handlers {
+            wanted
+                .paths
+                .insert(pending_handler_path(node, &play.name, &handler.name));
+        }
+        if !state.probe.covers(&wanted)
+            || state.facts.is_none()
+            || state.gathered.elapsed() > FACTS_MAX_AGE
+        {
+            state.probe.extend(wanted);
+            state.facts = Some(gather(session, &state.probe).await?);
+            state.gathered = Instant::now();
+        }
+        let facts = state.facts.as_ref().expect("facts were just gathered");
+        Ok(play
+            .handlers
+            .iter()
+            .filter(|handler| {
+                !matches!(
+                    facts
+                        .files
+                        .get(&pending_handler_path(node, &play.name, &handler.name)),
+                    None | Some(facts::FileFact::Absent)
+                )
+            })
+            .map(|handler| handler.name.clone())
+            .collect())
+    }
+
+    /// Record on the host that `handlers` of `play` were notified (not in `--check`).
+    async fn record_pending(
+        &self,
+        session: &Session,
+        node: &str,
+        play: &Play,
+        handlers: &[&String],
+    ) -> anyhow::Result<()> {
+        if self.options.check || handlers.is_empty() {
+            return Ok(());
+        }
+        let mut command = RemoteCommand::script(
+            "mkdir -p \"$1\" && chmod 700 \"$1\" && shift && for path in \"$@\"; do : > \"$path\"; done",
+        )
+        .arg(PENDING_HANDLERS_DIR);
+        for handler in handlers {
+            command = command.arg(pending_handler_path(node, &play.name, handler));
+        }
+        checked_run(session, command).await
+    }
+
     /// Record a failed task (or handler) for the progress lines, the recap and `--json`.
     fn report_failure(&self, host: &str, play: &Play, task: &Task, error: &anyhow::Error) {
+        self.report_failure_at(host, play, &task.name, &task.place, error);
+    }
+
+    fn report_failure_at(
+        &self,
+        host: &str,
+        play: &Play,
+        task: &str,
+        place: &str,
+        error: &anyhow::Error,
+    ) {
         let message = format!("{error:#}");
         self.reporter
-            .task(host, &play.name, &task.name, Status::Failed, &message, None);
+            .task(host, &play.name, task, Status::Failed, &message, None);
         self.reporter.failure(
             host,
             Failure {
                 play: play.name.clone(),
-                task: task.name.clone(),
-                place: task.place.clone(),
+                task: task.to_string(),
+                place: place.to_string(),
                 message,
             },
         );
@@ -557,6 +717,10 @@ impl Run {
                     &format!("condition `{when}` is false"),
                     None,
                 );
+                // Like Ansible: a skipped task still registers, as unchanged and skipped.
+                if let Some(name) = &task.register {
+                    vars.insert(name.clone(), minijinja::context! { changed => false, skipped => true, rc => 0, stdout => "", stderr => "" });
+                }
                 return Ok(false);
             }
         }
