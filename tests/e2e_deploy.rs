@@ -10,7 +10,9 @@
 //! 3. a second deploy reports 0 changed and restarts no service (unit start times unchanged);
 //!    a run that fails after changing haproxy.cfg is followed by one that reloads HAProxy
 //!    (counted in HAProxy's journal) although nothing is left to change; a changed etcd
-//!    configuration restarts the members one at a time;
+//!    configuration restarts the members one at a time; a narrowed `client_cidrs` refuses this
+//!    machine on every node as soon as the deploy returns, and `--diff` only names the file
+//!    that holds secrets (an old password on the host is not printed);
 //! 4. `pgha verify` passes, and fails naming the assertion when HAProxy on one node or a
 //!    replica's Patroni is stopped, or a setting waits for a restart; `pgha switchover` moves the primary, checked after; a
 //!    parameter that needs a restart is rolled out replicas first, the primary via switchover;
@@ -88,9 +90,14 @@ fn superuser_password(inventory_dir: &Path) -> String {
 
 /// Run SQL through `host:port` with psql; the password travels in the environment.
 fn psql(port: u16, password: &str, sql: &str) -> Result<String, String> {
+    psql_at(VIP, port, password, sql)
+}
+
+/// `psql` from this machine to `host:port`.
+fn psql_at(host: &str, port: u16, password: &str, sql: &str) -> Result<String, String> {
     let output = Command::new("psql")
         .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
-        .env("PGHOST", VIP)
+        .env("PGHOST", host)
         .env("PGPORT", port.to_string())
         .env("PGUSER", "postgres")
         .env("PGDATABASE", "postgres")
@@ -533,6 +540,55 @@ fn deploy_converges_routes_and_is_idempotent() {
         assert!(
             next_down > previous_up,
             "etcd on {next} stopped before {previous} was running again: {windows:?}"
+        );
+    }
+
+    // A narrowed client_cidrs is in force when the deploy returns: this machine (10.231.0.1,
+    // outside the new network) is refused by every node's PostgreSQL at once, and admitted
+    // again at once when the network is widened back.
+    let password = superuser_password(dir.path());
+    std::fs::write(
+        &inventory,
+        lab_text.replace("client_cidrs: [10.231.0.0/24]", "client_cidrs: [10.231.0.200/32]"),
+    )
+    .unwrap();
+    // A file holding secrets is only named in --diff/--json, so a password the mask does not
+    // know (an old one still on the host) is not printed either.
+    exec(
+        &inventory,
+        "node1",
+        "echo '# an old password: pgha-old-secret-4711' >> /etc/patroni/patroni.yml",
+    );
+    let planned = pgha(&["deploy", "-i", inventory_arg, "--check", "--diff", "--json"]);
+    let planned_text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&planned.stdout),
+        String::from_utf8_lossy(&planned.stderr)
+    );
+    assert!(
+        planned_text.contains("/etc/patroni/patroni.yml")
+            && planned_text.contains("secret file changed; its contents are not shown"),
+        "{planned_text}"
+    );
+    assert!(!planned_text.contains("pgha-old-secret-4711"), "{planned_text}");
+    assert_no_secret(&inventory, &planned);
+    let narrowed = deploy_json(&inventory);
+    std::fs::write(&inventory, &lab_text).unwrap();
+    assert_eq!(narrowed["success"], true, "{narrowed:#}");
+    for address in ["10.231.0.11", "10.231.0.12", "10.231.0.13"] {
+        let refused = psql_at(address, 5432, &password, "select 1").expect_err("admitted");
+        assert!(
+            refused.contains("no pg_hba.conf entry"),
+            "{address} right after the narrowing deploy: {refused}"
+        );
+    }
+    let widened = deploy_json(&inventory);
+    assert_eq!(widened["success"], true, "{widened:#}");
+    for address in ["10.231.0.11", "10.231.0.12", "10.231.0.13"] {
+        assert_eq!(
+            psql_at(address, 5432, &password, "select 1").as_deref(),
+            Ok("1"),
+            "{address} right after the widening deploy"
         );
     }
 

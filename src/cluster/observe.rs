@@ -28,8 +28,9 @@ pub struct NodeView {
     pub cluster: Option<Value>,
     /// `GET /config` (Patroni dynamic configuration).
     pub config: Option<Value>,
-    /// HTTP status of an unauthenticated `POST /restart` (must be 401).
-    pub unauthenticated_restart: Option<u16>,
+    /// HTTP status of an unauthenticated `PATCH /config` without a body (must be 401). It
+    /// cannot change anything: without authentication Patroni would answer 411 (no body).
+    pub unauthenticated_patch: Option<u16>,
     /// `etcdctl endpoint health/status` for this member, and the member list.
     pub etcd_health: Option<bool>,
     pub etcd_status: Option<Value>,
@@ -43,7 +44,7 @@ pub struct NodeView {
     pub holds_vip: Option<bool>,
     /// pg_hba rules: `type database user address method`.
     pub hba: Vec<String>,
-    /// Mode (octal text) of files that hold secrets.
+    /// `mode:owner:group` (octal mode) of files that hold secrets.
     pub secret_file_modes: BTreeMap<String, String>,
 }
 
@@ -64,9 +65,9 @@ fn probe(inventory: &Inventory, node: &Node) -> RemoteCommand {
 echo '### primary_status'; curl -s -o /dev/null --max-time 2 -X OPTIONS -w '%{http_code}' "$api/primary"; echo
 echo '### cluster'; curl -s --max-time 2 "$api/cluster"; echo
 echo '### config'; curl -s --max-time 2 "$api/config"; echo
-echo '### unauthenticated_restart'; curl -s -o /dev/null --max-time 2 -X POST -w '%{http_code}' "$api/restart"; echo
+echo '### unauthenticated_patch'; curl -s -o /dev/null --max-time 2 -X PATCH -w '%{http_code}' "$api/config"; echo
 echo '### hba'; runuser -u postgres -- psql -XAtq -F ' ' -c "select type, array_to_string(database, ','), array_to_string(user_name, ','), coalesce(address, ''), coalesce(netmask, ''), auth_method from pg_hba_file_rules" 2>/dev/null
-echo '### modes'; for file in /etc/patroni/patroni.yml /var/lib/postgresql/.pgpass_patroni; do [ -e "$file" ] && echo "$file $(stat -c %a "$file")"; done
+echo '### modes'; for file in /etc/patroni/patroni.yml /var/lib/postgresql/.pgpass_patroni; do [ -e "$file" ] && echo "$file $(stat -c %a:%U:%G "$file")"; done
 "#,
         );
     }
@@ -145,7 +146,7 @@ pub fn parse(name: &str, address: &str, output: &str) -> NodeView {
     view.primary_status = code("primary_status");
     view.cluster = json("cluster");
     view.config = json("config");
-    view.unauthenticated_restart = code("unauthenticated_restart");
+    view.unauthenticated_patch = code("unauthenticated_patch");
     view.etcd_health = text("etcd_health").map(|text| text == "true");
     view.etcd_status = json("etcd_status");
     view.etcd_members = json("etcd_members");
@@ -268,7 +269,7 @@ mod tests {
 
     #[test]
     fn parses_sections_and_tolerates_garbage() {
-        let output = "### patroni\n{\"role\": \"primary\", \"timeline\": 2}\n### primary_status\n200\n### cluster\nnot json\n### haproxy\n# pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout,dreq,dresp,ereq,econ,eresp,wretr,wredis,status\npgha_write,node1,0,0,0,0,,0,0,0,,0,,0,0,0,0,UP\npgha_write,node2,0,0,0,0,,0,0,0,,0,,0,0,0,0,DOWN\npgha_write,BACKEND,0,0,0,0,,0,0,0,,0,,0,0,0,0,UP\n### vip\ntrue\n### modes\n/etc/patroni/patroni.yml 600\n### hba\nlocal all all  peer\n";
+        let output = "### patroni\n{\"role\": \"primary\", \"timeline\": 2}\n### primary_status\n200\n### cluster\nnot json\n### haproxy\n# pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout,dreq,dresp,ereq,econ,eresp,wretr,wredis,status\npgha_write,node1,0,0,0,0,,0,0,0,,0,,0,0,0,0,UP\npgha_write,node2,0,0,0,0,,0,0,0,,0,,0,0,0,0,DOWN\npgha_write,BACKEND,0,0,0,0,,0,0,0,,0,,0,0,0,0,UP\n### vip\ntrue\n### modes\n/etc/patroni/patroni.yml 640:root:postgres\n### hba\nlocal all all  peer\n";
         let view = parse("node1", "10.0.0.1", output);
         assert_eq!(view.patroni.unwrap()["role"], "primary");
         assert_eq!(view.primary_status, Some(200));
@@ -277,7 +278,7 @@ mod tests {
         assert_eq!(view.haproxy["pgha_write"]["node2"], "DOWN");
         assert!(!view.haproxy["pgha_write"].contains_key("BACKEND"));
         assert_eq!(view.holds_vip, Some(true));
-        assert_eq!(view.secret_file_modes["/etc/patroni/patroni.yml"], "600");
+        assert_eq!(view.secret_file_modes["/etc/patroni/patroni.yml"], "640:root:postgres");
         assert_eq!(view.hba, ["local all all  peer"]);
         let empty = parse("n", "a", "\u{0}garbage\n### primary_status\n000\n");
         assert_eq!(empty.primary_status, None);

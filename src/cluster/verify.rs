@@ -360,7 +360,7 @@ pub fn assess(inventory: &Inventory, views: &[NodeView]) -> Vec<Check> {
         let open: Vec<String> = view
             .secret_file_modes
             .iter()
-            .filter(|(_, mode)| !mode.ends_with("00"))
+            .filter(|(_, mode)| !secret_file_is_private(mode))
             .map(|(file, mode)| format!("{file} {mode}"))
             .collect();
         checks.push(Check::new(
@@ -374,14 +374,29 @@ pub fn assess(inventory: &Inventory, views: &[NodeView]) -> Vec<Check> {
         ));
         checks.push(Check::new(
             format!("security.{}.rest_auth", view.name),
-            view.unauthenticated_restart == Some(401),
+            view.unauthenticated_patch == Some(401),
             format!(
-                "unauthenticated POST /restart answered {:?}",
-                view.unauthenticated_restart
+                "unauthenticated PATCH /config (no body, changes nothing) answered {:?}",
+                view.unauthenticated_patch
             ),
         ));
     }
     checks
+}
+
+/// A file holding secrets (`mode:owner:group`, octal mode) is private when no one but its
+/// owner can read it, or when root owns it and only the `postgres` group may also read it (the
+/// Patroni configuration: Patroni reads it, only root may change it).
+fn secret_file_is_private(value: &str) -> bool {
+    let mut parts = value.split(':');
+    let (Some(mode), Some(owner), Some(group)) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    let Ok(mode) = u32::from_str_radix(mode, 8) else {
+        return false;
+    };
+    mode & 0o007 == 0
+        && (mode & 0o070 == 0 || (mode & 0o070 == 0o040 && owner == "root" && group == "postgres"))
 }
 
 #[cfg(test)]
@@ -435,8 +450,8 @@ mod tests {
                 );
                 view.hba = vec!["host all all 10.231.0.11 255.255.255.255 scram-sha-256".into()];
                 view.secret_file_modes
-                    .insert("/etc/patroni/patroni.yml".into(), "600".into());
-                view.unauthenticated_restart = Some(401);
+                    .insert("/etc/patroni/patroni.yml".into(), "640:root:postgres".into());
+                view.unauthenticated_patch = Some(401);
                 view
             })
             .collect()
@@ -473,7 +488,7 @@ mod tests {
         views[1].hba.push("host all all 0.0.0.0 0.0.0.0 md5".into());
         views[0]
             .secret_file_modes
-            .insert("/etc/patroni/patroni.yml".into(), "644".into());
+            .insert("/etc/patroni/patroni.yml".into(), "640:postgres:postgres".into());
         views[2].dcs_leader = Some("node2".into());
         views[0].dcs_leader = Some("node2".into());
         views[1].dcs_leader = Some("node2".into());

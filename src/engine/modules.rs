@@ -466,7 +466,11 @@ impl Planner<'_> {
                         format!("{url} answering {status}"),
                     )
                 } else {
-                    let command = self.text(args.command.as_deref().unwrap_or("true"))?;
+                    // A block scalar ends in a newline, which `until ...; do` would not survive.
+                    let command = self
+                        .text(args.command.as_deref().unwrap_or("true"))?
+                        .trim_end()
+                        .to_string();
                     let what = format!("{} to succeed", describe_command(&command));
                     (command, what)
                 };
@@ -483,7 +487,7 @@ impl Planner<'_> {
             Module::DefaultData(args) => {
                 let version = self.text(&args.version)?;
                 let path = super::default_data::marker_path(args.component, &version);
-                let force = match self.text(&args.force)?.trim() {
+                let force = match self.text(&args.force)?.trim().to_ascii_lowercase().as_str() {
                     "true" => true,
                     "false" | "" => false,
                     other => bail!("`default_data` force must render to true or false, not `{other}`"),

@@ -849,11 +849,20 @@ impl Run {
         Ok(changes)
     }
 
-    /// A unified diff for a planned file write (secrets masked), reading the current file.
+    /// A unified diff for a planned file write (secrets masked; a file that holds secrets only
+    /// named), reading the current file.
     async fn diff(&self, session: &Session, action: &Action) -> Option<String> {
-        let Action::WriteFile { upload, .. } = action else {
+        let Action::WriteFile { upload, secret, .. } = action else {
             return None;
         };
+        // A file that holds secrets is named, never shown: a mask only knows today's secrets,
+        // and an old password still on the host would be printed after a rotation.
+        if *secret {
+            return Some(format!(
+                "--- {path}\n+++ {path}\n(secret file changed; its contents are not shown)\n",
+                path = upload.path
+            ));
+        }
         // Like `git diff`: a binary or very large file, planned or on the host, is named, not
         // printed (a cut text could also cut a secret in two and slip past the mask).
         let not_shown = |which: &str| {
