@@ -93,12 +93,17 @@ fn vip_holders(inventory: &Path) -> Result<Vec<String>, String> {
     Ok(holders)
 }
 
-/// One command to a node's HAProxy runtime socket; its answer.
+/// One command to a node's HAProxy runtime socket; its answer (without `pgha exec`'s header).
 fn haproxy_command(inventory: &Path, node: &str, line: &str) -> String {
     let script = format!(
         r#"python3 -c 'import socket, sys; s = socket.socket(socket.AF_UNIX); s.connect("/run/haproxy/admin.sock"); s.sendall(sys.argv[1].encode() + b"\n"); print(s.makefile().read())' '{line}'"#
     );
+    let header = format!("{node} | ");
     on_node(inventory, node, &script)
+        .lines()
+        .filter(|text| !text.starts_with(&header))
+        .map(|text| format!("{text}\n"))
+        .collect()
 }
 
 /// `pgha_write`'s servers on a node as `server -> admin state` (0x08: drained by the agent).

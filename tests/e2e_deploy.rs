@@ -4,7 +4,8 @@
 //! 0. a node that already runs PostgreSQL's own `main` cluster holding a table is refused
 //!    (running: by the port preflight, naming the unit; stopped: by the default-data step,
 //!    which cannot prove it empty), and the table is still there;
-//! 1. a first deploy interrupted with Ctrl-C part-way converges when re-run;
+//! 1. a first deploy interrupted with Ctrl-C part-way converges when re-run, and removes a
+//!    `policy-rc.d` an earlier interrupted run left (recognised by its marker line);
 //! 2. a row written through VIP:5000 lands on the primary and is read back through VIP:5001
 //!    from a replica;
 //! 3. a second deploy reports 0 changed and restarts no service (unit start times unchanged);
@@ -301,6 +302,14 @@ fn deploy_converges_routes_and_is_idempotent() {
     // Its owner moves it away; then the deploy may go on.
     exec(&inventory, "node3", "pg_dropcluster --stop 15 main");
 
+    // A `policy-rc.d` an interrupted pgha run left behind (its marker line) is recognised as
+    // pgha's: replaced while installing and removed afterwards, not kept as a foreign one.
+    exec(
+        &inventory,
+        "node1",
+        "printf '#!/bin/sh\\n# pgha: no service starts while pgha installs packages\\nexit 101\\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d",
+    );
+
     // 1. A first deploy cut off part-way (Ctrl-C) converges when run again.
     let mut interrupted = Command::new(env!("CARGO_BIN_EXE_pgha"))
         .args(["deploy", "-i", inventory_arg])
@@ -319,6 +328,14 @@ fn deploy_converges_routes_and_is_idempotent() {
         first["success"], true,
         "deploy after an interrupted one failed: {first:#}"
     );
+    let policies = exec_everywhere(&inventory, "test ! -e /usr/sbin/policy-rc.d && echo none");
+    for host in policies.as_array().unwrap() {
+        assert_eq!(
+            host["stdout"].as_str().map(str::trim),
+            Some("none"),
+            "a policy-rc.d was left behind: {host}"
+        );
+    }
     // The deploy ends by checking that exactly one node holds the VIP, and names it.
     let holder = first["vip_holder"].as_str().unwrap_or_default().to_string();
     assert!(

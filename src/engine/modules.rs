@@ -1153,7 +1153,10 @@ mod tests {
                 ..
             } => {
                 assert_eq!(upload.path, "/etc/patroni/patroni.yml");
-                assert_eq!((upload.owner.as_str(), upload.mode), ("postgres", 0o600));
+                assert_eq!(
+                    (upload.owner.as_str(), upload.group.as_str(), upload.mode),
+                    ("root", "postgres", 0o640)
+                );
                 assert!(secret);
             }
             other => panic!("{other:?}"),

@@ -604,15 +604,7 @@ impl Run {
                 .paths
                 .insert(pending_handler_path(node, &play.name, &handler.name));
         }
-        if !state.probe.covers(&wanted)
-            || state.facts.is_none()
-            || state.gathered.elapsed() > FACTS_MAX_AGE
-        {
-            state.probe.extend(wanted);
-            state.facts = Some(gather(session, &state.probe).await?);
-            state.gathered = Instant::now();
-        }
-        let facts = state.facts.as_ref().expect("facts were just gathered");
+        let facts = state.facts_covering(session, wanted).await?;
         Ok(play
             .handlers
             .iter()
@@ -697,15 +689,7 @@ impl Run {
         };
         let mut wanted = Probe::default();
         planner.wants(&task.module, &mut wanted)?;
-        if !state.probe.covers(&wanted)
-            || state.facts.is_none()
-            || state.gathered.elapsed() > FACTS_MAX_AGE
-        {
-            state.probe.extend(wanted);
-            state.facts = Some(gather(session, &state.probe).await?);
-            state.gathered = Instant::now();
-        }
-        let facts = state.facts.as_ref().expect("facts were just gathered");
+        let facts = state.facts_covering(session, wanted).await?;
         let context = minijinja::context! { facts => minijinja::Value::from_serialize(facts), ..context_without_facts };
         if let Some(when) = &task.when {
             if !self.renderer.evaluate(when, &context)? {
@@ -918,6 +902,25 @@ struct HostState {
     gathered: Instant,
     probe: Probe,
     daemon_reload: bool,
+}
+
+impl HostState {
+    /// Facts that cover `wanted`, gathered again when they do not, are stale, or are too old.
+    async fn facts_covering(
+        &mut self,
+        session: &Session,
+        wanted: Probe,
+    ) -> anyhow::Result<&Facts> {
+        if !self.probe.covers(&wanted)
+            || self.facts.is_none()
+            || self.gathered.elapsed() > FACTS_MAX_AGE
+        {
+            self.probe.extend(wanted);
+            self.facts = Some(gather(session, &self.probe).await?);
+            self.gathered = Instant::now();
+        }
+        Ok(self.facts.as_ref().expect("facts were just gathered"))
+    }
 }
 
 async fn gather(session: &Session, probe: &Probe) -> anyhow::Result<Facts> {
