@@ -8,7 +8,8 @@
 //!    the others are drained, so a check that marks the old primary up again (as a thawed old
 //!    primary's `/primary` can for a moment) still sends it no write: every connection through
 //!    that node's write port lands on the new primary. A stopped agent makes the drained
-//!    servers ready again (the health checks route without it), a started one drains them;
+//!    servers ready again (the health checks route without it), a started one drains them; a
+//!    SIGKILLed one too (the unit's ExecStopPost), and systemd's restart drains them again;
 //! 3. HAProxy SIGKILLed (and masked) on the VIP holder: the VIP moves to another node;
 //! 4. keepalived SIGKILLed on the new holder: its agent removes the VIP it holds, and another
 //!    node takes it over (one holder, not two).
@@ -291,7 +292,9 @@ fn agent_routes_a_switchover_and_keeps_the_vip_honest() {
             journal.contains(&format!("routing writes to {candidate}, the new leader")),
             "{node}'s agent journal does not say it routed writes to {candidate}:\n{journal}"
         );
-        for (server, admin) in write_backend_admin(&inventory, node) {
+        let admin = write_backend_admin(&inventory, node);
+        assert_eq!(admin.len(), NODES.len(), "{node}: `show servers state`: {admin:?}");
+        for (server, admin) in admin {
             assert_eq!(
                 admin & 0x08 != 0,
                 server != candidate,
@@ -305,13 +308,23 @@ fn agent_routes_a_switchover_and_keeps_the_vip_honest() {
     let superuser_password = secrets["superuser_password"].as_str().unwrap();
     let candidate_address = NODES.iter().find(|(name, _)| *name == candidate).unwrap().1;
     let (router, router_address) = NODES[0];
-    let forced = haproxy_command(
-        &inventory,
-        router,
-        &format!("set server pgha_write/{leader} health up"),
-    );
-    assert!(forced.trim().is_empty(), "HAProxy refused: {forced}");
     for attempt in 0..8 {
+        // Forced up and read back in one exchange: the old primary is up (op state 2) and
+        // drained (admin 0x08) right before the connection.
+        let answer = haproxy_command(
+            &inventory,
+            router,
+            &format!("set server pgha_write/{leader} health up; show servers state pgha_write"),
+        );
+        let state = answer
+            .lines()
+            .map(|line| line.split_whitespace().collect::<Vec<_>>())
+            .find(|fields| fields.len() > 6 && fields[1] == "pgha_write" && fields[3] == leader)
+            .map(|fields| (fields[5].to_string(), fields[6].parse::<u32>().unwrap_or(0)));
+        assert!(
+            matches!(&state, Some((operational, admin)) if operational == "2" && admin & 0x08 != 0),
+            "{leader} is not up and drained on {router} before connection {attempt}: {answer}"
+        );
         assert_eq!(
             write_port_server(router_address, superuser_password),
             candidate_address,
@@ -321,7 +334,9 @@ fn agent_routes_a_switchover_and_keeps_the_vip_honest() {
 
     // 2c. A stopped agent makes the drained servers ready; a started one drains them again.
     on_node(&inventory, router, "systemctl stop pgha-agent");
-    let drained: Vec<(String, u32)> = write_backend_admin(&inventory, router)
+    let admin = write_backend_admin(&inventory, router);
+    assert_eq!(admin.len(), NODES.len(), "{router}: `show servers state`: {admin:?}");
+    let drained: Vec<(String, u32)> = admin
         .into_iter()
         .filter(|(_, admin)| admin & 0x08 != 0)
         .collect();
@@ -340,6 +355,47 @@ fn agent_routes_a_switchover_and_keeps_the_vip_honest() {
                 .filter(|(server, admin)| (admin & 0x08 != 0) != (*server != candidate))
                 .collect();
             if wrong.is_empty() && admin.len() == NODES.len() {
+                Ok(())
+            } else {
+                Err(format!("admin states: {admin:?}"))
+            }
+        },
+    );
+
+    // 2d. A crashed agent (SIGKILL) leaves no drain behind either: the unit's ExecStopPost
+    // releases them (its journal says so), and the restarted agent drains them again.
+    let releases = || {
+        on_node(
+            &inventory,
+            router,
+            "journalctl -u pgha-agent -o cat --no-pager | grep -c '^write servers made ready (node' || true",
+        )
+        .lines()
+        .filter_map(|line| line.trim().parse::<usize>().ok())
+        .next()
+        .unwrap_or(0)
+    };
+    let released_before = releases();
+    on_node(&inventory, router, "systemctl kill -s KILL pgha-agent");
+    eventually(
+        &format!("{router}'s ExecStopPost releases the drains of the killed agent"),
+        Duration::from_secs(20),
+        || {
+            let now = releases();
+            if now > released_before {
+                Ok(())
+            } else {
+                Err(format!("{now} releases in the journal"))
+            }
+        },
+    );
+    eventually(
+        &format!("{router}'s agent, restarted by systemd, drains every write server but {candidate}"),
+        Duration::from_secs(20),
+        || {
+            let admin = write_backend_admin(&inventory, router);
+            let drained = admin.iter().filter(|(_, admin)| admin & 0x08 != 0).count();
+            if drained == NODES.len() - 1 && admin.len() == NODES.len() {
                 Ok(())
             } else {
                 Err(format!("admin states: {admin:?}"))

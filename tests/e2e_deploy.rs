@@ -410,6 +410,21 @@ fn deploy_converges_routes_and_is_idempotent() {
     let after = start_times(&inventory);
     assert_eq!(before, after, "a no-op deploy must restart no service");
 
+    // A pgha `policy-rc.d` left on a node with nothing to install is removed too (it would
+    // keep blocking every later package's services).
+    exec(
+        &inventory,
+        "node2",
+        "printf '#!/bin/sh\\n# pgha: no service starts while pgha installs packages\\nexit 101\\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d",
+    );
+    let cleaned = deploy_json(&inventory);
+    assert_eq!(cleaned["success"], true, "{cleaned:#}");
+    assert_eq!(changed(&cleaned), 1, "only the leftover goes: {:#}", cleaned["changes"]);
+    let policies = exec_everywhere(&inventory, "test ! -e /usr/sbin/policy-rc.d && echo none");
+    for host in policies.as_array().unwrap() {
+        assert_eq!(host["stdout"].as_str().map(str::trim), Some("none"), "{host}");
+    }
+
     // Hostile inventory values are refused with exit 2 before any host is contacted: no
     // login in any node's sshd journal, and the injected command left no trace.
     let lab_text = std::fs::read_to_string(&inventory).unwrap();

@@ -118,6 +118,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     // Graceful: drained write servers are made ready, so HAProxy's health checks alone route
     // while no agent runs (a stopped agent must not keep writes away from a future primary).
     // The verdict is withdrawn so Keepalived's check falls back to HAProxy's own view at once.
+    println!("pgha agent stopping");
     release_drains(&config).await;
     let _ = std::fs::remove_file(&config.verdict_file);
     watcher.abort();
@@ -177,10 +178,16 @@ async fn observe(config: &Config, cluster: &ClusterView) -> LocalView {
     }
 }
 
+/// `pgha agent release`: make every drained write server ready again (after the agent exited).
+pub async fn release(config_path: &Path) -> anyhow::Result<()> {
+    let config = Config::load(config_path)?;
+    release_drains(&config).await;
+    Ok(())
+}
+
 /// Make every drained write server ready again; logs what it did.
 async fn release_drains(config: &Config) {
     let Some(socket) = &config.haproxy_socket else {
-        println!("pgha agent stopping");
         return;
     };
     let drained: Vec<String> =
@@ -192,7 +199,7 @@ async fn release_drains(config: &Config) {
                 .map(|(server, _)| server)
                 .collect(),
             Err(error) => {
-                println!("pgha agent stopping; cannot release drained write servers: {error}");
+                println!("cannot release drained write servers: {error}");
                 return;
             }
         };
@@ -202,7 +209,7 @@ async fn release_drains(config: &Config) {
         }
     }
     println!(
-        "pgha agent stopping: write servers made ready ({}); HAProxy's health checks route",
+        "write servers made ready ({}); HAProxy's health checks route",
         if drained.is_empty() {
             "none was drained".to_string()
         } else {

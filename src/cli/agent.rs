@@ -1,4 +1,6 @@
-//! `pgha agent run`: the node daemon (deployed as the `pgha-agent` systemd service).
+//! `pgha agent run`: the node daemon (deployed as the `pgha-agent` systemd service);
+//! `pgha agent release`: make drained write servers ready (the unit's `ExecStopPost`, so it
+//! runs after any exit of the daemon, a crash included).
 
 use std::path::PathBuf;
 
@@ -6,6 +8,9 @@ use std::path::PathBuf;
 pub enum AgentCommand {
     /// Run the agent in the foreground until SIGTERM (systemd runs it as `pgha-agent`)
     Run(RunArgs),
+    /// Make every drained server of the write backend ready again, so HAProxy's health checks
+    /// route while no agent runs (systemd runs it after the agent exits, however it exited)
+    Release(RunArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -18,5 +23,8 @@ pub struct RunArgs {
 pub fn run(command: AgentCommand) -> anyhow::Result<()> {
     match command {
         AgentCommand::Run(args) => super::run::runtime()?.block_on(crate::agent::run(&args.config)),
+        AgentCommand::Release(args) => {
+            super::run::runtime()?.block_on(crate::agent::release(&args.config))
+        }
     }
 }

@@ -2,9 +2,11 @@
 //! default `main` cluster, etcd's `default` member) so that Patroni and pgha's etcd own their
 //! directories, and never remove data pgha did not create.
 //!
-//! Data is removed only when pgha's package step installed the package (it recorded that in
-//! [`INSTALLED_BY_PGHA_DIR`] before installing), or when it is provably empty, or when the user
-//! said `--force-remove-stray-data`. Otherwise the task fails, naming what it found.
+//! Data is removed only when pgha's own package step created it (before installing, the step
+//! claims in [`CREATED_BY_PGHA_DIR`] the default data that does not exist yet, and drops a
+//! claim whose data did not appear), or when it is provably empty, or when the user said
+//! `--force-remove-stray-data`. Otherwise the task fails, naming what it found. The claim is
+//! removed with the data.
 //!
 //! "Provably empty" for PostgreSQL: the cluster is cleanly shut down and its last checkpoint's
 //! `NextOID` is below 16384 (`FirstNormalObjectId`). `initdb` leaves it there, and the first
@@ -14,7 +16,7 @@
 use anyhow::bail;
 use serde::Deserialize;
 
-use super::modules::{tail, Applied, INSTALLED_BY_PGHA_DIR};
+use super::modules::{tail, Applied, CREATED_BY_PGHA_DIR};
 use crate::ssh::{RemoteCommand, Session};
 
 /// PostgreSQL's first OID for objects created after `initdb`.
@@ -40,8 +42,9 @@ pub fn marker_path(component: Component, version: &str) -> String {
 /// What the inspection found on the host.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Found {
-    /// pgha's package step installed the package that creates this data.
-    pub installed_by_pgha: bool,
+    /// pgha's package step created this data (it did not exist before pgha installed the
+    /// package that creates it).
+    pub created_by_pgha: bool,
     /// PostgreSQL: `pg_lsclusters` status (`online`, `down`, ...).
     pub status: String,
     /// PostgreSQL: the data directory.
@@ -65,8 +68,8 @@ pub enum Verdict {
 
 /// Decide from what the host showed. Pure, so every way to decide has a unit test.
 pub fn judge(component: Component, version: &str, found: &Found, force: bool) -> Verdict {
-    if found.installed_by_pgha {
-        return Verdict::Remove("pgha's package step installed it".into());
+    if found.created_by_pgha {
+        return Verdict::Remove("pgha's package step created it".into());
     }
     match component {
         Component::Postgres => {
@@ -119,14 +122,20 @@ fn or_unknown(text: &str) -> &str {
     }
 }
 
-/// A read-only script printing `key=value` lines for [`parse`]; `$1` is the version.
+/// The claim pgha's package step leaves for the default data it created (`$1` the version).
+fn claim(component: Component) -> String {
+    match component {
+        Component::Postgres => format!("{CREATED_BY_PGHA_DIR}/postgresql-$1-main"),
+        Component::Etcd => format!("{CREATED_BY_PGHA_DIR}/etcd-default"),
+    }
+}
+
+/// A read-only script printing `key=value` lines for [`parse`]; `$1` is the version. Tools
+/// run with `LC_ALL=C`: `pg_controldata` translates its labels.
 fn inspection(component: Component) -> String {
-    let package = match component {
-        Component::Postgres => "postgresql-$1",
-        Component::Etcd => "etcd-server",
-    };
     let mut script = format!(
-        "[ -e {INSTALLED_BY_PGHA_DIR}/{package} ] && echo installed_by_pgha=yes\n"
+        "export LC_ALL=C\n[ -e \"{}\" ] && echo created_by_pgha=yes\n",
+        claim(component)
     );
     match component {
         Component::Postgres => script.push_str(
@@ -155,7 +164,7 @@ pub fn parse(text: &str) -> Found {
         };
         let value = value.trim().to_string();
         match key {
-            "installed_by_pgha" => found.installed_by_pgha = value == "yes",
+            "created_by_pgha" => found.created_by_pgha = value == "yes",
             "status" => found.status = value,
             "data_directory" => found.data_directory = value,
             "state" => found.state = value,
@@ -194,10 +203,13 @@ pub async fn apply(
         Verdict::Remove(reason) => reason,
     };
     let remove = match component {
-        Component::Postgres => RemoteCommand::argv(["pg_dropcluster", "--stop", version, "main"]),
-        Component::Etcd => RemoteCommand::argv(["rm", "-rf", "--", "/var/lib/etcd/default"]),
+        Component::Postgres => "pg_dropcluster --stop \"$1\" main",
+        Component::Etcd => "rm -rf -- /var/lib/etcd/default",
     };
-    let removed = session.run(&remove.as_root()).await?;
+    let script = format!("{remove} && rm -f \"{}\"", claim(component));
+    let removed = session
+        .run(&RemoteCommand::script(script).arg(version).as_root())
+        .await?;
     if !removed.success() {
         bail!(
             "removing the default data failed ({}): {}",
@@ -226,7 +238,7 @@ mod tests {
     fn postgres_main_is_dropped_only_when_pgha_made_it_or_it_is_provably_empty() {
         let pg = Component::Postgres;
         let made = Found {
-            installed_by_pgha: true,
+            created_by_pgha: true,
             ..postgres("online", "in production", Some(20000))
         };
         assert!(matches!(judge(pg, "15", &made, false), Verdict::Remove(_)));
@@ -269,12 +281,12 @@ mod tests {
     #[test]
     fn the_inspection_output_is_parsed() {
         let found = parse(
-            "installed_by_pgha=yes\nstatus=down\ndata_directory=/var/lib/postgresql/15/main\nstate=shut down\nnext_oid=13572\nnoise\n",
+            "created_by_pgha=yes\nstatus=down\ndata_directory=/var/lib/postgresql/15/main\nstate=shut down\nnext_oid=13572\nnoise\n",
         );
         assert_eq!(
             found,
             Found {
-                installed_by_pgha: true,
+                created_by_pgha: true,
                 ..postgres("down", "shut down", Some(13572))
             }
         );

@@ -34,6 +34,8 @@ pub enum Action {
         install: Vec<String>,
         remove: Vec<String>,
         policy_rc_d: Option<u8>,
+        /// A `policy-rc.d` an interrupted pgha run left is on the host: remove it.
+        policy_rc_d_leftover: bool,
     },
     WriteFile {
         upload: Upload,
@@ -117,7 +119,12 @@ impl Planner<'_> {
                     .paths
                     .insert(super::default_data::marker_path(args.component, &version));
             }
-            Module::Package(_) | Module::WaitFor(_) | Module::User(_) => {}
+            Module::Package(args) => {
+                if args.policy_rc_d.is_some() {
+                    probe.paths.insert(POLICY_RC_D.to_string());
+                }
+            }
+            Module::WaitFor(_) | Module::User(_) => {}
         }
         Ok(())
     }
@@ -181,7 +188,26 @@ impl Planner<'_> {
                             .collect(),
                     ),
                 };
-                if install.is_empty() && remove.is_empty() {
+                // A `policy-rc.d` with pgha's exact bytes is one an interrupted run left.
+                let leftover = args.policy_rc_d.is_some_and(|code| {
+                    matches!(
+                        facts.files.get(POLICY_RC_D),
+                        Some(FileFact::File { sha256: Some(sha256), .. })
+                            if *sha256 == crate::ssh::sha256_hex(policy_rc_d_contents(code).as_bytes())
+                    )
+                });
+                if install.is_empty() && remove.is_empty() && leftover {
+                    Plan::Act {
+                        summary: format!("remove the `{POLICY_RC_D}` an interrupted pgha run left"),
+                        action: Action::Packages {
+                            install,
+                            remove,
+                            policy_rc_d: args.policy_rc_d,
+                            policy_rc_d_leftover: true,
+                        },
+                        changes: true,
+                    }
+                } else if install.is_empty() && remove.is_empty() {
                     Plan::NoChange(format!(
                         "{} {}",
                         names.join(", "),
@@ -204,6 +230,7 @@ impl Planner<'_> {
                             install,
                             remove,
                             policy_rc_d: args.policy_rc_d,
+                            policy_rc_d_leftover: leftover,
                         },
                         changes: true,
                     }
@@ -690,22 +717,28 @@ pub fn file_diff(path: &str, old: &str, new: &str, secrets: &[&str]) -> String {
         .to_string()
 }
 
-/// Installs the packages given as arguments. An earlier run cut off mid-install leaves dpkg
-/// half-configured, so that is finished first; a hung index download is cut off and retried
-/// (on the lab, apt-cacher-ng answered one of three nodes updating at once with a truncated
-/// `InRelease`, and that node's apt waited on it past its own timeouts).
 /// The marker line of the `policy-rc.d` pgha writes: a file with it is pgha's own (left by an
 /// interrupted run) and is replaced and removed; any other file is left as it is.
 pub const POLICY_RC_D_MARKER: &str = "# pgha: no service starts while pgha installs packages";
 
-/// Where pgha records the packages its package step installed (an empty file per package).
-pub const INSTALLED_BY_PGHA_DIR: &str = "/var/lib/pgha/installed";
+/// Where `policy-rc.d` lives.
+pub const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
+
+/// The exact `policy-rc.d` pgha writes for exit `code` (facts recognise a leftover by its
+/// checksum).
+pub fn policy_rc_d_contents(code: u8) -> String {
+    format!("#!/bin/sh\n{POLICY_RC_D_MARKER}\nexit {code}\n")
+}
+
+/// Where pgha records default data its own package step created (an empty file each):
+/// `postgresql-<version>-main` and `etcd-default` (see `engine::default_data`).
+pub const CREATED_BY_PGHA_DIR: &str = "/var/lib/pgha/created";
 
 /// Shell lines that install a blocking `policy-rc.d` exiting `code`, unless a foreign one is
 /// there, and remove it on every way out of the script (signals included).
 fn policy_rc_d_script(code: u8) -> String {
     format!(
-        r#"policy=/usr/sbin/policy-rc.d
+        r#"policy={POLICY_RC_D}
 if [ ! -e "$policy" ] || grep -qxF '{POLICY_RC_D_MARKER}' "$policy" 2>/dev/null; then
   trap 'rm -f "$policy"' EXIT
   trap 'exit 129' HUP; trap 'exit 130' INT; trap 'exit 143' TERM
@@ -715,11 +748,32 @@ fi
     )
 }
 
-/// Shell lines that record the script's arguments (package specs) as installed by pgha.
-const INSTALLED_BY_PGHA: &str = r#"mkdir -p /var/lib/pgha/installed
-for spec in "$@"; do : > "/var/lib/pgha/installed/${spec%%=*}"; done
+/// Before installing: for each package (the script's arguments) whose scripts create default
+/// data, claim that data for pgha only if it does not exist yet; after the install, drop a
+/// claim whose data did not appear. Data that was there before pgha's install (a removed but
+/// not purged package's cluster) is never claimed.
+const CLAIM_DEFAULT_DATA: &str = r#"mkdir -p /var/lib/pgha/created
+for spec in "$@"; do
+  name=${spec%%=*}
+  case "$name" in
+    postgresql-[0-9]*) [ -e "/etc/postgresql/${name#postgresql-}/main" ] || : > "/var/lib/pgha/created/$name-main" ;;
+    etcd-server) [ -e /var/lib/etcd/default ] || : > /var/lib/pgha/created/etcd-default ;;
+  esac
+done
 "#;
 
+const UNCLAIM_ABSENT_DATA: &str = r#"for claim in /var/lib/pgha/created/*; do
+  case "${claim##*/}" in
+    postgresql-*-main) version=${claim##*/postgresql-}; [ -e "/etc/postgresql/${version%-main}/main" ] || rm -f "$claim" ;;
+    etcd-default) [ -e /var/lib/etcd/default ] || rm -f "$claim" ;;
+  esac
+done
+"#;
+
+/// Installs the packages given as arguments. An earlier run cut off mid-install leaves dpkg
+/// half-configured, so that is finished first; a hung index download is cut off and retried
+/// (on the lab, apt-cacher-ng answered one of three nodes updating at once with a truncated
+/// `InRelease`, and that node's apt waited on it past its own timeouts). Sets `status`.
 const APT_INSTALL: &str = r#"
 dpkg --configure -a >/dev/null 2>&1 || true
 apt_options="-o DPkg::Lock::Timeout=120 -o Acquire::Retries=3 -o Acquire::http::Timeout=30"
@@ -730,7 +784,8 @@ for limit in 30 180 180; do
   sleep 2
 done
 if [ "$updated" != yes ]; then echo "apt-get update failed 3 times" >&2; exit 1; fi
-timeout 1200 apt-get $apt_options install -y -q --no-install-recommends -o Dpkg::Options::=--force-confold "$@"
+status=0
+timeout 1200 apt-get $apt_options install -y -q --no-install-recommends -o Dpkg::Options::=--force-confold "$@" || status=$?
 "#;
 
 /// Perform `action`; returns the command's output for `register` where there is one.
@@ -752,23 +807,25 @@ pub async fn apply(session: &Session, action: &Action) -> anyhow::Result<Applied
             install,
             remove,
             policy_rc_d,
+            policy_rc_d_leftover,
         } => {
             let mut script = String::from("export DEBIAN_FRONTEND=noninteractive\n");
             if let Some(code) = policy_rc_d {
                 script.push_str(&policy_rc_d_script(*code));
             }
             if !install.is_empty() {
-                // Recorded before the install: the package step of this run created whatever
-                // the packages' own scripts create (PostgreSQL's `main` cluster), and a later
-                // step may remove it. Only packages missing before this run are listed.
-                script.push_str(INSTALLED_BY_PGHA);
+                script.push_str(CLAIM_DEFAULT_DATA);
                 script.push_str(APT_INSTALL);
+                script.push_str(UNCLAIM_ABSENT_DATA);
+                script.push_str("exit \"$status\"\n");
             }
             let mut command = RemoteCommand::script(script).as_root();
             for name in install {
                 command = command.arg(name.clone());
             }
-            if !install.is_empty() {
+            // With nothing to install the script still runs when a `policy-rc.d` left by an
+            // interrupted pgha run must go (it replaces and removes it).
+            if !install.is_empty() || *policy_rc_d_leftover {
                 checked(session, command).await?;
             }
             if !remove.is_empty() {
@@ -1051,6 +1108,42 @@ mod tests {
             plan("package: {name: etcd-server, state: absent}", &facts),
             Plan::Act { .. }
         ));
+    }
+
+    #[test]
+    fn a_policy_rc_d_left_by_pgha_is_removed_even_with_nothing_to_install() {
+        let mut facts = Facts::default();
+        facts.packages.insert("etcd-server".into(), "3.4.23".into());
+        let file = |contents: &str| FileFact::File {
+            owner: "root".into(),
+            group: "root".into(),
+            mode: 0o755,
+            size: contents.len() as u64,
+            mtime: 0,
+            sha256: Some(crate::ssh::sha256_hex(contents.as_bytes())),
+        };
+        let yaml = "package: {name: [etcd-server], policy_rc_d: 101}";
+        assert!(matches!(plan(yaml, &facts), Plan::NoChange(_)));
+        facts
+            .files
+            .insert(POLICY_RC_D.into(), file(&policy_rc_d_contents(101)));
+        match plan(yaml, &facts) {
+            Plan::Act {
+                action:
+                    Action::Packages {
+                        install,
+                        policy_rc_d_leftover,
+                        ..
+                    },
+                ..
+            } => assert!(install.is_empty() && policy_rc_d_leftover),
+            other => panic!("{other:?}"),
+        }
+        // Someone else's policy file is theirs.
+        facts
+            .files
+            .insert(POLICY_RC_D.into(), file("#!/bin/sh\nexit 101\n"));
+        assert!(matches!(plan(yaml, &facts), Plan::NoChange(_)));
     }
 
     #[test]

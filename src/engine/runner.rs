@@ -2,10 +2,11 @@
 //! connection per host for the whole run, facts gathered once and re-gathered only after a
 //! change, plan-then-apply per task, handlers at the end of each play.
 //!
-//! A notified handler is recorded on the host (an empty file under [`PENDING_HANDLERS_DIR`])
-//! as soon as the change that notifies it is made, and the record is removed when the handler
-//! has run. A run that fails or is interrupted in between leaves the record, and the next run
-//! runs the handler even though it finds nothing left to change: a reload is never lost.
+//! A handler is recorded on the host (an empty file under [`PENDING_HANDLERS_DIR`]) just before
+//! a change that notifies it is applied (and the record dropped if the change turned out to
+//! change nothing); the record is removed when the handler has run. A run that fails or is
+//! interrupted in between leaves the record, and the next run runs the handler even though it
+//! finds nothing left to change: a reload is never lost.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -541,19 +542,21 @@ impl Run {
             );
         }
         for task in &play.tasks {
-            match self.run_task(&session, play, node, task, state, vars).await {
+            // Handlers this task would notify for the first time: recorded on the host before
+            // the change is applied, so no interruption can lose them.
+            let new: Vec<String> = task
+                .notify
+                .iter()
+                .filter(|handler| !notified.contains(handler))
+                .cloned()
+                .collect();
+            match self
+                .run_task(&session, play, node, task, state, vars, &new)
+                .await
+            {
                 Ok(changed) => {
                     if changed {
-                        let new: Vec<&String> = task
-                            .notify
-                            .iter()
-                            .filter(|handler| !notified.contains(handler))
-                            .collect();
-                        if let Err(error) = self.record_pending(&session, host, play, &new).await {
-                            self.report_failure(host, play, task, &error);
-                            return false;
-                        }
-                        notified.extend(new.into_iter().cloned());
+                        notified.extend(new);
                     }
                 }
                 Err(error) => {
@@ -568,7 +571,7 @@ impl Run {
             .filter(|handler| notified.contains(&handler.name))
         {
             let ran = self
-                .run_task(&session, play, node, handler, state, vars)
+                .run_task(&session, play, node, handler, state, vars, &[])
                 .await;
             let ran = match ran {
                 Ok(_) if self.options.check => Ok(()),
@@ -620,13 +623,13 @@ impl Run {
             .collect())
     }
 
-    /// Record on the host that `handlers` of `play` were notified (not in `--check`).
+    /// Record on the host that `handlers` of `play` are notified (not in `--check`).
     async fn record_pending(
         &self,
         session: &Session,
         node: &str,
         play: &Play,
-        handlers: &[&String],
+        handlers: &[String],
     ) -> anyhow::Result<()> {
         if self.options.check || handlers.is_empty() {
             return Ok(());
@@ -677,6 +680,7 @@ impl Run {
         task: &Task,
         state: &mut HostState,
         vars: &mut BTreeMap<String, minijinja::Value>,
+        notifies: &[String],
     ) -> anyhow::Result<bool> {
         let host = node.name.as_str();
         self.reporter.working(host, &play.name, &task.name);
@@ -788,6 +792,7 @@ impl Run {
             );
             state.daemon_reload = false;
         }
+        self.record_pending(session, host, play, notifies).await?;
         let applied = modules::apply(session, &action)
             .await
             .with_context(|| format!("{} ({})", task.name, task.place))?;
@@ -814,6 +819,13 @@ impl Run {
         };
         if changes {
             state.facts = None;
+        } else if !notifies.is_empty() {
+            // It changed nothing after all: nothing is owed.
+            let mut command = RemoteCommand::argv(["rm", "-f", "--"]);
+            for handler in notifies {
+                command = command.arg(pending_handler_path(host, &play.name, handler));
+            }
+            checked_run(session, command).await?;
         }
         let status = if changes { Status::Changed } else { Status::Ok };
         self.reporter

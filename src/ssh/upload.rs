@@ -45,6 +45,8 @@ enum RemoteFile {
     Missing,
     NotAFile,
     Symlink,
+    /// Its directory is a symbolic link.
+    SymlinkDirectory,
     /// The directory's owner and mode, when others than root could write into it.
     UnsafeDirectory(String),
     File {
@@ -56,12 +58,14 @@ enum RemoteFile {
     },
 }
 
-/// Prints `symlink`, `unsafe-directory OWNER MODE`, `missing`, `not-a-file`, or
+/// Prints `symlink`, `symlink-directory`, `unsafe-directory OWNER MODE`, `missing`,
+/// `not-a-file`, or
 /// `owner group octal-mode mtime` and then `sha256sum`'s line.
 const PROBE_SCRIPT: &str = r#"set -eu
 if [ -L "$1" ]; then echo symlink; exit 0; fi
 dir=$(dirname -- "$1")
-if [ -d "$dir" ] && [ ! -L "$dir" ]; then
+if [ -L "$dir" ]; then echo symlink-directory; exit 0; fi
+if [ -d "$dir" ]; then
   set -- "$1" $(stat -c '%u %a' -- "$dir")
   # Only root may create or rename entries there, unless the sticky bit protects root's files.
   if [ "$2" != 0 ] || { [ $(( 0$3 & 01000 )) = 0 ] && [ $(( 0$3 & 022 )) != 0 ]; }; then
@@ -74,11 +78,14 @@ stat -c '%U %G %a %Y' -- "$1"
 sha256sum < "$1"
 "#;
 
-/// Creates a temporary file beside `$1` (0600, then owner `$2:$3` and mode `$4` before any
-/// byte is written), writes stdin to it, checks that it holds `$6` bytes with SHA-256 `$7`,
-/// sets the modification time `$5` (when not empty) and renames it over `$1`. The traps remove
-/// the temporary file on any failure, a hang-up (the connection dropped) included.
+/// Reads the expected size and SHA-256 from the first line of stdin (a hash of a file that
+/// holds secrets stays off the command line), creates a temporary file beside `$1` (0600, then
+/// owner `$2:$3` and mode `$4` before any byte is written), writes the rest of stdin to it,
+/// checks its size and SHA-256, sets the modification time `$5` (when not empty) and renames
+/// it over `$1`. The traps remove the temporary file on any failure, a hang-up (the connection
+/// dropped) included.
 const WRITE_SCRIPT: &str = r#"set -eu
+IFS=' ' read -r expected_size expected_sum
 umask 077
 tmp=$(mktemp -- "$(dirname -- "$1")/.pgha-upload.XXXXXXXX")
 trap 'rm -f -- "$tmp"' EXIT
@@ -87,9 +94,9 @@ chown -h -- "$2:$3" "$tmp"
 chmod -- "$4" "$tmp"
 cat > "$tmp"
 size=$(wc -c < "$tmp")
-if [ "$size" != "$6" ]; then echo "received $size of $6 bytes; the old file is kept" >&2; exit 1; fi
+if [ "$size" != "$expected_size" ]; then echo "received $size of $expected_size bytes; the old file is kept" >&2; exit 1; fi
 sum=$(sha256sum < "$tmp")
-if [ "${sum%% *}" != "$7" ]; then echo "the received bytes do not have the sent SHA-256; the old file is kept" >&2; exit 1; fi
+if [ "${sum%% *}" != "$expected_sum" ]; then echo "the received bytes do not have the sent SHA-256; the old file is kept" >&2; exit 1; fi
 if [ -n "$5" ]; then touch -m -d "@$5" -- "$tmp"; fi
 mv -f -T -- "$tmp" "$1"
 trap - EXIT
@@ -122,6 +129,12 @@ impl Session {
             RemoteFile::Symlink => {
                 return Err(fail(
                     "it is a symbolic link; pgha never writes through one (remove the link)"
+                        .to_string(),
+                ))
+            }
+            RemoteFile::SymlinkDirectory => {
+                return Err(fail(
+                    "its directory is a symbolic link; pgha never writes through one (name the real directory)"
                         .to_string(),
                 ))
             }
@@ -169,9 +182,11 @@ impl Session {
                     .map(|mtime| mtime.to_string())
                     .unwrap_or_default(),
             )
-            .arg(upload.contents.len().to_string())
-            .arg(sha256.as_str())
-            .stdin(upload.contents.clone())
+            .stdin({
+                let mut stdin = format!("{} {sha256}\n", upload.contents.len()).into_bytes();
+                stdin.extend_from_slice(&upload.contents);
+                stdin
+            })
             .as_root();
         self.run_checked(&write).await?;
         Ok(true)
@@ -186,6 +201,7 @@ fn parse_probe(stdout: &str) -> Result<RemoteFile, String> {
         "missing" => return Ok(RemoteFile::Missing),
         "not-a-file" => return Ok(RemoteFile::NotAFile),
         "symlink" => return Ok(RemoteFile::Symlink),
+        "symlink-directory" => return Ok(RemoteFile::SymlinkDirectory),
         _ => {}
     }
     if let Some(how) = first.strip_prefix("unsafe-directory ") {
