@@ -6,6 +6,7 @@
 //! This module never touches a host.
 
 mod net;
+pub mod edit;
 mod raw;
 mod secrets;
 
