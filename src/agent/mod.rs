@@ -178,10 +178,13 @@ async fn observe(config: &Config, cluster: &ClusterView) -> LocalView {
     }
 }
 
-/// `pgha agent release`: make every drained write server ready again (after the agent exited).
+/// `pgha agent release`: make every drained write server ready again and withdraw the verdict
+/// (after the agent exited, however it exited).
 pub async fn release(config_path: &Path) -> anyhow::Result<()> {
     let config = Config::load(config_path)?;
     release_drains(&config).await;
+    // A crashed agent's last verdict must not outlive it either.
+    let _ = std::fs::remove_file(&config.verdict_file);
     Ok(())
 }
 

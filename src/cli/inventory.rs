@@ -3,6 +3,7 @@
 //! before it replaces the file (atomically); `--dry-run` prints the diff instead.
 
 use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -177,31 +178,36 @@ fn edit_file(args: &EditArgs, change: &Edit) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Write `text` to a temporary file beside `path` with `path`'s permissions, flush it to disk
-/// and rename it over `path`: readers see the old file or the new one, never half of one.
+/// Write `text` to a temporary file beside `path` (the real file when `path` is a symbolic
+/// link) created with `path`'s mode and given its owner, flush it to disk, rename it over the
+/// file and flush the directory: readers see the old file or the new one, never half of one.
 fn replace_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
-    let directory = path
-        .parent()
-        .filter(|parent| !parent.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let target = std::fs::canonicalize(path)
+        .with_context(|| format!("cannot resolve `{}`", path.display()))?;
+    let directory = target.parent().unwrap_or(Path::new("/"));
+    let name = target
         .file_name()
         .and_then(|name| name.to_str())
         .unwrap_or("inventory");
     let temporary = directory.join(format!(".{name}.pgha-edit-{}", std::process::id()));
-    let permissions = std::fs::metadata(path)?.permissions();
+    let metadata = std::fs::metadata(&target)?;
     let result = (|| -> std::io::Result<()> {
         let mut file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(metadata.mode() & 0o7777)
             .open(&temporary)?;
-        file.set_permissions(permissions)?;
+        // The umask may have narrowed the mode; an inventory keeps its owner.
+        file.set_permissions(std::fs::Permissions::from_mode(metadata.mode() & 0o7777))?;
+        std::os::unix::fs::fchown(&file, Some(metadata.uid()), Some(metadata.gid()))?;
         file.write_all(text.as_bytes())?;
         file.sync_all()?;
-        std::fs::rename(&temporary, path)
+        std::fs::rename(&temporary, &target)?;
+        std::fs::File::open(directory)?.sync_all()
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&temporary);
     }
-    result.with_context(|| format!("cannot replace `{}`", path.display()))
+    result.with_context(|| format!("cannot replace `{}`", target.display()))
 }

@@ -2,9 +2,9 @@
 //! default `main` cluster, etcd's `default` member) so that Patroni and pgha's etcd own their
 //! directories, and never remove data pgha did not create.
 //!
-//! Data is removed only when pgha's own package step created it (before installing, the step
-//! claims in [`CREATED_BY_PGHA_DIR`] the default data that does not exist yet, and drops a
-//! claim whose data did not appear), or when it is provably empty, or when the user said
+//! Data is removed only when pgha's own package step created it (the step notes which default
+//! data does not exist before it installs, and claims in [`CREATED_BY_PGHA_DIR`] what the
+//! install then created), or when it is provably empty, or when the user said
 //! `--force-remove-stray-data`. Otherwise the task fails, naming what it found. The claim is
 //! removed with the data.
 //!

@@ -749,23 +749,26 @@ fi
 }
 
 /// Before installing: for each package (the script's arguments) whose scripts create default
-/// data, claim that data for pgha only if it does not exist yet; after the install, drop a
-/// claim whose data did not appear. Data that was there before pgha's install (a removed but
-/// not purged package's cluster) is never claimed.
-const CLAIM_DEFAULT_DATA: &str = r#"mkdir -p /var/lib/pgha/created
+/// data, note the data that does not exist yet (PostgreSQL's `/etc/postgresql/<v>/main` and
+/// `/var/lib/postgresql/<v>/main`, etcd's `/var/lib/etcd/default`). Data that was there before
+/// pgha's install (a removed but not purged package's cluster) is never claimed.
+const NOTE_ABSENT_DEFAULT_DATA: &str = r#"absent=""
 for spec in "$@"; do
   name=${spec%%=*}
   case "$name" in
-    postgresql-[0-9]*) [ -e "/etc/postgresql/${name#postgresql-}/main" ] || : > "/var/lib/pgha/created/$name-main" ;;
-    etcd-server) [ -e /var/lib/etcd/default ] || : > /var/lib/pgha/created/etcd-default ;;
+    postgresql-[0-9]*) version=${name#postgresql-}; [ -e "/etc/postgresql/$version/main" ] || [ -e "/var/lib/postgresql/$version/main" ] || absent="$absent $name-main" ;;
+    etcd-server) [ -e /var/lib/etcd/default ] || absent="$absent etcd-default" ;;
   esac
 done
 "#;
 
-const UNCLAIM_ABSENT_DATA: &str = r#"for claim in /var/lib/pgha/created/*; do
-  case "${claim##*/}" in
-    postgresql-*-main) version=${claim##*/postgresql-}; [ -e "/etc/postgresql/${version%-main}/main" ] || rm -f "$claim" ;;
-    etcd-default) [ -e /var/lib/etcd/default ] || rm -f "$claim" ;;
+/// After the install (whatever its outcome, but not after a signal): claim for pgha the noted
+/// default data that the install created.
+const CLAIM_CREATED_DEFAULT_DATA: &str = r#"mkdir -p /var/lib/pgha/created
+for claim in $absent; do
+  case "$claim" in
+    postgresql-*-main) version=${claim#postgresql-}; version=${version%-main}; [ -e "/etc/postgresql/$version/main" ] && : > "/var/lib/pgha/created/$claim" ;;
+    etcd-default) [ -e /var/lib/etcd/default ] && : > /var/lib/pgha/created/etcd-default ;;
   esac
 done
 "#;
@@ -814,9 +817,9 @@ pub async fn apply(session: &Session, action: &Action) -> anyhow::Result<Applied
                 script.push_str(&policy_rc_d_script(*code));
             }
             if !install.is_empty() {
-                script.push_str(CLAIM_DEFAULT_DATA);
+                script.push_str(NOTE_ABSENT_DEFAULT_DATA);
                 script.push_str(APT_INSTALL);
-                script.push_str(UNCLAIM_ABSENT_DATA);
+                script.push_str(CLAIM_CREATED_DEFAULT_DATA);
                 script.push_str("exit \"$status\"\n");
             }
             let mut command = RemoteCommand::script(script).as_root();

@@ -63,12 +63,22 @@ pub fn apply(text: &str, edit: &Edit) -> Result<String, EditError> {
     }
 }
 
+/// Split a dotted path; a key that holds dots is written in double quotes
+/// (`cluster.postgresql.parameters."pg_stat_statements.track"`).
 fn split_path(path: &str) -> Result<Vec<String>, EditError> {
-    let keys: Vec<String> = path.split('.').map(str::to_string).collect();
-    if keys.iter().any(String::is_empty) {
+    let mut keys = vec![String::new()];
+    let mut quoted = false;
+    for c in path.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            '.' if !quoted => keys.push(String::new()),
+            _ => keys.last_mut().expect("one key at least").push(c),
+        }
+    }
+    if quoted || keys.iter().any(String::is_empty) {
         return Err(refuse(
             format!("`{path}` is not a path"),
-            Some("write keys separated by dots, e.g. `cluster.postgresql.parameters.work_mem`"),
+            Some("write keys separated by dots, e.g. `cluster.postgresql.parameters.work_mem`; quote a key that holds dots: `parameters.\"pg_stat_statements.track\"`"),
         ));
     }
     if keys[0] == "nodes" {
@@ -88,6 +98,9 @@ enum Node {
         style: TScalarStyle,
         start: usize,
         end: usize,
+        /// Why its end is not known (a block scalar, a plain value over several lines): an
+        /// edit that needs it is refused with this reason.
+        uneditable: Option<&'static str>,
     },
     Mapping {
         flow: bool,
@@ -112,6 +125,7 @@ enum Node {
 struct Scalar {
     value: String,
     start: usize,
+    end: usize,
 }
 
 impl Node {
@@ -166,6 +180,14 @@ impl Builder<'_> {
                 .map_or(line.len(), |(index, _)| index)
     }
 
+    /// Where the key waiting for its value ends, when the next node is a mapping value.
+    fn pending_key_end(&self) -> Option<usize> {
+        match (self.stack.last(), self.keys.last()) {
+            (Some(Node::Mapping { .. }), Some(Some(key))) => Some(key.end),
+            _ => None,
+        }
+    }
+
     /// Attach a finished node to its parent (or make it the root).
     fn attach(&mut self, node: Node) {
         match self.stack.last_mut() {
@@ -176,7 +198,9 @@ impl Builder<'_> {
                 match slot.take() {
                     Some(key) => entries.push((key, node)),
                     None => match node {
-                        Node::Scalar { value, start, .. } => *slot = Some(Scalar { value, start }),
+                        Node::Scalar {
+                            value, start, end, ..
+                        } => *slot = Some(Scalar { value, start, end }),
                         _ => {
                             self.problem.get_or_insert(refuse(
                                 "the inventory has a mapping key that is not a plain value",
@@ -190,20 +214,15 @@ impl Builder<'_> {
         }
     }
 
-    /// Where a scalar that starts at `start` ends, by its style.
-    fn scalar_end(&mut self, start: usize, value: &str, style: TScalarStyle) -> usize {
+    /// Where a scalar that starts at `start` ends, by its style; or why that is not known.
+    fn scalar_end(&self, start: usize, value: &str, style: TScalarStyle) -> Result<usize, &'static str> {
         let rest = &self.text[start..];
         match style {
             TScalarStyle::Plain => {
                 if rest.starts_with(value) {
-                    start + value.len()
+                    Ok(start + value.len())
                 } else {
-                    // A plain scalar over several lines: editing it would need its end.
-                    self.problem.get_or_insert(refuse(
-                        format!("the plain value {value:?} spans several lines"),
-                        Some("write it on one line (or quote it) and edit again"),
-                    ));
-                    start
+                    Err("a plain value over several lines cannot be edited in place")
                 }
             }
             TScalarStyle::SingleQuoted => {
@@ -213,11 +232,11 @@ impl Builder<'_> {
                         if chars.peek().map(|(_, next)| *next) == Some('\'') {
                             chars.next();
                         } else {
-                            return start + index + 1;
+                            return Ok(start + index + 1);
                         }
                     }
                 }
-                start
+                Err("an unterminated quoted value")
             }
             TScalarStyle::DoubleQuoted => {
                 let mut chars = rest.char_indices().skip(1);
@@ -226,20 +245,13 @@ impl Builder<'_> {
                         '\\' => {
                             chars.next();
                         }
-                        '"' => return start + index + 1,
+                        '"' => return Ok(start + index + 1),
                         _ => {}
                     }
                 }
-                start
+                Err("an unterminated quoted value")
             }
-            _ => {
-                // Literal and folded blocks: their end is the end of their indentation.
-                self.problem.get_or_insert(refuse(
-                    "a block scalar (`|` or `>`) cannot be edited in place",
-                    Some("edit that value by hand"),
-                ));
-                start
-            }
+            _ => Err("a block scalar (`|` or `>`) cannot be edited in place"),
         }
     }
 }
@@ -249,12 +261,29 @@ impl MarkedEventReceiver for Builder<'_> {
         let at = self.offset(mark);
         match event {
             Event::Scalar(value, style, ..) => {
-                let end = self.scalar_end(at, &value, style);
+                // An empty value (`key:` with nothing after it) is marked at the next token:
+                // it is placed right after its key's colon instead.
+                let empty_after_key = value.is_empty() && style == TScalarStyle::Plain;
+                let at = match (empty_after_key, self.pending_key_end()) {
+                    (true, Some(key_end)) => self.text[key_end..]
+                        .find(':')
+                        .map_or(at, |colon| key_end + colon + 1),
+                    _ => at,
+                };
+                let (end, uneditable) = if empty_after_key {
+                    (at, None)
+                } else {
+                    match self.scalar_end(at, &value, style) {
+                        Ok(end) => (end, None),
+                        Err(reason) => (at, Some(reason)),
+                    }
+                };
                 self.attach(Node::Scalar {
                     value,
                     style,
                     start: at,
                     end,
+                    uneditable,
                 });
             }
             Event::Alias(_) => self.attach(Node::Alias { start: at }),
@@ -297,8 +326,10 @@ impl MarkedEventReceiver for Builder<'_> {
     }
 }
 
-/// How a new scalar is written: plain when YAML reads it back as the same text or number,
-/// double-quoted (JSON escapes) otherwise.
+/// How a new scalar is written: a decimal number and `true`/`false` plain; text plain when
+/// every YAML reader takes it back as the same text; double-quoted (JSON escapes) otherwise
+/// (`on`, `null`, `True`, `1e3`, `0x10`, `.inf`, ...). A value that was quoted stays quoted the
+/// same way.
 fn format_value(value: &str, keep: Option<TScalarStyle>) -> String {
     match keep {
         Some(TScalarStyle::DoubleQuoted) => return quote(value),
@@ -307,11 +338,34 @@ fn format_value(value: &str, keep: Option<TScalarStyle>) -> String {
         }
         _ => {}
     }
+    // A decimal number stays a number.
+    let digits = |text: &str| !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
+    let unsigned = value.strip_prefix('-').unwrap_or(value);
+    let decimal = digits(unsigned)
+        || unsigned
+            .split_once('.')
+            .is_some_and(|(whole, fraction)| digits(whole) && digits(fraction));
+    // So does a boolean (`unset` removes a value; there is no null to set).
+    if decimal || value == "true" || value == "false" {
+        return value.to_string();
+    }
+    // Text that some YAML reader takes for something else (null, a boolean, a special or
+    // another base's number) is quoted, and so is anything outside a conservative alphabet.
+    let lower = value.to_ascii_lowercase();
+    let special = matches!(
+        lower.as_str(),
+        "null" | "~" | "true" | "false" | "yes" | "no" | "on" | "off" | "y" | "n"
+            | ".inf" | "+.inf" | "-.inf" | ".nan"
+    ) || lower.parse::<f64>().is_ok()
+        || lower.starts_with("0x")
+        || lower.starts_with("0o")
+        || lower.starts_with("0b");
     let plain_safe = !value.is_empty()
+        && !special
         && value
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_./@+-:".contains(c))
-        && !value.starts_with(['-', ':', '@'])
+            .all(|c| c.is_ascii_alphanumeric() || "_./@-:".contains(c))
+        && !value.starts_with(['-', ':', '@', '.'])
         && !value.contains(": ")
         && !value.ends_with(':');
     if plain_safe {
@@ -447,6 +501,12 @@ impl<'a> Document<'a> {
                         Some("edit the anchored value, or replace the alias by hand"),
                     ))
                 }
+                Node::Scalar { value, .. } if value.is_empty() => {
+                    return Err(refuse(
+                        format!("`{}` is empty", keys[..depth].join(".")),
+                        Some("give it a first key by hand (or write `{}` after its colon) and edit again"),
+                    ))
+                }
                 _ => {
                     return Err(refuse(
                         format!("`{}` is not a mapping", keys[..depth].join(".")),
@@ -462,6 +522,23 @@ impl<'a> Document<'a> {
         let (node, found) = self.walk(keys)?;
         if found == keys.len() {
             return match node {
+                Node::Scalar {
+                    uneditable: Some(reason),
+                    ..
+                } => Err(refuse(
+                    format!("`{}`: {reason}", keys.join(".")),
+                    Some("edit that value by hand"),
+                )),
+                Node::Scalar {
+                    value: old,
+                    start,
+                    end,
+                    style,
+                    ..
+                } if old.is_empty() && *style == TScalarStyle::Plain && start == end => {
+                    // `key:` with no value: the new one goes after the colon.
+                    Ok(self.splice(*start, *end, &format!(" {}", format_value(value, None))))
+                }
                 Node::Scalar {
                     start, end, style, ..
                 } => Ok(self.splice(*start, *end, &format_value(value, Some(*style)))),
@@ -556,6 +633,10 @@ impl<'a> Document<'a> {
     /// Just past the end of a node that is inside a flow collection.
     fn node_end(&self, node: &Node) -> Result<usize, EditError> {
         match node {
+            Node::Scalar {
+                uneditable: Some(reason),
+                ..
+            } => Err(refuse(*reason, Some("edit this part of the file by hand"))),
             Node::Scalar { end, .. } => Ok(*end),
             Node::Mapping {
                 flow: true, end, ..

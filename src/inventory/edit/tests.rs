@@ -214,6 +214,7 @@ fn what_cannot_be_edited_losslessly_is_refused_with_a_reason() {
             "already listed",
         ),
         ("cluster:\n  name: |\n    demo\n", set("cluster.name", "x"), "block scalar"),
+        (RICH, set("cluster.\"unclosed", "x"), "is not a path"),
         ("cluster: [unclosed\n", set("cluster.name", "x"), "not valid YAML"),
     ] {
         match apply(text, &edit) {
@@ -245,4 +246,73 @@ fn the_shipped_inventories_take_every_edit() {
         let edited = edit(&edited, Edit::RemoveNode { name: "node9".into() });
         assert_eq!(edited, text, "{file}: adding then removing a node gives the file back");
     }
+}
+
+#[test]
+fn values_yaml_would_misread_are_quoted_and_numbers_and_booleans_are_not() {
+    let base = "cluster:\n  name: demo\n";
+    for (input, written) in [
+        ("64MB", "64MB"),
+        ("200", "200"),
+        ("-1", "-1"),
+        ("0.9", "0.9"),
+        ("true", "true"),
+        ("false", "false"),
+        ("on", "\"on\""),
+        ("off", "\"off\""),
+        ("yes", "\"yes\""),
+        ("null", "\"null\""),
+        ("~", "\"~\""),
+        ("True", "\"True\""),
+        ("1e3", "\"1e3\""),
+        ("0x10", "\"0x10\""),
+        (".inf", "\".inf\""),
+        ("+5", "\"+5\""),
+        ("a # b", "\"a # b\""),
+        ("key: value", "\"key: value\""),
+        ("", "\"\""),
+    ] {
+        let edited = edit(base, set("cluster.value", input));
+        assert_eq!(edited, format!("{base}  value: {written}\n"), "{input:?}");
+        let read = value(&edited, "cluster.value");
+        let expected: serde_yaml::Value = serde_yaml::from_str(written).unwrap();
+        assert_eq!(read, expected, "{input:?}");
+    }
+}
+
+#[test]
+fn empty_values_dotted_keys_and_block_scalars_elsewhere() {
+    // `key:` with nothing after it gets the value after its colon.
+    let text = "cluster:\n  vip_interface:\n  vip: 10.0.0.100/24\n";
+    assert_eq!(
+        edit(text, set("cluster.vip_interface", "eth1")),
+        "cluster:\n  vip_interface: eth1\n  vip: 10.0.0.100/24\n"
+    );
+    // An empty mapping-to-be is refused with what to do, not misread.
+    let text = "cluster:\n  patroni:\n    # nothing yet\n  name: demo\n";
+    let error = apply(text, &set("cluster.patroni.ttl", "30")).unwrap_err();
+    assert!(error.message.contains("`cluster.patroni` is empty"), "{error:?}");
+    // A key holding dots, quoted in the path.
+    let text = "cluster:\n  postgresql:\n    parameters: {work_mem: 4MB}\n";
+    let edited = edit(
+        text,
+        set("cluster.postgresql.parameters.\"pg_stat_statements.track\"", "all"),
+    );
+    assert_eq!(
+        edited,
+        "cluster:\n  postgresql:\n    parameters: {work_mem: 4MB, pg_stat_statements.track: all}\n"
+    );
+    // A block scalar elsewhere in the file does not stop other edits; it refuses its own.
+    let text = "cluster:\n  name: demo\n  note: |\n    free text\n    over lines\nnodes: []\n";
+    assert_eq!(
+        edit(text, set("cluster.name", "prod")),
+        text.replace("name: demo", "name: prod")
+    );
+    let error = apply(text, &set("cluster.note", "x")).unwrap_err();
+    assert!(error.message.contains("block scalar"), "{error:?}");
+    // Unsetting it removes its lines.
+    assert_eq!(
+        edit(text, unset("cluster.note")),
+        "cluster:\n  name: demo\nnodes: []\n"
+    );
 }
