@@ -293,7 +293,11 @@ fn agent_routes_a_switchover_and_keeps_the_vip_honest() {
             "{node}'s agent journal does not say it routed writes to {candidate}:\n{journal}"
         );
         let admin = write_backend_admin(&inventory, node);
-        assert_eq!(admin.len(), NODES.len(), "{node}: `show servers state`: {admin:?}");
+        assert_eq!(
+            admin.len(),
+            NODES.len(),
+            "{node}: `show servers state`: {admin:?}"
+        );
         for (server, admin) in admin {
             assert_eq!(
                 admin & 0x08 != 0,
@@ -335,7 +339,11 @@ fn agent_routes_a_switchover_and_keeps_the_vip_honest() {
     // 2c. A stopped agent makes the drained servers ready; a started one drains them again.
     on_node(&inventory, router, "systemctl stop pgha-agent");
     let admin = write_backend_admin(&inventory, router);
-    assert_eq!(admin.len(), NODES.len(), "{router}: `show servers state`: {admin:?}");
+    assert_eq!(
+        admin.len(),
+        NODES.len(),
+        "{router}: `show servers state`: {admin:?}"
+    );
     let drained: Vec<(String, u32)> = admin
         .into_iter()
         .filter(|(_, admin)| admin & 0x08 != 0)
@@ -390,7 +398,9 @@ fn agent_routes_a_switchover_and_keeps_the_vip_honest() {
         },
     );
     eventually(
-        &format!("{router}'s agent, restarted by systemd, drains every write server but {candidate}"),
+        &format!(
+            "{router}'s agent, restarted by systemd, drains every write server but {candidate}"
+        ),
         Duration::from_secs(20),
         || {
             let admin = write_backend_admin(&inventory, router);

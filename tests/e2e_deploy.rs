@@ -271,12 +271,21 @@ fn deploy_converges_routes_and_is_idempotent() {
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
         );
-        assert!(!output.status.success(), "a host with a foreign `main` cluster was deployed:\n{text}");
+        assert!(
+            !output.status.success(),
+            "a host with a foreign `main` cluster was deployed:\n{text}"
+        );
         for part in expected {
-            assert!(text.contains(part), "the refusal does not say `{part}`:\n{text}");
+            assert!(
+                text.contains(part),
+                "the refusal does not say `{part}`:\n{text}"
+            );
         }
     };
-    refused(&["port 5432 is used by postgres", "unit postgresql@15-main.service"]);
+    refused(&[
+        "port 5432 is used by postgres",
+        "unit postgresql@15-main.service",
+    ]);
     exec(&inventory, "node3", "pg_ctlcluster 15 main stop");
     refused(&[
         "pgha did not create and cannot prove empty",
@@ -419,10 +428,19 @@ fn deploy_converges_routes_and_is_idempotent() {
     );
     let cleaned = deploy_json(&inventory);
     assert_eq!(cleaned["success"], true, "{cleaned:#}");
-    assert_eq!(changed(&cleaned), 1, "only the leftover goes: {:#}", cleaned["changes"]);
+    assert_eq!(
+        changed(&cleaned),
+        1,
+        "only the leftover goes: {:#}",
+        cleaned["changes"]
+    );
     let policies = exec_everywhere(&inventory, "test ! -e /usr/sbin/policy-rc.d && echo none");
     for host in policies.as_array().unwrap() {
-        assert_eq!(host["stdout"].as_str().map(str::trim), Some("none"), "{host}");
+        assert_eq!(
+            host["stdout"].as_str().map(str::trim),
+            Some("none"),
+            "{host}"
+        );
     }
 
     // Hostile inventory values are refused with exit 2 before any host is contacted: no
@@ -470,7 +488,10 @@ fn deploy_converges_routes_and_is_idempotent() {
             Some(2),
             "a hostile `{place}` must be refused with exit 2: {stderr}"
         );
-        assert!(stderr.contains(place), "the refusal does not name `{place}`: {stderr}");
+        assert!(
+            stderr.contains(place),
+            "the refusal does not name `{place}`: {stderr}"
+        );
     }
     let until = next_whole_second();
     let logins = accepted_logins(&inventory, since, until);
@@ -480,7 +501,11 @@ fn deploy_converges_routes_and_is_idempotent() {
     );
     let traces = exec_everywhere(&inventory, "test ! -e /tmp/pgha-pwned && echo clean");
     for host in traces.as_array().unwrap() {
-        assert_eq!(host["stdout"].as_str().map(str::trim), Some("clean"), "{host}");
+        assert_eq!(
+            host["stdout"].as_str().map(str::trim),
+            Some("clean"),
+            "{host}"
+        );
     }
 
     // A run that fails after changing haproxy.cfg (before its reload) is followed by one that
@@ -498,7 +523,12 @@ fn deploy_converges_routes_and_is_idempotent() {
             "journalctl -u haproxy -o cat | grep -c '^Reloaded' || true",
         ]))
         .unwrap();
-        output[0]["stdout"].as_str().unwrap().trim().parse().unwrap()
+        output[0]["stdout"]
+            .as_str()
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
     };
     let cut_playbook = dir.path().join("cut-reload.yml");
     std::fs::write(
@@ -525,7 +555,13 @@ fn deploy_converges_routes_and_is_idempotent() {
     assert!(!failed.status.success(), "the cut run must fail");
     assert_eq!(reloads("node1"), before, "the failed run reloaded HAProxy");
     exec(&inventory, "node1", "rm -f /run/pgha-test-fail");
-    let owed = pgha_ok(&["run", "-i", inventory_arg, cut_playbook.to_str().unwrap(), "--json"]);
+    let owed = pgha_ok(&[
+        "run",
+        "-i",
+        inventory_arg,
+        cut_playbook.to_str().unwrap(),
+        "--json",
+    ]);
     assert_eq!(
         reloads("node1"),
         before + 1,
@@ -533,13 +569,20 @@ fn deploy_converges_routes_and_is_idempotent() {
     );
     let restored = deploy_json(&inventory);
     assert_eq!(restored["success"], true, "{restored:#}");
-    assert_eq!(reloads("node1"), before + 2, "the deploy did not reload the restored haproxy.cfg");
+    assert_eq!(
+        reloads("node1"),
+        before + 2,
+        "the deploy did not reload the restored haproxy.cfg"
+    );
     assert_eq!(changed(&deploy_json(&inventory)), 0);
 
     // A changed etcd configuration restarts the members one at a time: each member stops
     // only after the one before it is running again (systemd's monotonic timestamps, one
     // kernel clock for every lab node).
-    exec_everywhere(&inventory, "echo '# changed by the test' >> /etc/etcd/pgha.conf.yml");
+    exec_everywhere(
+        &inventory,
+        "echo '# changed by the test' >> /etc/etcd/pgha.conf.yml",
+    );
     let rolled = deploy_json(&inventory);
     assert_eq!(rolled["success"], true, "{rolled:#}");
     let stamps = exec_everywhere(
@@ -581,7 +624,10 @@ fn deploy_converges_routes_and_is_idempotent() {
     let password = superuser_password(dir.path());
     std::fs::write(
         &inventory,
-        lab_text.replace("client_cidrs: [10.231.0.0/24]", "client_cidrs: [10.231.0.200/32]"),
+        lab_text.replace(
+            "client_cidrs: [10.231.0.0/24]",
+            "client_cidrs: [10.231.0.200/32]",
+        ),
     )
     .unwrap();
     // A file holding secrets is only named in --diff/--json, so a password the mask does not
@@ -602,7 +648,10 @@ fn deploy_converges_routes_and_is_idempotent() {
             && planned_text.contains("secret file changed; its contents are not shown"),
         "{planned_text}"
     );
-    assert!(!planned_text.contains("pgha-old-secret-4711"), "{planned_text}");
+    assert!(
+        !planned_text.contains("pgha-old-secret-4711"),
+        "{planned_text}"
+    );
     assert_no_secret(&inventory, &planned);
     let narrowed = deploy_json(&inventory);
     std::fs::write(&inventory, &lab_text).unwrap();

@@ -632,8 +632,10 @@ fn cutting_relay(port: u16, limit: usize) -> u16 {
             return;
         };
         let server = std::net::TcpStream::connect(("127.0.0.1", port)).expect("reach sshd");
-        let (mut client_read, mut server_write) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-        let (mut server_read, mut client_write) = (server.try_clone().unwrap(), client.try_clone().unwrap());
+        let (mut client_read, mut server_write) =
+            (client.try_clone().unwrap(), server.try_clone().unwrap());
+        let (mut server_read, mut client_write) =
+            (server.try_clone().unwrap(), client.try_clone().unwrap());
         std::thread::spawn(move || {
             let _ = std::io::copy(&mut server_read, &mut client_write);
         });
@@ -680,28 +682,50 @@ async fn an_upload_cut_mid_way_keeps_the_old_file_and_the_next_one_completes() {
         .collect();
     let relay = cutting_relay(sshd.port, 4 << 20);
     let line = format!("[127.0.0.1]:{relay} {}\n", sshd.host_key());
-    fs::write(sshd.known_hosts(), format!("{}{line}", read(&sshd.known_hosts()))).expect("trust");
+    fs::write(
+        sshd.known_hosts(),
+        format!("{}{line}", read(&sshd.known_hosts())),
+    )
+    .expect("trust");
     let cut = Session::connect(&SshTarget {
         port: relay,
         ..sshd.target("root")
     })
     .await
     .expect("connect through the relay");
-    let error = cut.upload(&new).await.expect_err("the cut upload must fail");
+    let error = cut
+        .upload(&new)
+        .await
+        .expect_err("the cut upload must fail");
     eprintln!("the cut upload failed as it must: {error}");
 
     // The remote side notices the drop and cleans up; the old file is whole meanwhile.
     let deadline = Instant::now() + Duration::from_secs(10);
     while !leftovers(&remote_dir).is_empty() && Instant::now() < deadline {
-        assert_eq!(fs::read(&path).expect("read"), old.contents, "the old file was damaged");
+        assert_eq!(
+            fs::read(&path).expect("read"),
+            old.contents,
+            "the old file was damaged"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(fs::read(&path).expect("read"), old.contents, "the old file was replaced");
-    assert!(leftovers(&remote_dir).is_empty(), "{:?}", leftovers(&remote_dir));
+    assert_eq!(
+        fs::read(&path).expect("read"),
+        old.contents,
+        "the old file was replaced"
+    );
+    assert!(
+        leftovers(&remote_dir).is_empty(),
+        "{:?}",
+        leftovers(&remote_dir)
+    );
 
     // The next run completes, and what it installed is whole.
     assert!(session.upload(&new).await.expect("the next upload"));
-    assert_eq!(sha256_hex(&fs::read(&path).expect("read")), sha256_hex(&new.contents));
+    assert_eq!(
+        sha256_hex(&fs::read(&path).expect("read")),
+        sha256_hex(&new.contents)
+    );
     assert_eq!(fs::metadata(&path).expect("stat").mode() & 0o7777, 0o755);
 }
 
@@ -723,7 +747,10 @@ async fn uploads_never_go_through_a_symlink_or_into_a_directory_others_can_write
         mode: 0o644,
         mtime: None,
     };
-    let error = session.upload(&upload).await.expect_err("a symlink target is refused");
+    let error = session
+        .upload(&upload)
+        .await
+        .expect_err("a symlink target is refused");
     assert!(error_text(&error).contains("symbolic link"), "{error}");
     assert_eq!(read(&victim), "keep me\n");
 
@@ -735,8 +762,14 @@ async fn uploads_never_go_through_a_symlink_or_into_a_directory_others_can_write
         path: shared.join("patroni.yml").display().to_string(),
         ..upload
     };
-    let error = session.upload(&upload).await.expect_err("an unsafe directory is refused");
-    assert!(error_text(&error).contains("writable by others than root"), "{error}");
+    let error = session
+        .upload(&upload)
+        .await
+        .expect_err("an unsafe directory is refused");
+    assert!(
+        error_text(&error).contains("writable by others than root"),
+        "{error}"
+    );
     assert!(!shared.join("patroni.yml").exists());
 }
 

@@ -278,7 +278,10 @@ mod tests {
         assert_eq!(view.haproxy["pgha_write"]["node2"], "DOWN");
         assert!(!view.haproxy["pgha_write"].contains_key("BACKEND"));
         assert_eq!(view.holds_vip, Some(true));
-        assert_eq!(view.secret_file_modes["/etc/patroni/patroni.yml"], "640:root:postgres");
+        assert_eq!(
+            view.secret_file_modes["/etc/patroni/patroni.yml"],
+            "640:root:postgres"
+        );
         assert_eq!(view.hba, ["local all all  peer"]);
         let empty = parse("n", "a", "\u{0}garbage\n### primary_status\n000\n");
         assert_eq!(empty.primary_status, None);

@@ -449,8 +449,10 @@ mod tests {
                     .collect(),
                 );
                 view.hba = vec!["host all all 10.231.0.11 255.255.255.255 scram-sha-256".into()];
-                view.secret_file_modes
-                    .insert("/etc/patroni/patroni.yml".into(), "640:root:postgres".into());
+                view.secret_file_modes.insert(
+                    "/etc/patroni/patroni.yml".into(),
+                    "640:root:postgres".into(),
+                );
                 view.unauthenticated_patch = Some(401);
                 view
             })
@@ -486,9 +488,10 @@ mod tests {
         views[0].holds_vip = Some(true);
         views[2].haproxy.clear();
         views[1].hba.push("host all all 0.0.0.0 0.0.0.0 md5".into());
-        views[0]
-            .secret_file_modes
-            .insert("/etc/patroni/patroni.yml".into(), "640:postgres:postgres".into());
+        views[0].secret_file_modes.insert(
+            "/etc/patroni/patroni.yml".into(),
+            "640:postgres:postgres".into(),
+        );
         views[2].dcs_leader = Some("node2".into());
         views[0].dcs_leader = Some("node2".into());
         views[1].dcs_leader = Some("node2".into());

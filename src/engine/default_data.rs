@@ -13,10 +13,10 @@
 //! object created afterwards (a database, a table, a role, a large object) moves it to 16384 or
 //! beyond, so no user data can exist below it. For etcd: the directory holds no `member` data.
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 use serde::Deserialize;
 
-use super::modules::{tail, Applied, CREATED_BY_PGHA_DIR};
+use super::modules::{checked, Applied, CREATED_BY_PGHA_DIR};
 use crate::ssh::{RemoteCommand, Session};
 
 /// PostgreSQL's first OID for objects created after `initdb`.
@@ -183,20 +183,12 @@ pub async fn apply(
     version: &str,
     force: bool,
 ) -> anyhow::Result<Applied> {
-    let output = session
-        .run(
-            &RemoteCommand::script(inspection(component))
-                .arg(version)
-                .as_root(),
-        )
-        .await?;
-    if !output.success() {
-        bail!(
-            "cannot inspect the default data ({}): {}",
-            output.status(),
-            tail(&output.stderr_text())
-        );
-    }
+    let inspect = RemoteCommand::script(inspection(component))
+        .arg(version)
+        .as_root();
+    let output = checked(session, inspect)
+        .await
+        .context("cannot inspect the default data")?;
     let found = parse(&output.stdout_text());
     let reason = match judge(component, version, &found, force) {
         Verdict::Refuse(message) => bail!("{message}"),
@@ -207,16 +199,12 @@ pub async fn apply(
         Component::Etcd => "rm -rf -- /var/lib/etcd/default",
     };
     let script = format!("{remove} && rm -f \"{}\"", claim(component));
-    let removed = session
-        .run(&RemoteCommand::script(script).arg(version).as_root())
-        .await?;
-    if !removed.success() {
-        bail!(
-            "removing the default data failed ({}): {}",
-            removed.status(),
-            tail(&removed.stderr_text())
-        );
-    }
+    checked(
+        session,
+        RemoteCommand::script(script).arg(version).as_root(),
+    )
+    .await
+    .context("removing the default data failed")?;
     Ok(Applied::DoneBecause(reason))
 }
 
@@ -243,12 +231,23 @@ mod tests {
         };
         assert!(matches!(judge(pg, "15", &made, false), Verdict::Remove(_)));
         let fresh = postgres("down", "shut down", Some(13572));
-        assert!(matches!(judge(pg, "15", &fresh, false), Verdict::Remove(reason) if reason.contains("provably empty")));
+        assert!(
+            matches!(judge(pg, "15", &fresh, false), Verdict::Remove(reason) if reason.contains("provably empty"))
+        );
 
         for (found, evidence) in [
-            (postgres("down", "shut down", Some(16387)), "NextOID 16387 >= 16384"),
-            (postgres("online", "in production", Some(13572)), "it is online"),
-            (postgres("down", "in production", Some(13572)), "state is `in production`"),
+            (
+                postgres("down", "shut down", Some(16387)),
+                "NextOID 16387 >= 16384",
+            ),
+            (
+                postgres("online", "in production", Some(13572)),
+                "it is online",
+            ),
+            (
+                postgres("down", "in production", Some(13572)),
+                "state is `in production`",
+            ),
             (postgres("down", "shut down", None), "state is `shut down`"),
             (Found::default(), "it is unknown"),
         ] {
@@ -269,7 +268,10 @@ mod tests {
     #[test]
     fn etcd_default_member_data_is_kept_unless_pgha_made_it_or_forced() {
         let etcd = Component::Etcd;
-        assert!(matches!(judge(etcd, "", &Found::default(), false), Verdict::Remove(_)));
+        assert!(matches!(
+            judge(etcd, "", &Found::default(), false),
+            Verdict::Remove(_)
+        ));
         let data = Found {
             has_member_data: true,
             ..Found::default()

@@ -517,7 +517,9 @@ impl Planner<'_> {
                 let force = match self.text(&args.force)?.trim().to_ascii_lowercase().as_str() {
                     "true" => true,
                     "false" | "" => false,
-                    other => bail!("`default_data` force must render to true or false, not `{other}`"),
+                    other => {
+                        bail!("`default_data` force must render to true or false, not `{other}`")
+                    }
                 };
                 if matches!(facts.files.get(&path), None | Some(FileFact::Absent)) {
                     Plan::NoChange(format!("`{path}` is absent"))
@@ -1020,7 +1022,10 @@ pub fn tail(text: &str) -> String {
 }
 
 /// Run `command`; a non-zero exit is an error carrying the command, status and stderr tail.
-async fn checked(session: &Session, command: RemoteCommand) -> anyhow::Result<CommandOutput> {
+pub(super) async fn checked(
+    session: &Session,
+    command: RemoteCommand,
+) -> anyhow::Result<CommandOutput> {
     let output = session.run(&command).await?;
     if !output.success() {
         let stderr = tail(&output.stderr_text());

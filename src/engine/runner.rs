@@ -49,20 +49,6 @@ pub fn pending_handler_path(node: &str, play: &str, handler: &str) -> String {
     )
 }
 
-/// Run `command` as root; an error names its status and stderr.
-async fn checked_run(session: &Session, command: RemoteCommand) -> anyhow::Result<()> {
-    let summary = command.summary();
-    let output = session.run(&command.as_root()).await?;
-    anyhow::ensure!(
-        output.success(),
-        "`{}` failed ({}): {}",
-        summary,
-        output.status(),
-        output.stderr_text().trim()
-    );
-    Ok(())
-}
-
 /// How to run.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -524,13 +510,14 @@ impl Run {
             state.probe.paths.extend(pending_paths.iter().cloned());
             state
         });
-        let mut notified: Vec<String> = match self.pending_handlers(&session, host, play, state).await {
-            Ok(pending) => pending,
-            Err(error) => {
-                self.report_failure_at(host, play, "pending handlers", "", &error);
-                return false;
-            }
-        };
+        let mut notified: Vec<String> =
+            match self.pending_handlers(&session, host, play, state).await {
+                Ok(pending) => pending,
+                Err(error) => {
+                    self.report_failure_at(host, play, "pending handlers", "", &error);
+                    return false;
+                }
+            };
         for handler in &notified {
             self.reporter.task(
                 host,
@@ -577,7 +564,12 @@ impl Run {
                 Ok(_) if self.options.check => Ok(()),
                 Ok(_) => {
                     let path = pending_handler_path(host, &play.name, &handler.name);
-                    checked_run(&session, RemoteCommand::argv(["rm", "-f", "--", &path])).await
+                    modules::checked(
+                        &session,
+                        RemoteCommand::argv(["rm", "-f", "--", &path]).as_root(),
+                    )
+                    .await
+                    .map(drop)
                 }
                 Err(error) => Err(error),
             };
@@ -641,7 +633,7 @@ impl Run {
         for handler in handlers {
             command = command.arg(pending_handler_path(node, &play.name, handler));
         }
-        checked_run(session, command).await
+        modules::checked(session, command.as_root()).await.map(drop)
     }
 
     /// Record a failed task (or handler) for the progress lines, the recap and `--json`.
@@ -825,7 +817,7 @@ impl Run {
             for handler in notifies {
                 command = command.arg(pending_handler_path(host, &play.name, handler));
             }
-            checked_run(session, command).await?;
+            modules::checked(session, command.as_root()).await?;
         }
         let status = if changes { Status::Changed } else { Status::Ok };
         self.reporter
@@ -918,11 +910,7 @@ struct HostState {
 
 impl HostState {
     /// Facts that cover `wanted`, gathered again when they do not, are stale, or are too old.
-    async fn facts_covering(
-        &mut self,
-        session: &Session,
-        wanted: Probe,
-    ) -> anyhow::Result<&Facts> {
+    async fn facts_covering(&mut self, session: &Session, wanted: Probe) -> anyhow::Result<&Facts> {
         if !self.probe.covers(&wanted)
             || self.facts.is_none()
             || self.gathered.elapsed() > FACTS_MAX_AGE

@@ -215,7 +215,12 @@ impl Builder<'_> {
     }
 
     /// Where a scalar that starts at `start` ends, by its style; or why that is not known.
-    fn scalar_end(&self, start: usize, value: &str, style: TScalarStyle) -> Result<usize, &'static str> {
+    fn scalar_end(
+        &self,
+        start: usize,
+        value: &str,
+        style: TScalarStyle,
+    ) -> Result<usize, &'static str> {
         let rest = &self.text[start..];
         match style {
             TScalarStyle::Plain => {
@@ -354,8 +359,20 @@ fn format_value(value: &str, keep: Option<TScalarStyle>) -> String {
     let lower = value.to_ascii_lowercase();
     let special = matches!(
         lower.as_str(),
-        "null" | "~" | "true" | "false" | "yes" | "no" | "on" | "off" | "y" | "n"
-            | ".inf" | "+.inf" | "-.inf" | ".nan"
+        "null"
+            | "~"
+            | "true"
+            | "false"
+            | "yes"
+            | "no"
+            | "on"
+            | "off"
+            | "y"
+            | "n"
+            | ".inf"
+            | "+.inf"
+            | "-.inf"
+            | ".nan"
     ) || lower.parse::<f64>().is_ok()
         || lower.starts_with("0x")
         || lower.starts_with("0o")
@@ -479,11 +496,7 @@ impl<'a> Document<'a> {
     }
 
     fn splice(&self, start: usize, end: usize, replacement: &str) -> String {
-        format!(
-            "{}{replacement}{}",
-            &self.text[..start],
-            &self.text[end..]
-        )
+        format!("{}{replacement}{}", &self.text[..start], &self.text[end..])
     }
 
     /// Walk `keys` from the root; the deepest mapping reached and how many keys it consumed.
@@ -543,13 +556,13 @@ impl<'a> Document<'a> {
                     start, end, style, ..
                 } => Ok(self.splice(*start, *end, &format_value(value, Some(*style)))),
                 Node::Alias { start } => {
-                    let end = self.text[*start..]
-                        .find(|c: char| c.is_whitespace() || ",}]".contains(c))
-                        .map_or(self.text.len(), |length| start + length);
-                    Ok(self.splice(*start, end, &format_value(value, None)))
+                    Ok(self.splice(*start, self.alias_end(*start), &format_value(value, None)))
                 }
                 _ => Err(refuse(
-                    format!("`{}` holds a mapping or a list, not a value", keys.join(".")),
+                    format!(
+                        "`{}` holds a mapping or a list, not a value",
+                        keys.join(".")
+                    ),
                     Some("set one of its keys, or `unset` it first"),
                 )),
             };
@@ -567,7 +580,10 @@ impl<'a> Document<'a> {
             entries,
         } = mapping
         else {
-            return Err(refuse("cannot add a key to a value that is not a mapping", None));
+            return Err(refuse(
+                "cannot add a key to a value that is not a mapping",
+                None,
+            ));
         };
         let leaf = format_value(value, None);
         if *flow {
@@ -600,7 +616,11 @@ impl<'a> Document<'a> {
                 let step = self.indent_step(entries).unwrap_or(2);
                 (indent, step, self.block_entry_end(key_line, indent, dashes))
             }
-            None => (self.indent_of(self.line_of(*start)), 2, self.line_of(*start)),
+            None => (
+                self.indent_of(self.line_of(*start)),
+                2,
+                self.line_of(*start),
+            ),
         };
         let mut lines = String::new();
         for (depth, key) in keys.iter().enumerate() {
@@ -644,14 +664,19 @@ impl<'a> Document<'a> {
             | Node::Sequence {
                 flow: true, end, ..
             } => Ok(*end),
-            Node::Alias { start } => Ok(self.text[*start..]
-                .find(|c: char| c.is_whitespace() || ",}]".contains(c))
-                .map_or(self.text.len(), |length| start + length)),
+            Node::Alias { start } => Ok(self.alias_end(*start)),
             _ => Err(refuse(
                 "a block collection inside a flow one cannot be edited",
                 None,
             )),
         }
+    }
+
+    /// Just past an alias (`*name`) that starts at `start`.
+    fn alias_end(&self, start: usize) -> usize {
+        self.text[start..]
+            .find(|c: char| c.is_whitespace() || ",}]".contains(c))
+            .map_or(self.text.len(), |length| start + length)
     }
 
     fn unset(&self, keys: &[String]) -> Result<String, EditError> {
@@ -669,32 +694,22 @@ impl<'a> Document<'a> {
             .iter()
             .position(|(key, _)| key.value == keys[keys.len() - 1])
             .expect("found above");
-        self.remove_entry(*flow, entries.len(), index, &entries[index].0.start, &entries[index].1, entries)
-    }
-
-    /// Remove entry `index` of a mapping (its key starts at `key_start`).
-    fn remove_entry(
-        &self,
-        flow: bool,
-        count: usize,
-        index: usize,
-        key_start: &usize,
-        value: &Node,
-        entries: &[(Scalar, Node)],
-    ) -> Result<String, EditError> {
-        if flow {
+        let (key, value) = &entries[index];
+        if *flow {
             let end = self.node_end(value)?;
-            return Ok(self.remove_flow_span(*key_start, end, index, count, |i| {
-                entries.get(i).map(|(key, _)| key.start)
-            }));
+            return Ok(
+                self.remove_flow_span(key.start, end, index, entries.len(), |i| {
+                    entries.get(i).map(|(key, _)| key.start)
+                }),
+            );
         }
-        if !self.starts_its_line(*key_start) {
+        if !self.starts_its_line(key.start) {
             return Err(refuse(
                 "the entry to remove does not start its own line",
                 Some("edit this part of the file by hand"),
             ));
         }
-        let line = self.line_of(*key_start);
+        let line = self.line_of(key.start);
         let dashes = matches!(value, Node::Sequence { flow: false, .. });
         let last = self.block_entry_end(line, self.indent_of(line), dashes);
         Ok(self.without_lines(line, last))

@@ -5,8 +5,8 @@
 //! file:line:column and a hint before returning; nothing past this module sees raw strings.
 //! This module never touches a host.
 
-mod net;
 pub mod edit;
+mod net;
 mod raw;
 mod secrets;
 
@@ -88,9 +88,7 @@ fn is_parameter_name(name: &str) -> bool {
 /// Why a parameter value cannot be written into `postgresql.conf` as it is, if it cannot.
 fn parameter_value_problem(value: &raw::RawParameter) -> Option<&'static str> {
     match value {
-        raw::RawParameter::Float(number) if !number.is_finite() => {
-            Some("is not a finite number")
-        }
+        raw::RawParameter::Float(number) if !number.is_finite() => Some("is not a finite number"),
         raw::RawParameter::Text(text) if text.len() > 1024 => Some("is longer than 1024 bytes"),
         raw::RawParameter::Text(text) if text.chars().any(char::is_control) => {
             Some("holds a control character (a newline, a tab, ...)")
@@ -104,9 +102,9 @@ fn is_patroni_version(text: &str) -> bool {
     let parts: Vec<&str> = text.split('.').collect();
     parts.len() == 3
         && parts[0] == "4"
-        && parts[1..]
-            .iter()
-            .all(|part| !part.is_empty() && part.len() <= 3 && part.bytes().all(|b| b.is_ascii_digit()))
+        && parts[1..].iter().all(|part| {
+            !part.is_empty() && part.len() <= 3 && part.bytes().all(|b| b.is_ascii_digit())
+        })
 }
 
 /// A Linux interface name: 1 to 15 bytes of letters, digits, `_`, `.` and `-`, not `.`/`..`.

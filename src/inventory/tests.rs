@@ -242,19 +242,31 @@ fn the_committed_schema_is_current() {
 fn an_injection_attempt_in_any_value_is_refused_at_its_place() {
     // (the place the message must name, the inventory line that carries the attempt)
     let attempts = [
-        ("cluster.name", "  name: \"demo; touch /tmp/pwned\"\n", "  name: demo\n"),
+        (
+            "cluster.name",
+            "  name: \"demo; touch /tmp/pwned\"\n",
+            "  name: demo\n",
+        ),
         (
             "cluster.patroni_version",
             "  patroni_version: \"4.1.5; rm -rf /\"\n",
             "",
         ),
-        ("cluster.patroni_version", "  patroni_version: \"4.1.5/../../x\"\n", ""),
+        (
+            "cluster.patroni_version",
+            "  patroni_version: \"4.1.5/../../x\"\n",
+            "",
+        ),
         (
             "cluster.vip_interface",
             "  vip_interface: \"eth0\\\"\\n    notify /tmp/x\"\n",
             "",
         ),
-        ("cluster.vip_interface", "  vip_interface: \"eth0 eth1\"\n", ""),
+        (
+            "cluster.vip_interface",
+            "  vip_interface: \"eth0 eth1\"\n",
+            "",
+        ),
         (
             "cluster.postgresql.parameters.",
             "  postgresql: {parameters: {\"work_mem: 1\\nwal_level\": minimal}}\n",
@@ -290,7 +302,11 @@ fn an_injection_attempt_in_any_value_is_refused_at_its_place() {
             "  postgresql: {client_cidrs: [\"10.0.0.0/8 trust\"]}\n",
             "",
         ),
-        ("cluster.vip", "  vip: \"10.231.0.100/24\\n\"\n", "  vip: 10.231.0.100/24\n"),
+        (
+            "cluster.vip",
+            "  vip: \"10.231.0.100/24\\n\"\n",
+            "  vip: 10.231.0.100/24\n",
+        ),
         ("ssh.user", "ssh: {user: \"root -o ProxyCommand=sh\"}\n", ""),
         ("nodes[0].name", "", ""),
         ("nodes[1].address", "", ""),
@@ -306,7 +322,10 @@ fn an_injection_attempt_in_any_value_is_refused_at_its_place() {
         } else if place == "nodes[0].name" {
             text = text.replace("{name: node1,", "{name: \"node1$(reboot)\",");
         } else if place == "nodes[1].address" {
-            text = text.replace("address: 10.231.0.12}", "address: \"10.231.0.12 -oProxyCommand=x\"}");
+            text = text.replace(
+                "address: 10.231.0.12}",
+                "address: \"10.231.0.12 -oProxyCommand=x\"}",
+            );
         } else {
             text = text.replacen("cluster:\n", &format!("cluster:\n{line}"), 1);
         }

@@ -97,9 +97,15 @@ fn set_replaces_only_the_value_keeping_comments_and_quoting() {
         changes(RICH, &edited).1,
         ["    ports: {write: 6000, read: 5001}   # what applications use"]
     );
-    assert_eq!(value(&edited, "cluster.ports.write"), serde_yaml::Value::from(6000));
+    assert_eq!(
+        value(&edited, "cluster.ports.write"),
+        serde_yaml::Value::from(6000)
+    );
     // The anchor stays on the value it names.
-    let edited = edit(RICH, set("cluster.postgresql.parameters.max_connections", "300"));
+    let edited = edit(
+        RICH,
+        set("cluster.postgresql.parameters.max_connections", "300"),
+    );
     assert_eq!(
         changes(RICH, &edited).1,
         ["            max_connections: &conns 300"]
@@ -110,9 +116,18 @@ fn set_replaces_only_the_value_keeping_comments_and_quoting() {
 fn set_adds_missing_keys_in_the_style_around_them() {
     // A new key of a block mapping: one line at its keys' indentation, after its last entry.
     let edited = edit(RICH, set("cluster.failover_profile", "fast"));
-    assert_eq!(changes(RICH, &edited), (vec![], vec!["    failover_profile: fast".into()]));
-    assert_eq!(value(&edited, "cluster.failover_profile"), serde_yaml::Value::from("fast"));
-    assert_eq!(value(&edited, "cluster.postgresql.client_cidrs")[0], serde_yaml::Value::from("10.1.0.0/16"));
+    assert_eq!(
+        changes(RICH, &edited),
+        (vec![], vec!["    failover_profile: fast".into()])
+    );
+    assert_eq!(
+        value(&edited, "cluster.failover_profile"),
+        serde_yaml::Value::from("fast")
+    );
+    assert_eq!(
+        value(&edited, "cluster.postgresql.client_cidrs")[0],
+        serde_yaml::Value::from("10.1.0.0/16")
+    );
     // Missing mappings on the way are created with the file's indentation step (4 here).
     let edited = edit(RICH, set("cluster.haproxy.rise", "3"));
     assert_eq!(
@@ -126,7 +141,13 @@ fn set_adds_missing_keys_in_the_style_around_them() {
         ["    ports: {write: 5000, read: 5001, agent: 9651}   # what applications use"]
     );
     // A value that YAML would misread is quoted.
-    let edited = edit(RICH, set("cluster.postgresql.parameters.search_path", "\"$user\", public"));
+    let edited = edit(
+        RICH,
+        set(
+            "cluster.postgresql.parameters.search_path",
+            "\"$user\", public",
+        ),
+    );
     assert_eq!(
         value(&edited, "cluster.postgresql.parameters.search_path"),
         serde_yaml::Value::from("\"$user\", public")
@@ -136,7 +157,10 @@ fn set_adds_missing_keys_in_the_style_around_them() {
 #[test]
 fn unset_removes_the_entry_and_nothing_else() {
     let edited = edit(RICH, unset("cluster.vip"));
-    assert_eq!(changes(RICH, &edited), (vec!["    vip: 10.0.0.100/24".into()], vec![]));
+    assert_eq!(
+        changes(RICH, &edited),
+        (vec!["    vip: 10.0.0.100/24".into()], vec![])
+    );
     let edited = edit(RICH, unset("cluster.postgresql"));
     let (removed, added) = changes(RICH, &edited);
     assert_eq!(removed.len(), 5, "{removed:?}");
@@ -172,26 +196,65 @@ fn nodes_are_added_and_removed_in_the_list_s_style() {
     );
     // A block item in the middle, with its comment-free lines only; the comment above the
     // next item stays.
-    let edited = edit(RICH, Edit::RemoveNode { name: "pg-b".into() });
+    let edited = edit(
+        RICH,
+        Edit::RemoveNode {
+            name: "pg-b".into(),
+        },
+    );
     let (removed, added) = changes(RICH, &edited);
     assert_eq!(
         removed,
-        ["- name: pg-b", "  address: 10.0.0.12", "  tags: {nofailover: true}"]
+        [
+            "- name: pg-b",
+            "  address: 10.0.0.12",
+            "  tags: {nofailover: true}"
+        ]
     );
     assert!(added.is_empty());
     assert!(edited.contains("# the third one, in rack 3\n- {name: pg-c"));
-    let edited = edit(RICH, Edit::RemoveNode { name: "pg-c".into() });
-    assert_eq!(changes(RICH, &edited).0, ["- {name: pg-c, address: 10.0.0.13}"]);
+    let edited = edit(
+        RICH,
+        Edit::RemoveNode {
+            name: "pg-c".into(),
+        },
+    );
+    assert_eq!(
+        changes(RICH, &edited).0,
+        ["- {name: pg-c, address: 10.0.0.13}"]
+    );
 
     // Block items: the new one is written like them.
     let block = "nodes:\n  - name: a   # first\n    address: 10.0.0.1\n\n  - name: b\n    address: 10.0.0.2\nssh: {user: root}\n";
-    let edited = edit(block, Edit::AddNode { name: "c".into(), address: "10.0.0.3".into(), roles: None, tags: vec![] });
-    assert_eq!(changes(block, &edited).1, ["  - name: c", "    address: 10.0.0.3"]);
-    assert!(edited.ends_with("    address: 10.0.0.3\nssh: {user: root}\n"), "{edited}");
+    let edited = edit(
+        block,
+        Edit::AddNode {
+            name: "c".into(),
+            address: "10.0.0.3".into(),
+            roles: None,
+            tags: vec![],
+        },
+    );
+    assert_eq!(
+        changes(block, &edited).1,
+        ["  - name: c", "    address: 10.0.0.3"]
+    );
+    assert!(
+        edited.ends_with("    address: 10.0.0.3\nssh: {user: root}\n"),
+        "{edited}"
+    );
 
     // A flow list.
     let flow = "nodes: [{name: a, address: 10.0.0.1}, {name: b, address: 10.0.0.2}]  # two\n";
-    let edited = edit(flow, Edit::AddNode { name: "c".into(), address: "10.0.0.3".into(), roles: None, tags: vec![] });
+    let edited = edit(
+        flow,
+        Edit::AddNode {
+            name: "c".into(),
+            address: "10.0.0.3".into(),
+            roles: None,
+            tags: vec![],
+        },
+    );
     assert_eq!(edited, "nodes: [{name: a, address: 10.0.0.1}, {name: b, address: 10.0.0.2}, {name: c, address: 10.0.0.3}]  # two\n");
     let edited = edit(flow, Edit::RemoveNode { name: "a".into() });
     assert_eq!(edited, "nodes: [{name: b, address: 10.0.0.2}]  # two\n");
@@ -204,18 +267,41 @@ fn what_cannot_be_edited_losslessly_is_refused_with_a_reason() {
     for (text, edit, says) in [
         (RICH, set("nodes.0.name", "x"), "add-node"),
         (RICH, unset("cluster.haproxy"), "is not set"),
-        (RICH, set("cluster.ports", "5000"), "holds a mapping or a list"),
-        (RICH, set("cluster..name", "x"), "is not a path"),
-        (RICH, set("cluster.name.inner", "x"), "is not a mapping"),
-        (RICH, Edit::RemoveNode { name: "pg-z".into() }, "no node is called `pg-z`"),
         (
             RICH,
-            Edit::AddNode { name: "pg-a".into(), address: "10.0.0.99".into(), roles: None, tags: vec![] },
+            set("cluster.ports", "5000"),
+            "holds a mapping or a list",
+        ),
+        (RICH, set("cluster..name", "x"), "is not a path"),
+        (RICH, set("cluster.name.inner", "x"), "is not a mapping"),
+        (
+            RICH,
+            Edit::RemoveNode {
+                name: "pg-z".into(),
+            },
+            "no node is called `pg-z`",
+        ),
+        (
+            RICH,
+            Edit::AddNode {
+                name: "pg-a".into(),
+                address: "10.0.0.99".into(),
+                roles: None,
+                tags: vec![],
+            },
             "already listed",
         ),
-        ("cluster:\n  name: |\n    demo\n", set("cluster.name", "x"), "block scalar"),
+        (
+            "cluster:\n  name: |\n    demo\n",
+            set("cluster.name", "x"),
+            "block scalar",
+        ),
         (RICH, set("cluster.\"unclosed", "x"), "is not a path"),
-        ("cluster: [unclosed\n", set("cluster.name", "x"), "not valid YAML"),
+        (
+            "cluster: [unclosed\n",
+            set("cluster.name", "x"),
+            "not valid YAML",
+        ),
     ] {
         match apply(text, &edit) {
             Err(error) => assert!(error.message.contains(says), "{edit:?}: {error:?}"),
@@ -237,14 +323,31 @@ fn the_shipped_inventories_take_every_edit() {
             "{file}"
         );
         let edited = edit(&text, set("cluster.failover_profile", "fast"));
-        assert_eq!(changes(&text, &edited).1.len() + changes(&text, &edited).0.len() <= 2, true, "{file}:\n{edited}");
+        assert_eq!(
+            changes(&text, &edited).1.len() + changes(&text, &edited).0.len() <= 2,
+            true,
+            "{file}:\n{edited}"
+        );
         let edited = edit(
             &text,
-            Edit::AddNode { name: "node9".into(), address: "10.231.0.19".into(), roles: None, tags: vec![] },
+            Edit::AddNode {
+                name: "node9".into(),
+                address: "10.231.0.19".into(),
+                roles: None,
+                tags: vec![],
+            },
         );
         assert_eq!(changes(&text, &edited).0, Vec::<String>::new(), "{file}");
-        let edited = edit(&edited, Edit::RemoveNode { name: "node9".into() });
-        assert_eq!(edited, text, "{file}: adding then removing a node gives the file back");
+        let edited = edit(
+            &edited,
+            Edit::RemoveNode {
+                name: "node9".into(),
+            },
+        );
+        assert_eq!(
+            edited, text,
+            "{file}: adding then removing a node gives the file back"
+        );
     }
 }
 
@@ -291,12 +394,18 @@ fn empty_values_dotted_keys_and_block_scalars_elsewhere() {
     // An empty mapping-to-be is refused with what to do, not misread.
     let text = "cluster:\n  patroni:\n    # nothing yet\n  name: demo\n";
     let error = apply(text, &set("cluster.patroni.ttl", "30")).unwrap_err();
-    assert!(error.message.contains("`cluster.patroni` is empty"), "{error:?}");
+    assert!(
+        error.message.contains("`cluster.patroni` is empty"),
+        "{error:?}"
+    );
     // A key holding dots, quoted in the path.
     let text = "cluster:\n  postgresql:\n    parameters: {work_mem: 4MB}\n";
     let edited = edit(
         text,
-        set("cluster.postgresql.parameters.\"pg_stat_statements.track\"", "all"),
+        set(
+            "cluster.postgresql.parameters.\"pg_stat_statements.track\"",
+            "all",
+        ),
     );
     assert_eq!(
         edited,
