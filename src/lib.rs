@@ -17,6 +17,8 @@
 //! - [`engine`]: playbooks of typed tasks: facts, plan/apply per module, serial batches,
 //!   handlers, the run report; `ops` holds the operations `run`, `deploy` and `exec` call.
 //! - [`cluster`]: the live cluster: observation over SSH, `verify`, `status`, `switchover`.
+//! - [`patroni`]: the one Patroni layer: typed members, one REST client (direct or over SSH),
+//!   pending restarts in a safe order, switchover.
 //! - [`drill`]: failure drills: probes through the VIP and on every node, fault injection
 //!   (lab or SSH) with a guaranteed heal, and the failover-time model the results are read against.
 //! - [`wheels`]: the pinned Patroni wheels fetched once on the control machine and shipped.
@@ -30,6 +32,7 @@ pub mod engine;
 pub mod error;
 pub mod inventory;
 pub mod lab;
+pub mod patroni;
 pub mod render;
 pub mod ssh;
 pub mod wheels;

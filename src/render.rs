@@ -13,7 +13,7 @@ use minijinja::{AutoEscape, Environment, UndefinedBehavior};
 use serde::Serialize;
 
 use crate::error::UserError;
-use crate::inventory::{Inventory, Node, Parameter, Role, Secrets};
+use crate::inventory::{Inventory, Node, Parameter, Role, Secrets, SyncMode};
 
 /// The embedded templates, by name.
 const TEMPLATES: &[(&str, &str)] = &[
@@ -374,6 +374,21 @@ fn postgresql_parameters(inventory: &Inventory) -> BTreeMap<String, Parameter> {
     parameters
 }
 
+/// Patroni's dynamic configuration as the inventory wants it (what `PATCH /config` converges).
+pub fn patroni_dynamic(inventory: &Inventory) -> serde_json::Value {
+    let cluster = &inventory.cluster;
+    serde_json::json!({
+        "ttl": cluster.patroni.ttl,
+        "loop_wait": cluster.patroni.loop_wait,
+        "retry_timeout": cluster.patroni.retry_timeout,
+        "maximum_lag_on_failover": cluster.patroni.maximum_lag_on_failover,
+        "primary_start_timeout": cluster.patroni.primary_start_timeout,
+        "synchronous_mode": cluster.synchronous_mode != SyncMode::Off,
+        "synchronous_mode_strict": cluster.synchronous_mode == SyncMode::Strict,
+        "postgresql": {"parameters": postgresql_parameters(inventory)},
+    })
+}
+
 /// The Debian packages `node` needs for its roles.
 pub fn packages(inventory: &Inventory, node: &Node) -> Vec<String> {
     let mut packages = Vec::new();
@@ -417,6 +432,7 @@ pub fn context(inventory: &Inventory, secrets: &Secrets, node: &Node) -> minijin
         postgres_nodes => inventory.nodes_with(Role::Postgres).collect::<Vec<_>>(),
         keepalived => keepalived,
         postgresql_parameters => postgresql_parameters(inventory),
+        patroni_dynamic => patroni_dynamic(inventory),
         packages => packages(inventory, node),
         vip_address => inventory.cluster.vip.map(|vip| vip.address.to_string()),
         secrets => secrets,

@@ -16,6 +16,7 @@ use crate::engine::report::Reporter;
 use crate::engine::runner::Connections;
 use crate::error::UserError;
 use crate::inventory::{Inventory, Role, Secrets, SyncMode};
+use crate::patroni::{Credentials, Patroni, Role as PatroniRole, State};
 use crate::ssh::RemoteCommand;
 use observe::{members, observe, NodeView};
 use verify::{assess, leader_name, Check};
@@ -274,8 +275,8 @@ pub async fn switchover(cluster: &Cluster, to: Option<&str>) -> anyhow::Result<S
     let eligible = |name: &str| {
         members.iter().any(|member| {
             member.name == name
-                && member.state == "streaming"
-                && (!sync || member.role == "sync_standby")
+                && member.state == State::Streaming
+                && (!sync || member.role == PatroniRole::SyncStandby)
         }) && cluster
             .inventory
             .node(name)
@@ -322,26 +323,20 @@ pub async fn switchover(cluster: &Cluster, to: Option<&str>) -> anyhow::Result<S
         .get(&leader_node, &reporter)
         .await
         .map_err(|reason| anyhow::anyhow!(reason))?;
-    let url = format!(
-        "http://{}:{}/switchover",
+    let base = format!(
+        "http://{}:{}",
         crate::render::url_host_of(&leader_node.address),
         cluster.inventory.cluster.ports.patroni_api
     );
-    let body = serde_json::json!({"leader": leader, "candidate": candidate}).to_string();
-    // The REST password travels on stdin as a curl config line, never in argv.
-    let credentials = format!("user = \"pgha:{}\"\n", cluster.secrets.restapi_password);
+    let patroni = Patroni::over_ssh(
+        session,
+        Some(Credentials::pgha(&cluster.secrets.restapi_password)),
+    );
     let started = Instant::now();
-    let output = session
-        .run(&RemoteCommand::script("curl -s -K - -X POST -H 'Content-Type: application/json' -d \"$1\" -w '\\n%{http_code}' \"$2\"").arg(body).arg(url).stdin(credentials.into_bytes()).as_root())
-        .await?;
-    let answer = output.stdout_text();
-    let code = answer.lines().last().unwrap_or_default().trim().to_string();
-    if code != "200" {
-        bail!(
-            "Patroni refused the switchover ({code}): {}",
-            answer.lines().next().unwrap_or_default()
-        );
-    }
+    patroni
+        .switchover(&base, &leader, Some(&candidate), Duration::ZERO)
+        .await
+        .context("Patroni refused the switchover")?;
     let (mut leader_changed, mut routed, mut streaming) = (None, None, None);
     while started.elapsed() < Duration::from_secs(90) {
         let views = cluster.observe().await;
@@ -349,7 +344,7 @@ pub async fn switchover(cluster: &Cluster, to: Option<&str>) -> anyhow::Result<S
         let members = observe::members(&views);
         if leader_changed.is_none()
             && members.iter().any(|member| {
-                member.name == candidate && member.role == "leader" && member.state == "running"
+                member.name == candidate && member.is_leader() && member.state == State::Running
             })
         {
             leader_changed = Some(now);
@@ -372,13 +367,16 @@ pub async fn switchover(cluster: &Cluster, to: Option<&str>) -> anyhow::Result<S
             }
         }
         // With synchronous replication, done means a synchronous standby is assigned again.
-        let sync_ready = !sync || members.iter().any(|member| member.role == "sync_standby");
+        let sync_ready = !sync
+            || members
+                .iter()
+                .any(|member| member.role == PatroniRole::SyncStandby);
         if leader_changed.is_some()
             && streaming.is_none()
             && sync_ready
             && members
                 .iter()
-                .any(|member| member.name == leader && member.state == "streaming")
+                .any(|member| member.name == leader && member.state == State::Streaming)
         {
             streaming = Some(now);
         }

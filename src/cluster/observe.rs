@@ -11,6 +11,8 @@ use serde_json::Value;
 use crate::engine::report::Reporter;
 use crate::engine::runner::Connections;
 use crate::inventory::{Inventory, Node, Role};
+use crate::patroni::ClusterView;
+pub use crate::patroni::Member;
 use crate::ssh::RemoteCommand;
 
 /// What one node reported.
@@ -46,6 +48,9 @@ pub struct NodeView {
     pub hba: Vec<String>,
     /// `mode:owner:group` (octal mode) of files that hold secrets.
     pub secret_file_modes: BTreeMap<String, String>,
+    /// Settings PostgreSQL's configuration files hold but it does not run (`name running →
+    /// configured`, or `name: error`); `None` when PostgreSQL could not be asked.
+    pub not_in_effect: Option<Vec<String>>,
 }
 
 /// The probe for `node`: sections `### name` then content, each skipped when the node lacks
@@ -67,6 +72,7 @@ echo '### cluster'; curl -s --max-time 2 "$api/cluster"; echo
 echo '### config'; curl -s --max-time 2 "$api/config"; echo
 echo '### unauthenticated_patch'; curl -s -o /dev/null --max-time 2 -X PATCH -w '%{http_code}' "$api/config"; echo
 echo '### hba'; runuser -u postgres -- psql -XAtq -F ' ' -c "select type, array_to_string(database, ','), array_to_string(user_name, ','), coalesce(address, ''), coalesce(netmask, ''), auth_method from pg_hba_file_rules" 2>/dev/null
+echo '### not_in_effect'; runuser -u postgres -- psql -XAtq -c "select f.name || coalesce(': ' || f.error, ' ' || s.setting || ' → ' || f.setting) from pg_file_settings f join pg_settings s on s.name = f.name where (f.error is not null or not f.applied) and f.seqno = (select max(seqno) from pg_file_settings g where g.name = f.name)" 2>/dev/null && echo '-- asked'
 echo '### modes'; for file in /etc/patroni/patroni.yml /var/lib/postgresql/.pgpass_patroni; do [ -e "$file" ] && echo "$file $(stat -c %a:%U:%G "$file")"; done
 "#,
         );
@@ -163,6 +169,15 @@ pub fn parse(name: &str, address: &str, output: &str) -> NodeView {
             .map(str::to_string)
             .collect();
     }
+    view.not_in_effect = sections
+        .get("not_in_effect")
+        .filter(|text| text.lines().any(|line| line == "-- asked"))
+        .map(|text| {
+            text.lines()
+                .filter(|line| !line.trim().is_empty() && *line != "-- asked")
+                .map(str::to_string)
+                .collect()
+        });
     if let Some(modes) = sections.get("modes") {
         view.secret_file_modes = modes
             .lines()
@@ -226,40 +241,12 @@ pub async fn observe(inventory: Arc<Inventory>, connections: Arc<Connections>) -
     views
 }
 
-/// A member of `GET /cluster`: name, role, state, host, timeline, lag (bytes, when known).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Member {
-    pub name: String,
-    pub role: String,
-    pub state: String,
-    pub host: String,
-    pub timeline: Option<u64>,
-    pub lag: Option<u64>,
-    /// PostgreSQL runs a setting other than its configuration until it restarts.
-    pub pending_restart: bool,
-}
-
 /// The members as the first node that answered `/cluster` sees them.
 pub fn members(views: &[NodeView]) -> Vec<Member> {
-    let Some(cluster) = views.iter().find_map(|view| view.cluster.as_ref()) else {
-        return Vec::new();
-    };
-    cluster["members"]
-        .as_array()
-        .map(|members| {
-            members
-                .iter()
-                .map(|member| Member {
-                    name: member["name"].as_str().unwrap_or_default().to_string(),
-                    role: member["role"].as_str().unwrap_or_default().to_string(),
-                    state: member["state"].as_str().unwrap_or_default().to_string(),
-                    host: member["host"].as_str().unwrap_or_default().to_string(),
-                    timeline: member["timeline"].as_u64(),
-                    lag: member["lag"].as_u64(),
-                    pending_restart: member["pending_restart"].as_bool().unwrap_or(false),
-                })
-                .collect()
-        })
+    views
+        .iter()
+        .find_map(|view| view.cluster.as_ref())
+        .map(|cluster| ClusterView::from_json(cluster).members)
         .unwrap_or_default()
 }
 
@@ -269,8 +256,12 @@ mod tests {
 
     #[test]
     fn parses_sections_and_tolerates_garbage() {
-        let output = "### patroni\n{\"role\": \"primary\", \"timeline\": 2}\n### primary_status\n200\n### cluster\nnot json\n### haproxy\n# pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout,dreq,dresp,ereq,econ,eresp,wretr,wredis,status\npgha_write,node1,0,0,0,0,,0,0,0,,0,,0,0,0,0,UP\npgha_write,node2,0,0,0,0,,0,0,0,,0,,0,0,0,0,DOWN\npgha_write,BACKEND,0,0,0,0,,0,0,0,,0,,0,0,0,0,UP\n### vip\ntrue\n### modes\n/etc/patroni/patroni.yml 640:root:postgres\n### hba\nlocal all all  peer\n";
+        let output = "### patroni\n{\"role\": \"primary\", \"timeline\": 2}\n### primary_status\n200\n### cluster\nnot json\n### haproxy\n# pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout,dreq,dresp,ereq,econ,eresp,wretr,wredis,status\npgha_write,node1,0,0,0,0,,0,0,0,,0,,0,0,0,0,UP\npgha_write,node2,0,0,0,0,,0,0,0,,0,,0,0,0,0,DOWN\npgha_write,BACKEND,0,0,0,0,,0,0,0,,0,,0,0,0,0,UP\n### vip\ntrue\n### modes\n/etc/patroni/patroni.yml 640:root:postgres\n### hba\nlocal all all  peer\n### not_in_effect\nmax_connections 120 → 100\n-- asked\n";
         let view = parse("node1", "10.0.0.1", output);
+        assert_eq!(
+            view.not_in_effect.as_deref(),
+            Some(&["max_connections 120 → 100".to_string()][..])
+        );
         assert_eq!(view.patroni.unwrap()["role"], "primary");
         assert_eq!(view.primary_status, Some(200));
         assert!(view.cluster.is_none());
@@ -283,8 +274,13 @@ mod tests {
             "640:root:postgres"
         );
         assert_eq!(view.hba, ["local all all  peer"]);
-        let empty = parse("n", "a", "\u{0}garbage\n### primary_status\n000\n");
+        let empty = parse(
+            "n",
+            "a",
+            "\u{0}garbage\n### primary_status\n000\n### not_in_effect\n",
+        );
         assert_eq!(empty.primary_status, None);
+        assert_eq!(empty.not_in_effect, None);
     }
 
     #[test]
@@ -299,6 +295,6 @@ mod tests {
         let members = members(&[NodeView::default(), view]);
         assert_eq!(members.len(), 2);
         assert_eq!(members[0].lag, None);
-        assert_eq!(members[1].role, "sync_standby");
+        assert_eq!(members[1].role, crate::patroni::Role::SyncStandby);
     }
 }

@@ -7,6 +7,7 @@ use serde_json::Value;
 
 use super::observe::{members, NodeView};
 use crate::inventory::{Inventory, Role, SyncMode};
+use crate::patroni::{Role as PatroniRole, State};
 
 /// One assertion and what was seen.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -30,7 +31,7 @@ impl Check {
 pub fn leader_name(views: &[NodeView]) -> Option<String> {
     members(views)
         .into_iter()
-        .find(|member| member.role == "leader")
+        .find(|member| member.is_leader())
         .map(|member| member.name)
 }
 
@@ -121,7 +122,7 @@ pub fn assess(inventory: &Inventory, views: &[NodeView]) -> Vec<Check> {
     let members = members(views);
     let primaries: Vec<&str> = members
         .iter()
-        .filter(|member| member.role == "leader" && member.state == "running")
+        .filter(|member| member.is_leader() && member.state == State::Running)
         .map(|member| member.name.as_str())
         .collect();
     checks.push(Check::new(
@@ -140,7 +141,7 @@ pub fn assess(inventory: &Inventory, views: &[NodeView]) -> Vec<Check> {
         .filter(|name| {
             !members
                 .iter()
-                .any(|member| &member.name == *name && member.state == "streaming")
+                .any(|member| &member.name == *name && member.state == State::Streaming)
         })
         .cloned()
         .collect();
@@ -178,7 +179,7 @@ pub fn assess(inventory: &Inventory, views: &[NodeView]) -> Vec<Check> {
     let threshold = inventory.cluster.patroni.maximum_lag_on_failover;
     let lagging: Vec<String> = members
         .iter()
-        .filter(|member| member.role != "leader")
+        .filter(|member| !member.is_leader())
         .filter(|member| member.lag.is_none_or(|lag| lag > threshold))
         .map(|member| {
             format!(
@@ -289,7 +290,7 @@ pub fn assess(inventory: &Inventory, views: &[NodeView]) -> Vec<Check> {
     if inventory.cluster.synchronous_mode != SyncMode::Off {
         let sync: Vec<&str> = members
             .iter()
-            .filter(|member| member.role == "sync_standby")
+            .filter(|member| member.role == PatroniRole::SyncStandby)
             .map(|member| member.name.as_str())
             .collect();
         checks.push(Check::new(
@@ -333,6 +334,29 @@ pub fn assess(inventory: &Inventory, views: &[NodeView]) -> Vec<Check> {
                 "servers UP in `pgha_write`: {up:?}; primary: {:?}",
                 primary.clone().unwrap_or_default()
             ),
+        ));
+    }
+
+    // What PostgreSQL runs, not only what Patroni stores: a setting that needs a restart
+    // keeps its old value until then.
+    for view in reachable.iter().filter(|view| is(Role::Postgres, view)) {
+        let (pass, detail) = match &view.not_in_effect {
+            None => (false, "PostgreSQL could not be asked (`pg_file_settings`)".to_string()),
+            Some(pending) if pending.is_empty() => {
+                (true, "PostgreSQL runs every configured setting".to_string())
+            }
+            Some(pending) => (
+                false,
+                format!(
+                    "configured but not in effect (running → configured): {}; hint: `pgha deploy` restarts members in a safe order",
+                    pending.join(", ")
+                ),
+            ),
+        };
+        checks.push(Check::new(
+            format!("postgresql.{}.settings_in_effect", view.name),
+            pass,
+            detail,
         ));
     }
 
@@ -454,6 +478,7 @@ mod tests {
                     "640:root:postgres".into(),
                 );
                 view.unauthenticated_patch = Some(401);
+                view.not_in_effect = Some(Vec::new());
                 view
             })
             .collect()
@@ -472,6 +497,23 @@ mod tests {
         let checks = assess(&inventory(), &healthy());
         assert!(failing(&checks).is_empty(), "{:#?}", failing(&checks));
         assert!(checks.len() > 20);
+    }
+
+    #[test]
+    fn a_setting_not_in_effect_or_unasked_fails_on_that_node() {
+        let mut views = healthy();
+        views[1].not_in_effect = Some(vec!["max_connections 120 → 100".into()]);
+        views[2].not_in_effect = None;
+        let failed = failing(&assess(&inventory(), &views)).join("\n");
+        assert!(
+            failed.contains("postgresql.node2.settings_in_effect: configured but not in effect (running → configured): max_connections 120 → 100"),
+            "{failed}"
+        );
+        assert!(
+            failed.contains("postgresql.node3.settings_in_effect"),
+            "{failed}"
+        );
+        assert!(!failed.contains("postgresql.node1."), "{failed}");
     }
 
     #[test]

@@ -9,7 +9,6 @@
 
 pub mod fault;
 pub mod model;
-pub mod patroni;
 pub mod probe;
 pub mod verdict;
 
@@ -26,9 +25,9 @@ use serde::Serialize;
 use crate::engine::runner::Connections;
 use crate::error::UserError;
 use crate::inventory::{Inventory, Role, Secrets, SyncMode};
+use crate::patroni::{ClusterView, Credentials, Patroni};
 use fault::{HealGuard, Injected, Injector};
 use model::ExpectedOutage;
-use patroni::{ClusterView, RestApi};
 use probe::{Endpoint, Probes, Targets};
 use verdict::Observed;
 
@@ -238,12 +237,25 @@ const POLL: Duration = Duration::from_millis(250);
 struct Drill {
     inventory: Arc<Inventory>,
     connections: Arc<Connections>,
-    rest: RestApi,
+    rest: Patroni,
+    /// Port of every member's REST API.
+    api_port: u16,
     vip: Endpoint,
     nodes: Vec<(String, Endpoint)>,
     injector: Injector,
     expected: ExpectedOutage,
     progress: Box<dyn Fn(&str) + Send + Sync>,
+}
+
+impl Drill {
+    /// `http://host:port` of the REST API of the member at `address`.
+    fn api(&self, address: &std::net::IpAddr) -> String {
+        format!(
+            "http://{}:{}",
+            crate::render::url_host_of(address),
+            self.api_port
+        )
+    }
 }
 
 /// Validate, then run the drill `repeat` times. Returns the report even when a repetition
@@ -290,11 +302,8 @@ pub async fn run(options: DrillOptions) -> anyhow::Result<DrillReport> {
     );
     let context = Drill {
         connections: Arc::new(Connections::new(inventory.clone(), false)),
-        rest: RestApi {
-            port: inventory.cluster.ports.patroni_api,
-            username: "pgha".into(),
-            password: secrets.restapi_password.clone(),
-        },
+        rest: Patroni::direct(Credentials::pgha(&secrets.restapi_password)),
+        api_port: inventory.cluster.ports.patroni_api,
         vip: endpoint(vip.address.to_string(), inventory.cluster.ports.write),
         // On the lab each node is probed from inside its own network, so that a partitioned
         // node is still seen.
@@ -390,7 +399,7 @@ async fn cluster_view(context: &Drill, avoid: Option<&str>) -> anyhow::Result<Cl
         if Some(node.name.as_str()) == avoid {
             continue;
         }
-        match context.rest.cluster(&node.address.to_string()).await {
+        match context.rest.cluster(&context.api(&node.address)).await {
             Ok(view) => return Ok(view),
             Err(error) => last_error = Some(error),
         }
@@ -551,7 +560,12 @@ async fn run_once(
     let injected = if scenario == Scenario::Switchover {
         context
             .rest
-            .switchover(&target.address.to_string(), &old_primary)
+            .switchover(
+                &context.api(&target.address),
+                &old_primary,
+                None,
+                Duration::ZERO,
+            )
             .await
             .map(|_| Injected::Nothing)
             .map_err(anyhow::Error::from)
@@ -799,7 +813,7 @@ async fn wait_streaming(context: &Drill, node: &str) -> anyhow::Result<()> {
         if let Ok(view) = cluster_view(context, None).await {
             if view
                 .member(node)
-                .is_some_and(|member| !member.is_leader() && member.state == "streaming")
+                .is_some_and(crate::patroni::Member::streams)
             {
                 return Ok(());
             }

@@ -15,6 +15,19 @@ pub struct Facts {
     pub files: BTreeMap<String, FileFact>,
     pub users: BTreeSet<String>,
     pub listening_ports: BTreeSet<u16>,
+    /// What the local Patroni and PostgreSQL say, when a task asked ([`Probe::patroni`]).
+    pub patroni: Option<PatroniFacts>,
+}
+
+/// The local member's view of the Patroni cluster and the settings its PostgreSQL has in its
+/// configuration but does not run yet.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PatroniFacts {
+    /// `GET /config`; `None` when Patroni did not answer.
+    pub config: Option<serde_json::Value>,
+    /// `GET /cluster`; `None` when Patroni did not answer.
+    pub cluster: Option<crate::patroni::ClusterView>,
+    pub pending_settings: Vec<crate::patroni::PendingSetting>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -67,6 +80,8 @@ pub struct Probe {
     /// Paths whose files are compared by size and modification time only, like rsync's quick
     /// check: hashing a large binary on every host on every run is what a no-op run can't afford.
     pub quick: BTreeSet<String>,
+    /// The local Patroni REST API (`http://host:port`) and PostgreSQL port to ask.
+    pub patroni: Option<(String, u16)>,
 }
 
 impl Probe {
@@ -78,18 +93,30 @@ impl Probe {
                 .quick
                 .iter()
                 .all(|path| self.quick.contains(path) || self.paths.contains(path))
+            && (other.patroni.is_none() || other.patroni == self.patroni)
     }
 
     pub fn extend(&mut self, other: Probe) {
         self.units.extend(other.units);
         self.paths.extend(other.paths);
         self.quick.extend(other.quick);
+        if other.patroni.is_some() {
+            self.patroni = other.patroni;
+        }
     }
 
-    /// The probe as one remote command; unit names, paths and quick paths travel as positional
-    /// arguments (quoted by the transport), the three lists separated by `--`.
+    /// The probe as one remote command; the Patroni API and PostgreSQL port (or two empty
+    /// words) first, then unit names, paths and quick paths as positional arguments (quoted by
+    /// the transport), the three lists separated by `--`.
     pub fn command(&self) -> RemoteCommand {
         let script = r#"
+patroni_api="$1"; pg_port="$2"; shift 2
+if [ -n "$patroni_api" ]; then
+  echo '### patroni_config'; curl -s --max-time 3 "$patroni_api/config"; echo
+  echo '### patroni_cluster'; curl -s --max-time 3 "$patroni_api/cluster"; echo
+  echo '### pending_settings'
+  runuser -u postgres -- psql -XAtq -F '	' -p "$pg_port" -c "select s.name, s.setting, f.setting from pg_settings s join pg_file_settings f on f.name = s.name where s.pending_restart and f.error is null and f.seqno = (select max(seqno) from pg_file_settings g where g.name = f.name)" 2>/dev/null
+fi
 echo '### os'; cat /etc/os-release 2>/dev/null
 echo '### packages'; dpkg-query -W -f='${db:Status-Abbrev}\t${Package}\t${Version}\n' 2>/dev/null
 echo '### users'; getent passwd | cut -d: -f1
@@ -109,7 +136,11 @@ for path in "$@"; do
   else printf 'absent\t\t\t\t\t\t\t%s\n' "$path"; fi
 done
 "#;
-        let mut command = RemoteCommand::script(script).as_root();
+        let (api, port) = match &self.patroni {
+            Some((api, port)) => (api.clone(), port.to_string()),
+            None => (String::new(), String::new()),
+        };
+        let mut command = RemoteCommand::script(script).as_root().arg(api).arg(port);
         for unit in &self.units {
             command = command.arg(unit.clone());
         }
@@ -171,6 +202,10 @@ pub fn parse(output: &str) -> Facts {
                     facts.files.insert(path, fact);
                 }
             }
+            "patroni_config" | "patroni_cluster" | "pending_settings" => {
+                let patroni = facts.patroni.get_or_insert_with(PatroniFacts::default);
+                parse_patroni_line(patroni, section, line);
+            }
             _ => {}
         }
     }
@@ -178,6 +213,31 @@ pub fn parse(output: &str) -> Facts {
         add_unit(&mut facts, &unit_block);
     }
     facts
+}
+
+fn parse_patroni_line(patroni: &mut PatroniFacts, section: &str, line: &str) {
+    if line.trim().is_empty() {
+        return;
+    }
+    match section {
+        "patroni_config" => patroni.config = serde_json::from_str(line).ok(),
+        "patroni_cluster" => {
+            patroni.cluster = serde_json::from_str(line)
+                .ok()
+                .map(|value| crate::patroni::ClusterView::from_json(&value))
+        }
+        _ => {
+            if let [name, running, configured] = line.split('\t').collect::<Vec<_>>()[..] {
+                patroni
+                    .pending_settings
+                    .push(crate::patroni::PendingSetting {
+                        name: name.to_string(),
+                        running: running.to_string(),
+                        configured: configured.to_string(),
+                    });
+            }
+        }
+    }
 }
 
 fn parse_os_line(os: &mut Os, line: &str) {
@@ -335,6 +395,21 @@ file\troot\troot\t644\tbig\t1\t-\t/bad-size
         ));
         assert!(!facts.files.contains_key("/broken"));
         assert!(!facts.files.contains_key("/bad-size"));
+    }
+
+    #[test]
+    fn patroni_sections_parse_when_present() {
+        let output = "### patroni_config\n{\"ttl\": 30}\n### patroni_cluster\n{\"members\": [{\"name\": \"node1\", \"role\": \"leader\", \"state\": \"running\", \"pending_restart\": true}]}\n### pending_settings\nmax_connections\t120\t100\ngarbage\n### os\nID=debian\n";
+        let facts = parse(output);
+        let patroni = facts.patroni.expect("patroni facts");
+        assert_eq!(patroni.config, Some(serde_json::json!({"ttl": 30})));
+        let cluster = patroni.cluster.expect("cluster");
+        assert!(cluster.members[0].pending_restart);
+        assert_eq!(patroni.pending_settings.len(), 1);
+        assert!(patroni.pending_settings[0].lowers_a_standby_limit());
+        assert!(parse(SAMPLE).patroni.is_none());
+        let silent = parse("### patroni_config\n\n### patroni_cluster\nnot json\n").patroni;
+        assert_eq!(silent, Some(PatroniFacts::default()));
     }
 
     #[test]

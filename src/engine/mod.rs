@@ -3,7 +3,8 @@
 //! - [`playbook`]: parsing and checking playbooks (nothing touches a host before this passes).
 //! - [`facts`]: one probe script per host and its parsers.
 //! - [`modules`]: each module's pure `plan` from facts and its `apply`; [`default_data`]: the
-//!   module that removes a package's default data only when that is provably safe.
+//!   module that removes a package's default data only when that is provably safe;
+//!   [`patroni_tasks`]: the `patroni_*` modules, on the one Patroni layer.
 //! - [`runner`]: host selection, batches, connections, handlers.
 //! - [`report`]: the only place that prints a run.
 
@@ -11,6 +12,7 @@ pub mod default_data;
 pub mod facts;
 pub mod modules;
 pub mod ops;
+pub mod patroni_tasks;
 pub mod playbook;
 pub mod report;
 pub mod runner;

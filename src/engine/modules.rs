@@ -5,6 +5,7 @@
 //! Keeping the decision pure makes `--check` and `--diff` mere renderings of the plan.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use anyhow::{bail, Context};
 
@@ -75,6 +76,23 @@ pub enum Action {
         version: String,
         force: bool,
     },
+    PatroniConfig {
+        api: String,
+        desired: serde_json::Value,
+        credentials: crate::patroni::Credentials,
+        settle: u64,
+    },
+    PatroniRestart {
+        api: String,
+        steps: Vec<crate::patroni::RestartStep>,
+        credentials: crate::patroni::Credentials,
+    },
+    PatroniWait {
+        api: String,
+        until: super::playbook::WaitUntil,
+        member: String,
+        timeout: u64,
+    },
 }
 
 /// The rendered arguments a task needs and the facts it reads.
@@ -86,6 +104,13 @@ pub struct Planner<'a> {
 impl Planner<'_> {
     fn text(&self, text: &str) -> anyhow::Result<String> {
         self.renderer.render_str(text, self.context)
+    }
+
+    fn port(&self, text: &str) -> anyhow::Result<u16> {
+        let port = self.text(text)?;
+        port.trim()
+            .parse()
+            .with_context(|| format!("`postgres_port` must render to a port number, not `{port}`"))
     }
 
     /// Add the units and paths `module` reads to `probe`.
@@ -124,7 +149,10 @@ impl Planner<'_> {
                     probe.paths.insert(POLICY_RC_D.to_string());
                 }
             }
-            Module::WaitFor(_) | Module::User(_) => {}
+            Module::PatroniConfig(args) | Module::PatroniRestart(args) => {
+                probe.patroni = Some((self.text(&args.api)?, self.port(&args.postgres_port)?));
+            }
+            Module::WaitFor(_) | Module::User(_) | Module::PatroniWait(_) => {}
         }
         Ok(())
     }
@@ -538,6 +566,35 @@ impl Planner<'_> {
                     }
                 }
             }
+            Module::PatroniConfig(args) => {
+                let settings = self.text(&args.settings)?;
+                let desired: serde_json::Value = serde_json::from_str(&settings)
+                    .context("`patroni_config` settings must render to JSON")?;
+                let settle = match self.text(&args.settle)?.trim() {
+                    "" => 0,
+                    text => text.parse().with_context(|| {
+                        format!("`patroni_config` settle must render to seconds, not `{text}`")
+                    })?,
+                };
+                super::patroni_tasks::plan_config(
+                    self.text(&args.api)?,
+                    desired,
+                    crate::patroni::Credentials::pgha(&self.text(&args.password)?),
+                    settle,
+                    facts,
+                )
+            }
+            Module::PatroniRestart(args) => super::patroni_tasks::plan_restart(
+                self.text(&args.api)?,
+                crate::patroni::Credentials::pgha(&self.text(&args.password)?),
+                facts,
+            ),
+            Module::PatroniWait(args) => super::patroni_tasks::plan_wait(
+                self.text(&args.api)?,
+                args.until,
+                self.text(&args.member)?,
+                args.timeout,
+            ),
             Module::User(args) => {
                 let name = self.text(&args.name)?;
                 if facts.users.contains(&name) {
@@ -806,7 +863,7 @@ pub enum Applied {
     DoneBecause(String),
 }
 
-pub async fn apply(session: &Session, action: &Action) -> anyhow::Result<Applied> {
+pub async fn apply(session: &Arc<Session>, action: &Action) -> anyhow::Result<Applied> {
     match action {
         Action::Packages {
             install,
@@ -992,6 +1049,23 @@ pub async fn apply(session: &Session, action: &Action) -> anyhow::Result<Applied
             version,
             force,
         } => super::default_data::apply(session, *component, version, *force).await,
+        Action::PatroniConfig {
+            api,
+            desired,
+            credentials,
+            settle,
+        } => super::patroni_tasks::apply_config(session, api, desired, credentials, *settle).await,
+        Action::PatroniRestart {
+            api,
+            steps,
+            credentials,
+        } => super::patroni_tasks::apply_restart(session, api, steps, credentials).await,
+        Action::PatroniWait {
+            api,
+            until,
+            member,
+            timeout,
+        } => super::patroni_tasks::apply_wait(session, api, *until, member, *timeout).await,
         Action::User {
             name,
             system,

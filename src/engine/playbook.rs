@@ -65,6 +65,9 @@ pub enum Module {
     WaitFor(WaitForArgs),
     User(UserArgs),
     DefaultData(DefaultDataArgs),
+    PatroniConfig(PatroniArgs),
+    PatroniRestart(PatroniArgs),
+    PatroniWait(PatroniWaitArgs),
 }
 
 impl Module {
@@ -79,6 +82,9 @@ impl Module {
             Module::WaitFor(_) => "wait_for",
             Module::User(_) => "user",
             Module::DefaultData(_) => "default_data",
+            Module::PatroniConfig(_) => "patroni_config",
+            Module::PatroniRestart(_) => "patroni_restart",
+            Module::PatroniWait(_) => "patroni_wait",
         }
     }
 }
@@ -93,6 +99,9 @@ const MODULES: &[&str] = &[
     "wait_for",
     "user",
     "default_data",
+    "patroni_config",
+    "patroni_restart",
+    "patroni_wait",
 ];
 const TASK_KEYS: &[&str] = &["name", "when", "notify", "register"];
 
@@ -314,6 +323,44 @@ pub struct DefaultDataArgs {
     /// A template rendering to `true` or `false`.
     #[serde(default)]
     pub force: String,
+}
+
+/// `patroni_config` and `patroni_restart` (see `engine::patroni_tasks`): the local member's
+/// REST API, its PostgreSQL port and the REST password, all templates.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatroniArgs {
+    /// `http://host:port` of the local member's REST API.
+    pub api: String,
+    pub postgres_port: String,
+    pub password: String,
+    /// `patroni_config` only: the wanted dynamic configuration as JSON.
+    #[serde(default)]
+    pub settings: String,
+    /// `patroni_config` only: seconds to let every member apply a changed PostgreSQL parameter
+    /// (one HA loop) before the run goes on.
+    #[serde(default)]
+    pub settle: String,
+}
+
+/// `patroni_wait`: wait until the cluster, as the local member's API reports it, has a running
+/// leader (`until: leader`) or `member` leads or streams (`until: member_streams`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatroniWaitArgs {
+    pub api: String,
+    pub until: WaitUntil,
+    #[serde(default)]
+    pub member: String,
+    #[serde(default = "default_timeout")]
+    pub timeout: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WaitUntil {
+    Leader,
+    MemberStreams,
 }
 
 #[derive(Debug, Deserialize)]
@@ -605,6 +652,24 @@ fn parse_module(name: &str, arguments: Value) -> Result<Module, String> {
         }
         "user" => Module::User(args(arguments)?),
         "default_data" => Module::DefaultData(args(arguments)?),
+        "patroni_config" => {
+            let patroni: PatroniArgs = args(arguments)?;
+            if patroni.settings.is_empty() {
+                return Err(
+                    "`patroni_config` needs `settings` (the dynamic configuration as JSON)"
+                        .to_string(),
+                );
+            }
+            Module::PatroniConfig(patroni)
+        }
+        "patroni_restart" => Module::PatroniRestart(args(arguments)?),
+        "patroni_wait" => {
+            let wait: PatroniWaitArgs = args(arguments)?;
+            if wait.until == WaitUntil::MemberStreams && wait.member.is_empty() {
+                return Err("`until: member_streams` needs `member`".to_string());
+            }
+            Module::PatroniWait(wait)
+        }
         _ => unreachable!("module names are checked by the caller"),
     };
     Ok(module)

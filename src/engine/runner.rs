@@ -666,7 +666,7 @@ impl Run {
     /// Plan and (unless `--check`) apply one task; returns whether it changed the host.
     async fn run_task(
         &self,
-        session: &Session,
+        session: &Arc<Session>,
         play: &Play,
         node: &Node,
         task: &Task,
