@@ -15,8 +15,10 @@
 //!    machine on every node as soon as the deploy returns, and `--diff` only names the file
 //!    that holds secrets (an old password on the host is not printed);
 //! 4. `pgha verify` passes, and fails naming the assertion when HAProxy on one node or a
-//!    replica's Patroni is stopped, or a setting waits for a restart; `pgha switchover` moves the primary, checked after; a
-//!    parameter that needs a restart is rolled out replicas first, the primary via switchover;
+//!    replica's Patroni is stopped, or a setting waits for a restart (Patroni's flag and the
+//!    settings PostgreSQL runs); `pgha switchover` moves the primary, checked after; a raised
+//!    `max_connections` is rolled out replicas first, the primary via switchover, and a lowered
+//!    one primary first, in place, until every member runs it;
 //! 5. the same inventory deployed as the non-root `deploy` user (sudo) also changes nothing;
 //! 6. a node killed with `pgha lab kill` makes the deploy fail on that node only, and after
 //!    `pgha lab start` a re-run converges with every member streaming again;
@@ -567,6 +569,13 @@ fn deploy_converges_routes_and_is_idempotent() {
         before + 1,
         "the next run did not reload HAProxy for the change the failed run made: {owed}"
     );
+    let pending = failed_checks(&verify(&inventory));
+    assert!(
+        pending
+            .iter()
+            .any(|name| name.starts_with("postgresql.") && name.ends_with(".settings_in_effect")),
+        "verify must compare the settings PostgreSQL runs: {pending:?}"
+    );
     let restored = deploy_json(&inventory);
     assert_eq!(restored["success"], true, "{restored:#}");
     assert_eq!(
@@ -777,12 +786,48 @@ fn deploy_converges_routes_and_is_idempotent() {
         Duration::from_secs(60),
     );
 
+    // Lowering a hot-standby limit: a standby cannot run below its primary, so the primary
+    // restarts first, in place, then the replicas; every member then runs the lower value.
+    let text = std::fs::read_to_string(&inventory)
+        .unwrap()
+        .replace("max_connections: 150", "max_connections: 100");
+    std::fs::write(&inventory, text).unwrap();
+    let lowered = deploy_json(&inventory);
+    assert_eq!(lowered["success"], true, "{lowered:#}");
+    assert!(
+        lowered.to_string().contains("(primary, in place)"),
+        "a lowered max_connections must restart the primary first: {lowered:#}"
+    );
+    let running = exec_everywhere(
+        &inventory,
+        "runuser -u postgres -- psql -XAtc 'show max_connections'",
+    );
+    let values: Vec<&str> = running
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|node| node["stdout"].as_str().unwrap_or("?").trim())
+        .collect();
+    assert_eq!(values, ["100", "100", "100"], "{running:#}");
+    let after_lowering = deploy_json(&inventory);
+    assert_eq!(
+        changed(&after_lowering),
+        0,
+        "{:#}",
+        after_lowering["changes"]
+    );
+    verify_eventually(
+        &inventory,
+        "verify passes after lowering max_connections",
+        Duration::from_secs(60),
+    );
+
     // The configuration changed behind pgha's back: PostgreSQL keeps the old value until a
     // restart, and verify says so instead of reading Patroni's stored configuration alone.
     exec(
         &inventory,
         "node1",
-        "/opt/pgha/patroni-*/bin/patronictl -c /etc/patroni/patroni.yml edit-config --force -p max_connections=170 >/dev/null",
+        "/opt/pgha/patroni-*/bin/patronictl -c /etc/patroni/patroni.yml edit-config --force -p max_connections=130 >/dev/null",
     );
     eventually(
         "verify reports the pending restart",
@@ -798,6 +843,13 @@ fn deploy_converges_routes_and_is_idempotent() {
                 Err(format!("failing: {failed:?}"))
             }
         },
+    );
+    let pending = failed_checks(&verify(&inventory));
+    assert!(
+        pending
+            .iter()
+            .any(|name| name.starts_with("postgresql.") && name.ends_with(".settings_in_effect")),
+        "verify must compare the settings PostgreSQL runs: {pending:?}"
     );
     let restored = deploy_json(&inventory);
     assert_eq!(restored["success"], true, "{restored:#}");

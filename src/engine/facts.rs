@@ -19,15 +19,16 @@ pub struct Facts {
     pub patroni: Option<PatroniFacts>,
 }
 
-/// The local member's view of the Patroni cluster and the settings its PostgreSQL has in its
-/// configuration but does not run yet.
+/// The local member's view of the Patroni cluster, and the hot-standby limits its data
+/// directory says the primary last ran with.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct PatroniFacts {
     /// `GET /config`; `None` when Patroni did not answer.
     pub config: Option<serde_json::Value>,
     /// `GET /cluster`; `None` when Patroni did not answer.
     pub cluster: Option<crate::patroni::ClusterView>,
-    pub pending_settings: Vec<crate::patroni::PendingSetting>,
+    /// The hot-standby limits the cluster last WAL-logged (`pg_controldata`), by setting name.
+    pub logged_limits: BTreeMap<String, i64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -114,8 +115,10 @@ patroni_api="$1"; pg_port="$2"; shift 2
 if [ -n "$patroni_api" ]; then
   echo '### patroni_config'; curl -s --max-time 3 "$patroni_api/config"; echo
   echo '### patroni_cluster'; curl -s --max-time 3 "$patroni_api/cluster"; echo
-  echo '### pending_settings'
-  runuser -u postgres -- psql -XAtq -F '	' -p "$pg_port" -c "select s.name, s.setting, f.setting from pg_settings s join pg_file_settings f on f.name = s.name where s.pending_restart and f.error is null and f.seqno = (select max(seqno) from pg_file_settings g where g.name = f.name)" 2>/dev/null
+  echo '### logged_limits'
+  data=$(runuser -u postgres -- psql -XAtq -p "$pg_port" -c 'show data_directory' 2>/dev/null)
+  bin=$(runuser -u postgres -- psql -XAtq -p "$pg_port" -c "select setting from pg_config where name = 'BINDIR'" 2>/dev/null)
+  [ -n "$data" ] && [ -x "$bin/pg_controldata" ] && runuser -u postgres -- "$bin/pg_controldata" "$data" 2>/dev/null | grep ' setting:'
 fi
 echo '### os'; cat /etc/os-release 2>/dev/null
 echo '### packages'; dpkg-query -W -f='${db:Status-Abbrev}\t${Package}\t${Version}\n' 2>/dev/null
@@ -202,7 +205,7 @@ pub fn parse(output: &str) -> Facts {
                     facts.files.insert(path, fact);
                 }
             }
-            "patroni_config" | "patroni_cluster" | "pending_settings" => {
+            "patroni_config" | "patroni_cluster" | "logged_limits" => {
                 let patroni = facts.patroni.get_or_insert_with(PatroniFacts::default);
                 parse_patroni_line(patroni, section, line);
             }
@@ -227,14 +230,8 @@ fn parse_patroni_line(patroni: &mut PatroniFacts, section: &str, line: &str) {
                 .map(|value| crate::patroni::ClusterView::from_json(&value))
         }
         _ => {
-            if let [name, running, configured] = line.split('\t').collect::<Vec<_>>()[..] {
-                patroni
-                    .pending_settings
-                    .push(crate::patroni::PendingSetting {
-                        name: name.to_string(),
-                        running: running.to_string(),
-                        configured: configured.to_string(),
-                    });
+            if let Some((name, value)) = crate::patroni::model::controldata_limit(line) {
+                patroni.logged_limits.insert(name, value);
             }
         }
     }
@@ -399,14 +396,14 @@ file\troot\troot\t644\tbig\t1\t-\t/bad-size
 
     #[test]
     fn patroni_sections_parse_when_present() {
-        let output = "### patroni_config\n{\"ttl\": 30}\n### patroni_cluster\n{\"members\": [{\"name\": \"node1\", \"role\": \"leader\", \"state\": \"running\", \"pending_restart\": true}]}\n### pending_settings\nmax_connections\t120\t100\ngarbage\n### os\nID=debian\n";
+        let output = "### patroni_config\n{\"ttl\": 30}\n### patroni_cluster\n{\"members\": [{\"name\": \"node1\", \"role\": \"leader\", \"state\": \"running\", \"pending_restart\": true}]}\n### logged_limits\nmax_connections setting:              120\ngarbage\n### os\nID=debian\n";
         let facts = parse(output);
         let patroni = facts.patroni.expect("patroni facts");
         assert_eq!(patroni.config, Some(serde_json::json!({"ttl": 30})));
         let cluster = patroni.cluster.expect("cluster");
         assert!(cluster.members[0].pending_restart);
-        assert_eq!(patroni.pending_settings.len(), 1);
-        assert!(patroni.pending_settings[0].lowers_a_standby_limit());
+        assert_eq!(patroni.logged_limits.len(), 1);
+        assert_eq!(patroni.logged_limits["max_connections"], 120);
         assert!(parse(SAMPLE).patroni.is_none());
         let silent = parse("### patroni_config\n\n### patroni_cluster\nnot json\n").patroni;
         assert_eq!(silent, Some(PatroniFacts::default()));

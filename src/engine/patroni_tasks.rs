@@ -17,7 +17,7 @@ use serde_json::Value;
 use super::facts::Facts;
 use super::modules::{Action, Applied, Plan};
 use super::playbook::WaitUntil;
-use crate::patroni::model::{config_patch, patch_paths, restart_order};
+use crate::patroni::model::{config_patch, lowered_limits, patch_paths, restart_order};
 use crate::patroni::{rolling, ClusterView, Credentials, Patroni, RestartStep, State};
 use crate::ssh::Session;
 
@@ -85,17 +85,10 @@ pub fn plan_restart(api: String, credentials: Credentials, facts: &Facts) -> Pla
             "`{api}/cluster` does not answer: no running member to restart"
         ));
     };
-    let lowered: Vec<String> = patroni
-        .pending_settings
-        .iter()
-        .filter(|setting| setting.lowers_a_standby_limit())
-        .map(|setting| {
-            format!(
-                "{} {} → {}",
-                setting.name, setting.running, setting.configured
-            )
-        })
-        .collect();
+    let lowered = match &patroni.config {
+        Some(config) => lowered_limits(config, &patroni.logged_limits),
+        None => Vec::new(),
+    };
     let steps = restart_order(view, !lowered.is_empty());
     if steps.is_empty() {
         return Plan::NoChange("no member has a restart pending".into());
@@ -216,24 +209,23 @@ pub async fn apply_wait(
 mod tests {
     use super::*;
     use crate::engine::facts::PatroniFacts;
-    use crate::patroni::PendingSetting;
 
-    fn facts(config: Value, cluster: &str, pending: &[(&str, &str, &str)]) -> Facts {
+    fn facts(config: Value, cluster: &str, logged: &[(&str, i64)]) -> Facts {
         Facts {
             patroni: Some(PatroniFacts {
                 config: Some(config),
                 cluster: Some(ClusterView::parse(cluster).expect("valid")),
-                pending_settings: pending
+                logged_limits: logged
                     .iter()
-                    .map(|(name, running, configured)| PendingSetting {
-                        name: name.to_string(),
-                        running: running.to_string(),
-                        configured: configured.to_string(),
-                    })
+                    .map(|(name, value)| (name.to_string(), *value))
                     .collect(),
             }),
             ..Facts::default()
         }
+    }
+
+    fn max_connections(value: i64) -> Value {
+        serde_json::json!({"postgresql": {"parameters": {"max_connections": value}}})
     }
 
     const PENDING: &str = r#"{"members": [
@@ -283,7 +275,7 @@ mod tests {
         let raised = plan_restart(
             "http://n:8008".into(),
             Credentials::pgha("x"),
-            &facts(Value::Null, PENDING, &[("max_connections", "100", "120")]),
+            &facts(max_connections(120), PENDING, &[("max_connections", 100)]),
         );
         assert_eq!(
             summary(&raised),
@@ -292,7 +284,7 @@ mod tests {
         let lowered = plan_restart(
             "http://n:8008".into(),
             Credentials::pgha("x"),
-            &facts(Value::Null, PENDING, &[("max_connections", "120", "100")]),
+            &facts(max_connections(100), PENDING, &[("max_connections", 120)]),
         );
         assert_eq!(
             summary(&lowered),

@@ -37,6 +37,8 @@ pub enum PatroniError {
     },
     #[error("unexpected JSON from `{0}`: {1}")]
     Json(String, String),
+    #[error("{0}")]
+    Stuck(String),
     #[error("timed out after {seconds} s waiting for {what} (last: {last})")]
     Timeout {
         seconds: u64,

@@ -231,23 +231,39 @@ pub const HOT_STANDBY_LIMITS: [&str; 5] = [
     "max_locks_per_transaction",
 ];
 
-/// A setting PostgreSQL has in its configuration file but does not run until it restarts.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct PendingSetting {
-    pub name: String,
-    pub running: String,
-    pub configured: String,
+/// The hot-standby limits `desired` (Patroni's dynamic configuration) lowers below the values
+/// the cluster last WAL-logged (`pg_controldata`'s `… setting:` lines, the same on every member
+/// once replayed): `max_connections 120 → 100`. A limit the configuration does not set is
+/// left out.
+pub fn lowered_limits(
+    desired: &Value,
+    logged: &std::collections::BTreeMap<String, i64>,
+) -> Vec<String> {
+    HOT_STANDBY_LIMITS
+        .iter()
+        .filter_map(|name| {
+            let want = match &desired["postgresql"]["parameters"][*name] {
+                Value::Number(number) => number.as_i64(),
+                Value::String(text) => text.trim().parse().ok(),
+                _ => None,
+            }?;
+            let have = *logged.get(*name)?;
+            (want < have).then(|| format!("{name} {have} → {want}"))
+        })
+        .collect()
 }
 
-impl PendingSetting {
-    /// A hot-standby limit going down: the primary must restart before its standbys.
-    pub fn lowers_a_standby_limit(&self) -> bool {
-        HOT_STANDBY_LIMITS.contains(&self.name.as_str())
-            && matches!(
-                (self.running.parse::<i64>(), self.configured.parse::<i64>()),
-                (Ok(running), Ok(configured)) if configured < running
-            )
-    }
+/// `pg_controldata`'s name for a hot-standby limit → the setting's name.
+pub fn controldata_limit(line: &str) -> Option<(String, i64)> {
+    let (label, value) = line.split_once(" setting:")?;
+    let name = match label.trim() {
+        "max_prepared_xacts" => "max_prepared_transactions",
+        "max_locks_per_xact" => "max_locks_per_transaction",
+        other => other,
+    };
+    HOT_STANDBY_LIMITS
+        .contains(&name)
+        .then(|| Some((name.to_string(), value.trim().parse().ok()?)))?
 }
 
 /// One step of rolling out pending restarts.
@@ -451,22 +467,36 @@ mod tests {
             }
         );
         assert_eq!(steps.len(), 3);
-        let lowered = PendingSetting {
-            name: "max_connections".into(),
-            running: "120".into(),
-            configured: "100".into(),
-        };
-        assert!(lowered.lowers_a_standby_limit());
-        let raised = PendingSetting {
-            configured: "140".into(),
-            ..lowered.clone()
-        };
-        assert!(!raised.lowers_a_standby_limit());
-        let other = PendingSetting {
-            name: "shared_buffers".into(),
-            ..lowered
-        };
-        assert!(!other.lowers_a_standby_limit());
+        let logged = [
+            ("max_connections".to_string(), 120),
+            ("max_wal_senders".to_string(), 10),
+        ]
+        .into_iter()
+        .collect();
+        let lower = serde_json::json!({"postgresql": {"parameters": {"max_connections": 100, "max_wal_senders": "10"}}});
+        assert_eq!(
+            lowered_limits(&lower, &logged),
+            ["max_connections 120 → 100"]
+        );
+        let higher = serde_json::json!({"postgresql": {"parameters": {"max_connections": "140"}}});
+        assert!(lowered_limits(&higher, &logged).is_empty());
+        assert!(lowered_limits(&Value::Null, &logged).is_empty());
+        assert_eq!(
+            controldata_limit("max_locks_per_xact setting:           64"),
+            Some(("max_locks_per_transaction".to_string(), 64))
+        );
+        assert_eq!(
+            controldata_limit("max_connections setting:              120"),
+            Some(("max_connections".to_string(), 120))
+        );
+        assert_eq!(
+            controldata_limit("wal_level setting:                    replica"),
+            None
+        );
+        assert_eq!(
+            controldata_limit("Database cluster state: in production"),
+            None
+        );
         let mut none = all_pending();
         none.members
             .iter_mut()

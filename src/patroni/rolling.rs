@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use super::client::{Patroni, PatroniError};
-use super::model::{ClusterView, Member, RestartStep, State};
+use super::model::{ClusterView, Member, RestartStep, Role, State};
 
 /// How long Patroni may keep answering 412/503 before a request counts as refused.
 const PATIENCE: Duration = Duration::from_secs(90);
@@ -18,18 +18,6 @@ fn member_base(view: &ClusterView, name: &str) -> Result<String, PatroniError> {
         .ok_or_else(|| PatroniError::Json(name.to_string(), "no `api_url` in `/cluster`".into()))
 }
 
-/// The member runs its configuration: the leader running, a replica streaming.
-fn settled(view: &ClusterView, name: &str, as_leader: bool) -> bool {
-    view.member(name).is_some_and(|member| {
-        !member.pending_restart
-            && if as_leader {
-                member.is_leader() && member.state == State::Running
-            } else {
-                member.streams()
-            }
-    }) && view.leader().is_some()
-}
-
 /// Run `steps`, asking `entry` (any member's `http://host:port`) for the topology between them.
 /// Returns one line per step done.
 pub async fn restart_pending(
@@ -38,6 +26,13 @@ pub async fn restart_pending(
     steps: &[RestartStep],
 ) -> Result<Vec<String>, PatroniError> {
     let mut done = Vec::new();
+    let before = patroni
+        .wait_for(entry, "an answer to `/cluster`", SETTLE, |_| true)
+        .await?;
+    let had_sync = before
+        .members
+        .iter()
+        .any(|member| member.role == Role::SyncStandby);
     for step in steps {
         let view = patroni
             .wait_for(entry, "an answer to `/cluster`", SETTLE, |_| true)
@@ -51,23 +46,18 @@ pub async fn restart_pending(
                     continue;
                 }
                 let as_leader = current.is_leader();
-                patroni
-                    .restart(&member_base(&view, member)?, PATIENCE)
-                    .await?;
-                patroni
-                    .wait_for(
-                        entry,
-                        &format!("{member} to run again after its restart"),
-                        SETTLE,
-                        |view| settled(view, member, as_leader),
-                    )
-                    .await?;
+                let attempts = restart_member(patroni, entry, &view, member, as_leader).await?;
                 done.push(format!(
-                    "restarted {member}{}",
+                    "restarted {member}{}{}",
                     if as_leader {
                         " (primary, in place)"
                     } else {
                         ""
+                    },
+                    if attempts > 1 {
+                        format!(" ({attempts} times)")
+                    } else {
+                        String::new()
                     }
                 ));
             }
@@ -88,23 +78,103 @@ pub async fn restart_pending(
                     )
                     .await?;
                 if view.member(member).is_some_and(|m| m.pending_restart) {
-                    patroni
-                        .restart(&member_base(&view, member)?, PATIENCE)
-                        .await?;
+                    restart_member(patroni, entry, &view, member, false).await?;
                     done.push(format!("restarted {member}"));
                 }
-                patroni
-                    .wait_for(
-                        entry,
-                        &format!("{member} to stream with its new settings"),
-                        SETTLE,
-                        |view| settled(view, member, false),
-                    )
-                    .await?;
             }
         }
     }
+    // Done means healthy again: with synchronous replication, a synchronous standby assigned.
+    if had_sync && !done.is_empty() {
+        patroni
+            .wait_for(entry, "a synchronous standby again", SETTLE, |view| {
+                view.leader().is_some()
+                    && view
+                        .members
+                        .iter()
+                        .any(|member| member.role == Role::SyncStandby && member.streams())
+            })
+            .await?;
+    }
     Ok(done)
+}
+
+/// A replica this close to the leader has replayed what the leader logged at its start.
+const CAUGHT_UP_BYTES: u64 = 1_048_576;
+/// How long a restarted member may take to report that it runs its configuration (its
+/// next HA loops).
+const PENDING_CLEARS: Duration = Duration::from_secs(30);
+/// How many times a replica is restarted before its pending restart counts as stuck.
+const REPLICA_ATTEMPTS: u32 = 3;
+
+/// Restart `member` until it runs its configuration; returns how many restarts it took.
+///
+/// A replica can need a second one: Patroni starts a hot standby with at least the limits its
+/// data directory last saw from the primary (`pg_controldata`), so a replica restarted before
+/// it replayed the primary's lowered `max_connections` comes back with the old value and a
+/// restart still pending. Each attempt waits until the replica streams (and so replays) first.
+async fn restart_member(
+    patroni: &Patroni,
+    entry: &str,
+    view: &ClusterView,
+    member: &str,
+    as_leader: bool,
+) -> Result<u32, PatroniError> {
+    let base = member_base(view, member)?;
+    let attempts = if as_leader { 1 } else { REPLICA_ATTEMPTS };
+    for attempt in 1..=attempts {
+        if !as_leader {
+            patroni
+                .wait_for(
+                    entry,
+                    &format!("{member} to stream before its restart"),
+                    SETTLE,
+                    |view| {
+                        view.member(member).is_some_and(|m| {
+                            m.streams() && m.lag.is_some_and(|lag| lag <= CAUGHT_UP_BYTES)
+                        })
+                    },
+                )
+                .await?;
+        }
+        patroni.restart(&base, PATIENCE).await?;
+        let up = |view: &ClusterView| {
+            view.leader().is_some()
+                && view.member(member).is_some_and(|m| {
+                    if as_leader {
+                        m.is_leader() && m.state == State::Running
+                    } else {
+                        m.streams()
+                    }
+                })
+        };
+        patroni
+            .wait_for(
+                entry,
+                &format!("{member} to run again after its restart"),
+                SETTLE,
+                up,
+            )
+            .await?;
+        // `pending_restart` in `/cluster` is what the member last wrote to the DCS: it clears
+        // on the member's next HA loop, not at once.
+        let cleared = patroni
+            .wait_for(
+                entry,
+                &format!("{member} to report no pending restart"),
+                PENDING_CLEARS,
+                |view| up(view) && view.member(member).is_some_and(|m| !m.pending_restart),
+            )
+            .await;
+        match cleared {
+            Ok(_) => return Ok(attempt),
+            Err(PatroniError::Timeout { .. }) => continue,
+            Err(other) => return Err(other),
+        }
+    }
+    Err(PatroniError::Stuck(format!(
+        "{member} still has a restart pending after {attempts} restart(s); hint: see `journalctl -u patroni` on {member}"
+    )))
 }
 
 /// One switchover away from `leader` (to `candidate` or Patroni's pick), through the leader's
