@@ -389,23 +389,36 @@ pub fn patroni_dynamic(inventory: &Inventory) -> serde_json::Value {
     })
 }
 
-/// The Debian packages `node` needs for its roles.
+/// The Debian packages `node` needs for its roles, as `name=version` where the inventory pins
+/// the component's version.
 pub fn packages(inventory: &Inventory, node: &Node) -> Vec<String> {
-    let mut packages = Vec::new();
+    let major = inventory.cluster.postgres_version;
+    let mut names = Vec::new();
     if node.has(Role::Etcd) {
-        packages.extend(["etcd-server".to_string(), "etcd-client".to_string()]);
+        names.extend(["etcd-server".to_string(), "etcd-client".to_string()]);
     }
     if node.has(Role::Postgres) {
-        packages.push(format!("postgresql-{}", inventory.cluster.postgres_version));
-        packages.push("python3-venv".to_string());
+        names.push(format!("postgresql-{major}"));
+        if inventory.cluster.versions.postgresql.is_some() {
+            names.push(format!("postgresql-client-{major}"));
+        }
+        names.push("python3-venv".to_string());
     }
     if node.has(Role::Haproxy) {
-        packages.push("haproxy".to_string());
+        names.push("haproxy".to_string());
     }
     if node.has(Role::Keepalived) && inventory.cluster.vip.is_some() {
-        packages.push("keepalived".to_string());
+        names.push("keepalived".to_string());
     }
-    packages
+    names
+        .into_iter()
+        .map(
+            |name| match inventory.cluster.versions.for_package(&name, major) {
+                Some(version) => format!("{name}={version}"),
+                None => name,
+            },
+        )
+        .collect()
 }
 
 /// The variables every template and task expression sees for `node`.

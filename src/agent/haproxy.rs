@@ -46,6 +46,14 @@ pub async fn command(socket: &Path, line: &str) -> Result<String, HaproxyError> 
         })?
 }
 
+/// `scur` (open sessions) of `backend/server` in `show stat` CSV.
+pub fn current_sessions(csv: &str, backend: &str, server: &str) -> Option<u64> {
+    csv.lines()
+        .map(|line| line.split(',').collect::<Vec<_>>())
+        .find(|fields| fields.len() > 4 && fields[0] == backend && fields[1] == server)
+        .and_then(|fields| fields[4].parse().ok())
+}
+
 /// The servers of the write and read backends.
 pub async fn read_view(
     socket: &Path,
@@ -134,6 +142,15 @@ pub fn parse_servers_state(answer: &str, write_backend: &str, read_backend: &str
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn open_sessions_come_from_show_stat() {
+        let csv = "# pxname,svname,qcur,qmax,scur,smax\npgha_read,node2,0,0,3,9\npgha_read,BACKEND,0,0,3,9\n";
+        assert_eq!(current_sessions(csv, "pgha_read", "node2"), Some(3));
+        assert_eq!(current_sessions(csv, "pgha_read", "node9"), None);
+        assert_eq!(current_sessions("garbage", "pgha_read", "node2"), None);
+    }
+
     use super::*;
 
     #[test]

@@ -188,6 +188,50 @@ pub async fn release(config_path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What `pgha agent read-server` does to a read server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReadServerState {
+    Drain,
+    Ready,
+    Show,
+}
+
+/// Drain, ready or only look at `server` in the local read backend; returns its open sessions.
+/// The agent forces read servers' *health* only, never their administrative state, so a drain
+/// set here stays until it is made ready again.
+pub async fn read_server(
+    config_path: &Path,
+    server: &str,
+    state: ReadServerState,
+) -> anyhow::Result<u64> {
+    let config = Config::load(config_path)?;
+    let Some(socket) = &config.haproxy_socket else {
+        anyhow::bail!("this node runs no HAProxy (no `haproxy_socket` in its agent configuration)");
+    };
+    let backend = &config.read_backend;
+    let word = match state {
+        ReadServerState::Drain => Some("drain"),
+        ReadServerState::Ready => Some("ready"),
+        ReadServerState::Show => None,
+    };
+    if let Some(word) = word {
+        let answer = haproxy::command(
+            socket,
+            &format!("set server {backend}/{server} state {word}"),
+        )
+        .await?;
+        if !answer.trim().is_empty() {
+            anyhow::bail!(
+                "HAProxy refused `{word}` for {backend}/{server}: {}",
+                answer.trim()
+            );
+        }
+    }
+    let stat = haproxy::command(socket, "show stat").await?;
+    haproxy::current_sessions(&stat, backend, server)
+        .ok_or_else(|| anyhow::anyhow!("no server `{server}` in backend `{backend}`"))
+}
+
 /// Make every drained write server ready again; logs what it did.
 async fn release_drains(config: &Config) {
     let Some(socket) = &config.haproxy_socket else {

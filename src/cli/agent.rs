@@ -1,6 +1,7 @@
 //! `pgha agent run`: the node daemon (deployed as the `pgha-agent` systemd service);
 //! `pgha agent release`: make drained write servers ready (the unit's `ExecStopPost`, so it
-//! runs after any exit of the daemon, a crash included).
+//! runs after any exit of the daemon, a crash included); `pgha agent read-server`: drain or
+//! ready one server of the local read backend (a rolling upgrade's drain).
 
 use std::path::PathBuf;
 
@@ -11,6 +12,20 @@ pub enum AgentCommand {
     /// Make every drained server of the write backend ready again, so HAProxy's health checks
     /// route while no agent runs (systemd runs it after the agent exits, however it exited)
     Release(RunArgs),
+    /// Drain a server of the local HAProxy's read backend (no new reads; running ones finish),
+    /// make it ready again, or only show it; prints its open sessions (`pgha upgrade` uses it)
+    ReadServer(ReadServerArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReadServerArgs {
+    /// The agent's configuration (rendered by `pgha deploy`)
+    #[arg(long, default_value = "/etc/pgha/agent.yml")]
+    config: PathBuf,
+    /// The server (node name) in the read backend
+    server: String,
+    #[arg(long, value_enum, default_value = "show")]
+    state: crate::agent::ReadServerState,
 }
 
 #[derive(Debug, clap::Args)]
@@ -25,6 +40,15 @@ pub fn run(command: AgentCommand) -> anyhow::Result<()> {
         AgentCommand::Run(args) => super::run::runtime()?.block_on(crate::agent::run(&args.config)),
         AgentCommand::Release(args) => {
             super::run::runtime()?.block_on(crate::agent::release(&args.config))
+        }
+        AgentCommand::ReadServer(args) => {
+            let sessions = super::run::runtime()?.block_on(crate::agent::read_server(
+                &args.config,
+                &args.server,
+                args.state,
+            ))?;
+            println!("{sessions}");
+            Ok(())
         }
     }
 }

@@ -133,9 +133,11 @@ fn claim(component: Component) -> String {
 /// A read-only script printing `key=value` lines for [`parse`]; `$1` is the version. Tools
 /// run with `LC_ALL=C`: `pg_controldata` translates its labels.
 fn inspection(component: Component) -> String {
+    // `.pending`: pgha noted the data absent right before its own install, which was cut off
+    // (a signal) before it could claim what it created.
     let mut script = format!(
-        "export LC_ALL=C\n[ -e \"{}\" ] && echo created_by_pgha=yes\n",
-        claim(component)
+        "export LC_ALL=C\n{{ [ -e \"{claim}\" ] || [ -e \"{claim}.pending\" ]; }} && echo created_by_pgha=yes\n",
+        claim = claim(component)
     );
     match component {
         Component::Postgres => script.push_str(

@@ -198,11 +198,26 @@ impl Planner<'_> {
                 for name in args.name.to_vec() {
                     names.extend(self.text(&name)?.split_whitespace().map(str::to_string));
                 }
+                // Installed at another version than pinned, and kept (`keep_installed`).
+                let kept: Vec<String> = names
+                    .iter()
+                    .filter(|_| args.keep_installed && args.state == PackageState::Present)
+                    .filter_map(|spec| {
+                        let (name, pin) = spec.split_once('=')?;
+                        let installed = facts.packages.get(name)?;
+                        (installed != pin).then(|| format!("{name} {installed} (pinned {pin})"))
+                    })
+                    .collect();
                 let (install, remove) = match args.state {
                     PackageState::Present => (
                         names
                             .iter()
                             .filter(|spec| !package_satisfied(spec, facts))
+                            .filter(|spec| {
+                                !spec.split_once('=').is_some_and(|(name, _)| {
+                                    kept.iter().any(|kept| kept.split(' ').next() == Some(name))
+                                })
+                            })
                             .cloned()
                             .collect::<Vec<_>>(),
                         Vec::new(),
@@ -237,13 +252,14 @@ impl Planner<'_> {
                     }
                 } else if install.is_empty() && remove.is_empty() {
                     Plan::NoChange(format!(
-                        "{} {}",
+                        "{} {}{}",
                         names.join(", "),
                         if args.state == PackageState::Present {
                             "installed"
                         } else {
                             "absent"
-                        }
+                        },
+                        kept_note(&kept)
                     ))
                 } else {
                     let summary = [("install", &install), ("remove", &remove)]
@@ -251,7 +267,8 @@ impl Planner<'_> {
                         .filter(|(_, list)| !list.is_empty())
                         .map(|(verb, list)| format!("{verb} {}", list.join(", ")))
                         .collect::<Vec<_>>()
-                        .join("; ");
+                        .join("; ")
+                        + &kept_note(&kept);
                     Plan::Act {
                         summary,
                         action: Action::Packages {
@@ -632,6 +649,18 @@ fn describe_command(text: &str) -> String {
 }
 
 /// `name` or `name=version` is installed (at that version).
+/// What a deploy left at another version than pinned, and what changes it.
+fn kept_note(kept: &[String]) -> String {
+    if kept.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; kept {}: a deploy never changes an installed version, `pgha upgrade -i INVENTORY` does",
+            kept.join(", ")
+        )
+    }
+}
+
 fn package_satisfied(spec: &str, facts: &Facts) -> bool {
     match spec.split_once('=') {
         Some((name, version)) => facts
@@ -812,23 +841,30 @@ fi
 /// `/var/lib/postgresql/<v>/main`, etcd's `/var/lib/etcd/default`). Data that was there before
 /// pgha's install (a removed but not purged package's cluster) is never claimed.
 const NOTE_ABSENT_DEFAULT_DATA: &str = r#"absent=""
+mkdir -p /var/lib/pgha/created
+# Noted on disk before apt runs: an install cut off by a signal cannot claim what it created,
+# and the next run must still know the data was not there before pgha's install.
+note() { # claim, whether the data exists
+  if [ "$2" = no ]; then absent="$absent $1"; : > "/var/lib/pgha/created/$1.pending"
+  elif [ -e "/var/lib/pgha/created/$1.pending" ]; then absent="$absent $1"; fi
+}
 for spec in "$@"; do
   name=${spec%%=*}
   case "$name" in
-    postgresql-[0-9]*) version=${name#postgresql-}; [ -e "/etc/postgresql/$version/main" ] || [ -e "/var/lib/postgresql/$version/main" ] || absent="$absent $name-main" ;;
-    etcd-server) [ -e /var/lib/etcd/default ] || absent="$absent etcd-default" ;;
+    postgresql-[0-9]*) version=${name#postgresql-}; exists=no; { [ -e "/etc/postgresql/$version/main" ] || [ -e "/var/lib/postgresql/$version/main" ]; } && exists=yes; note "$name-main" "$exists" ;;
+    etcd-server) exists=no; [ -e /var/lib/etcd/default ] && exists=yes; note etcd-default "$exists" ;;
   esac
 done
 "#;
 
 /// After the install (whatever its outcome, but not after a signal): claim for pgha the noted
 /// default data that the install created.
-const CLAIM_CREATED_DEFAULT_DATA: &str = r#"mkdir -p /var/lib/pgha/created
-for claim in $absent; do
+const CLAIM_CREATED_DEFAULT_DATA: &str = r#"for claim in $absent; do
   case "$claim" in
     postgresql-*-main) version=${claim#postgresql-}; version=${version%-main}; [ -e "/etc/postgresql/$version/main" ] && : > "/var/lib/pgha/created/$claim" ;;
     etcd-default) [ -e /var/lib/etcd/default ] && : > /var/lib/pgha/created/etcd-default ;;
   esac
+  rm -f "/var/lib/pgha/created/$claim.pending"
 done
 "#;
 
@@ -1188,6 +1224,44 @@ mod tests {
         }
         assert!(matches!(
             plan("package: {name: etcd-server, state: absent}", &facts),
+            Plan::Act { .. }
+        ));
+    }
+
+    #[test]
+    fn a_deploy_keeps_an_installed_version_and_names_pgha_upgrade() {
+        let mut facts = Facts::default();
+        facts
+            .packages
+            .insert("haproxy".into(), "2.6.12-1+deb12u4".into());
+        match plan(
+            "package: {name: [haproxy=2.6.12-1+deb12u3], keep_installed: true}",
+            &facts,
+        ) {
+            Plan::NoChange(reason) => assert!(
+                reason.contains("kept haproxy 2.6.12-1+deb12u4 (pinned 2.6.12-1+deb12u3)")
+                    && reason.contains("pgha upgrade"),
+                "{reason}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        match plan(
+            "package: {name: [haproxy=2.6.12-1+deb12u3, keepalived=1:2.2.7-1+b2], keep_installed: true}",
+            &facts,
+        ) {
+            Plan::Act {
+                action: Action::Packages { install, .. },
+                summary,
+                ..
+            } => {
+                assert_eq!(install, ["keepalived=1:2.2.7-1+b2"]);
+                assert!(summary.contains("kept haproxy"), "{summary}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Without `keep_installed` a pin is installed as given (a playbook's own choice).
+        assert!(matches!(
+            plan("package: {name: [haproxy=2.6.12-1+deb12u3]}", &facts),
             Plan::Act { .. }
         ));
     }

@@ -168,6 +168,10 @@ pub struct PackageArgs {
     /// Exit code for a temporary `/usr/sbin/policy-rc.d` while installing (101 = packages do
     /// not start their services); removed again on every path out.
     pub policy_rc_d: Option<u8>,
+    /// A `name=version` whose package is installed at another version is left as it is and
+    /// reported (a deploy never upgrades a running cluster: `pgha upgrade` does).
+    #[serde(default)]
+    pub keep_installed: bool,
 }
 
 /// `template`: render one of pgha's templates; destination, owner, group and mode default to

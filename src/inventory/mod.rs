@@ -107,6 +107,44 @@ fn is_patroni_version(text: &str) -> bool {
         })
 }
 
+/// A Debian package version (`[epoch:]upstream[-revision]`): starts with a digit, then
+/// letters, digits and `.+~:-`, at most 64 bytes; nothing a shell or apt would read as more.
+fn is_debian_version(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= 64
+        && text.starts_with(|c: char| c.is_ascii_digit())
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".+~:-".contains(&b))
+}
+
+/// Pinned Debian package versions (`None`: what the nodes' sources offer).
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct Versions {
+    pub postgresql: Option<String>,
+    pub etcd: Option<String>,
+    pub haproxy: Option<String>,
+    pub keepalived: Option<String>,
+}
+
+impl Versions {
+    /// The pin of the component a Debian package belongs to.
+    pub fn for_package(&self, package: &str, postgres_version: u32) -> Option<&str> {
+        let pin = match package {
+            "etcd-server" | "etcd-client" => &self.etcd,
+            "haproxy" => &self.haproxy,
+            "keepalived" => &self.keepalived,
+            name if name == format!("postgresql-{postgres_version}")
+                || name == format!("postgresql-client-{postgres_version}") =>
+            {
+                &self.postgresql
+            }
+            _ => &None,
+        };
+        pin.as_deref()
+    }
+}
+
 /// A Linux interface name: 1 to 15 bytes of letters, digits, `_`, `.` and `-`, not `.`/`..`.
 fn is_interface_name(text: &str) -> bool {
     (1..=15).contains(&text.len())
@@ -229,6 +267,8 @@ pub struct Cluster {
     pub postgresql: Postgresql,
     pub single_node_trial: bool,
     pub patroni_version: String,
+    /// Debian package version pins by component.
+    pub versions: Versions,
     pub secrets_file: PathBuf,
     /// The binary installed as the agent; `None`: the running pgha.
     pub agent_binary: Option<PathBuf>,
@@ -741,6 +781,27 @@ fn validate_cluster(
             Some("write a 4.x release as MAJOR.MINOR.PATCH, e.g. `4.1.5`; 3.0.2 lost an acknowledged write in a freeze/thaw drill"),
         );
     }
+    let raw_versions = raw.versions.unwrap_or_default();
+    for (component, pin) in [
+        ("postgresql", &raw_versions.postgresql),
+        ("etcd", &raw_versions.etcd),
+        ("haproxy", &raw_versions.haproxy),
+        ("keepalived", &raw_versions.keepalived),
+    ] {
+        if let Some(pin) = pin.as_deref().filter(|pin| !is_debian_version(pin)) {
+            problems.add(
+                format!("cluster.versions.{component}"),
+                format!("{pin:?} is not a Debian package version"),
+                Some("write it as `apt-cache policy` lists it, e.g. `15.18-0+deb12u1`; leave it out for what the package sources offer"),
+            );
+        }
+    }
+    let versions = Versions {
+        postgresql: raw_versions.postgresql,
+        etcd: raw_versions.etcd,
+        haproxy: raw_versions.haproxy,
+        keepalived: raw_versions.keepalived,
+    };
     let vip_interface = raw.vip_interface.unwrap_or_else(|| "eth0".to_string());
     if !is_interface_name(&vip_interface) {
         problems.add(
@@ -766,6 +827,7 @@ fn validate_cluster(
         },
         single_node_trial,
         patroni_version,
+        versions,
         secrets_file,
         agent_binary,
     }

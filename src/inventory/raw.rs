@@ -47,8 +47,13 @@ pub struct RawCluster {
     pub postgresql: Option<RawPostgresql>,
     /// Allow a single etcd member (a one-node trial, not highly available).
     pub single_node_trial: Option<bool>,
-    /// Patroni version installed from wheels shipped by pgha (default 4.1.5).
+    /// Patroni version installed from wheels shipped by pgha (default 4.1.5): Patroni's pin.
+    /// `pgha deploy` installs it on a new node; `pgha upgrade` moves a running cluster to it.
     pub patroni_version: Option<String>,
+    /// Debian package versions to install (e.g. `15.18-0+deb12u1`); a component without one
+    /// gets what the nodes' package sources offer. `pgha deploy` never changes an installed
+    /// version: it reports the difference, and `pgha upgrade` moves the cluster.
+    pub versions: Option<RawVersions>,
     /// Secrets file (passwords), relative to the inventory; generated 0600 if missing
     /// (default `<inventory name>.secrets.yml` beside the inventory).
     pub secrets_file: Option<String>,
@@ -56,6 +61,20 @@ pub struct RawCluster {
     /// inventory (default: the running `pgha` itself; set it when the nodes have another
     /// architecture).
     pub agent_binary: Option<String>,
+}
+
+/// Debian package version pins, exactly as `apt-cache policy` lists them.
+#[derive(Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawVersions {
+    /// `postgresql-<major>` and `postgresql-client-<major>`, e.g. `15.18-0+deb12u1`.
+    pub postgresql: Option<String>,
+    /// `etcd-server` and `etcd-client`, e.g. `3.4.23-4+b6`.
+    pub etcd: Option<String>,
+    /// `haproxy`, e.g. `2.6.12-1+deb12u3`.
+    pub haproxy: Option<String>,
+    /// `keepalived`, e.g. `1:2.2.7-1+b2`.
+    pub keepalived: Option<String>,
 }
 
 /// TCP ports. `write` and `read` are what applications use (through the VIP or any HAProxy).

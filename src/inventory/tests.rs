@@ -268,6 +268,16 @@ fn an_injection_attempt_in_any_value_is_refused_at_its_place() {
             "",
         ),
         (
+            "cluster.versions.postgresql",
+            "  versions: {postgresql: \"15.18 && reboot\"}\n",
+            "",
+        ),
+        (
+            "cluster.versions.haproxy",
+            "  versions: {haproxy: \"latest\"}\n",
+            "",
+        ),
+        (
             "cluster.postgresql.parameters.",
             "  postgresql: {parameters: {\"work_mem: 1\\nwal_level\": minimal}}\n",
             "",
