@@ -21,6 +21,8 @@
 //!   pending restarts in a safe order, switchover.
 //! - [`drill`]: failure drills: probes through the VIP and on every node, fault injection
 //!   (lab or SSH) with a guaranteed heal, and the failover-time model the results are read against.
+//! - [`upgrade`]: `pgha upgrade`: rolling upgrades to the inventory's pinned versions, planned
+//!   from facts (pure, in `upgrade::plan`) and run one node at a time on the Patroni layer.
 //! - [`wheels`]: the pinned Patroni wheels fetched once on the control machine and shipped.
 //! - [`yaml_position`]: file:line:column of YAML paths, for inventory and playbook errors.
 
@@ -35,5 +37,6 @@ pub mod lab;
 pub mod patroni;
 pub mod render;
 pub mod ssh;
+pub mod upgrade;
 pub mod wheels;
 pub mod yaml_position;

@@ -8,6 +8,7 @@ mod inventory;
 mod lab;
 mod render;
 mod run;
+mod upgrade;
 
 use std::process::ExitCode;
 
@@ -41,6 +42,9 @@ enum Command {
     Status(cluster::StatusArgs),
     /// Planned switchover through Patroni, checked before and after
     Switchover(cluster::SwitchoverArgs),
+    /// Rolling upgrade to the inventory's pinned versions, one node at a time (`--check`: plan
+    /// and preconditions only)
+    Upgrade(upgrade::UpgradeArgs),
     /// A throw-away cluster of real Debian nodes on this machine (needs root)
     #[command(subcommand)]
     Lab(lab::LabCommand),
@@ -63,6 +67,7 @@ pub fn main() -> ExitCode {
         Command::Verify(args) => cluster::verify(args),
         Command::Status(args) => cluster::status(args),
         Command::Switchover(args) => cluster::switchover(args),
+        Command::Upgrade(args) => upgrade::run(args),
         Command::Lab(command) => lab::run(command),
         Command::Agent(command) => agent::run(command),
         Command::Drill(args) => drill::run(args),

@@ -1,0 +1,650 @@
+//! `pgha upgrade`: move a running cluster to the inventory's pinned versions, one node at a
+//! time, with the cluster healthy between steps. The order and the checks are pure
+//! ([`plan`]); this module gathers facts over SSH, runs the steps and reports.
+//!
+//! It is an orchestrator in Rust rather than a playbook: each step waits on the cluster's own
+//! state (a replica streaming again, a switchover landing) through the Patroni layer, and
+//! drains are undone on every path out, which a task list cannot express. Per node it reuses
+//! the deploy itself (`pgha deploy --limit NODE`) for files, Patroni's virtualenv and the agent.
+
+pub mod plan;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde::Serialize;
+
+use crate::cluster::Cluster;
+use crate::engine::modules::{self, Action};
+use crate::engine::ops::{run_playbook, PlaybookRequest};
+use crate::engine::report::Reporter;
+use crate::engine::runner::RunOptions;
+use crate::error::UserError;
+use crate::inventory::{Node, Role, SyncMode};
+use crate::patroni::{rolling, ClusterView, Patroni, Role as PatroniRole};
+use crate::ssh::{RemoteCommand, Session};
+pub use plan::{Limits, NodeFacts, Precondition, Step, StepKind};
+
+/// What `pgha upgrade` was asked.
+#[derive(Debug, Clone)]
+pub struct UpgradeOptions {
+    pub inventory: PathBuf,
+    pub check: bool,
+    pub limits: Limits,
+    /// Print progress lines on stderr.
+    pub progress: bool,
+}
+
+/// One step done, and how long it took.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepDone {
+    pub step: Step,
+    pub seconds: f64,
+}
+
+/// The result of `pgha upgrade`.
+#[derive(Debug, Clone, Serialize)]
+pub struct UpgradeReport {
+    pub check: bool,
+    pub plan: Vec<Step>,
+    pub preconditions: Vec<Precondition>,
+    pub done: Vec<StepDone>,
+    /// Where the run stopped and why; running `pgha upgrade` again continues from there.
+    pub stopped: Option<String>,
+    pub success: bool,
+    pub seconds: f64,
+}
+
+/// The Debian packages whose versions the upgrade reads on every node.
+fn package_names(major: u32) -> Vec<String> {
+    vec![
+        format!("postgresql-{major}"),
+        format!("postgresql-client-{major}"),
+        "etcd-server".into(),
+        "etcd-client".into(),
+        "haproxy".into(),
+        "keepalived".into(),
+    ]
+}
+
+/// The read-only facts script: `$1` data directory, `$2` etcd client port, `$3` VIP address
+/// (or empty), `$4` whether to refresh the package lists, then package names.
+const FACTS: &str = r#"data="$1"; etcd_port="$2"; vip="$3"; refresh="$4"; shift 4
+if [ "$refresh" = yes ]; then timeout 120 apt-get update -q >/dev/null 2>&1 || true; fi
+echo '### installed'
+dpkg-query -W -f='${db:Status-Abbrev}\t${Package}\t${Version}\n' "$@" 2>/dev/null | awk -F'\t' '$1 ~ /^ii/ { print $2 "\t" $3 }'
+echo '### candidates'
+for package in "$@"; do
+  LC_ALL=C apt-cache policy "$package" 2>/dev/null | sed -n '/Version table:/,$p' | tail -n +2 | while read -r line; do printf '%s\t%s\n' "$package" "$line"; done
+done
+echo '### stale'
+for unit in etcd haproxy keepalived; do
+  pid=$(systemctl show -p MainPID --value "$unit" 2>/dev/null)
+  if [ -n "$pid" ] && [ "$pid" != 0 ] && readlink "/proc/$pid/exe" 2>/dev/null | grep -q '(deleted)'; then echo "$unit"; fi
+done
+pid=$(head -n 1 "$data/postmaster.pid" 2>/dev/null)
+if [ -n "$pid" ] && readlink "/proc/$pid/exe" 2>/dev/null | grep -q '(deleted)'; then echo postgresql; fi
+echo '### patroni'
+pid=$(systemctl show -p MainPID --value patroni 2>/dev/null)
+if [ -n "$pid" ] && [ "$pid" != 0 ]; then tr '\0' ' ' < "/proc/$pid/cmdline" | grep -o '/opt/pgha/patroni-[0-9.]*[0-9]' | head -n 1 | sed 's|.*/patroni-||'; fi
+echo '### etcd_leader'
+if command -v etcdctl >/dev/null && systemctl -q is-active etcd; then
+  etcdctl --endpoints="http://127.0.0.1:$etcd_port" --command-timeout=3s endpoint status 2>/dev/null | awk -F', ' '{ print $5 }'
+fi
+echo '### vip'
+if [ -n "$vip" ] && ip -o addr show 2>/dev/null | grep -q " $vip/"; then echo true; else echo false; fi
+"#;
+
+fn say(options: &UpgradeOptions, text: &str) {
+    if options.progress {
+        eprintln!("upgrade: {text}");
+    }
+}
+
+struct Upgrade {
+    cluster: Cluster,
+    options: UpgradeOptions,
+    reporter: Reporter,
+}
+
+impl Upgrade {
+    async fn session(&self, node: &Node) -> anyhow::Result<Arc<Session>> {
+        self.cluster
+            .connections
+            .get(node, &self.reporter)
+            .await
+            .map_err(|reason| anyhow::anyhow!("cannot reach {}: {reason}", node.name))
+    }
+
+    fn node(&self, name: &str) -> anyhow::Result<Node> {
+        self.cluster
+            .inventory
+            .node(name)
+            .cloned()
+            .with_context(|| format!("`{name}` is not a node of the inventory"))
+    }
+
+    fn api(&self, node: &Node) -> String {
+        format!(
+            "http://{}:{}",
+            crate::render::url_host_of(&node.address),
+            self.cluster.inventory.cluster.ports.patroni_api
+        )
+    }
+
+    /// The Patroni client over the SSH session of the first postgres node that answers, and
+    /// that node's API.
+    async fn patroni(&self) -> anyhow::Result<(Patroni, String)> {
+        let mut last = None;
+        for node in self.cluster.inventory.nodes_with(Role::Postgres) {
+            let Ok(session) = self.session(node).await else {
+                continue;
+            };
+            let patroni = Patroni::over_ssh(
+                session,
+                Some(crate::patroni::Credentials::pgha(
+                    &self.cluster.secrets.restapi_password,
+                )),
+            );
+            let api = self.api(node);
+            match patroni.cluster(&api).await {
+                Ok(_) => return Ok((patroni, api)),
+                Err(error) => last = Some(error),
+            }
+        }
+        match last {
+            Some(error) => Err(error.into()),
+            None => bail!("no postgres node is reachable"),
+        }
+    }
+
+    async fn view(&self) -> anyhow::Result<ClusterView> {
+        let (patroni, api) = self.patroni().await?;
+        Ok(patroni.cluster(&api).await?)
+    }
+
+    async fn facts(&self, refresh: bool) -> anyhow::Result<BTreeMap<String, NodeFacts>> {
+        let inventory = &self.cluster.inventory;
+        let cluster = &inventory.cluster;
+        let data = format!(
+            "/var/lib/postgresql/{}/{}",
+            cluster.postgres_version, cluster.name
+        );
+        let vip = cluster
+            .vip
+            .map(|vip| vip.address.to_string())
+            .unwrap_or_default();
+        let mut all = BTreeMap::new();
+        for node in &inventory.nodes {
+            let session = self.session(node).await?;
+            let mut command = RemoteCommand::script(FACTS)
+                .as_root()
+                .arg(data.clone())
+                .arg(cluster.ports.etcd_client.to_string())
+                .arg(vip.clone())
+                .arg(if refresh { "yes" } else { "no" });
+            for name in package_names(cluster.postgres_version) {
+                command = command.arg(name);
+            }
+            let output = session.run_checked(&command).await?;
+            let mut facts = plan::parse_facts(&output.stdout_text());
+            // The candidates section carries raw `apt-cache policy` lines: keep the versions.
+            facts.candidates = facts
+                .candidates
+                .into_iter()
+                .map(|(package, lines)| {
+                    let versions = lines
+                        .iter()
+                        .filter_map(|line| plan::policy_version(line).map(str::to_string))
+                        .collect();
+                    (package, versions)
+                })
+                .collect();
+            all.insert(node.name.clone(), facts);
+        }
+        Ok(all)
+    }
+
+    /// Run `script` as root on `node` until it succeeds, at most `timeout`.
+    async fn wait_remote(
+        &self,
+        node: &Node,
+        script: &str,
+        timeout: Duration,
+        what: &str,
+    ) -> anyhow::Result<()> {
+        let session = self.session(node).await?;
+        let started = Instant::now();
+        loop {
+            let output = session
+                .run(&RemoteCommand::script(script.to_string()).as_root())
+                .await?;
+            if output.success() {
+                return Ok(());
+            }
+            if started.elapsed() > timeout {
+                bail!(
+                    "timed out after {} s waiting for {what} on {}: {}",
+                    timeout.as_secs(),
+                    node.name,
+                    output.stderr_text().trim()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    async fn root(&self, node: &Node, script: &str) -> anyhow::Result<String> {
+        let session = self.session(node).await?;
+        let output = session
+            .run_checked(&RemoteCommand::script(script.to_string()).as_root())
+            .await
+            .with_context(|| format!("on {}", node.name))?;
+        Ok(output.stdout_text())
+    }
+
+    async fn install(&self, node: &Node, specs: &[String]) -> anyhow::Result<()> {
+        if specs.is_empty() {
+            return Ok(());
+        }
+        let session = self.session(node).await?;
+        modules::apply(
+            &session,
+            &Action::Packages {
+                install: specs.to_vec(),
+                remove: Vec::new(),
+                policy_rc_d: Some(101),
+                policy_rc_d_leftover: false,
+            },
+        )
+        .await
+        .with_context(|| format!("installing {} on {}", specs.join(" "), node.name))?;
+        Ok(())
+    }
+
+    /// Drain (or make ready) `server` in the read backend of every HAProxy; the open read
+    /// sessions it still has, summed.
+    async fn read_server(&self, server: &str, state: &str) -> anyhow::Result<u64> {
+        let mut sessions = 0;
+        let nodes: Vec<Node> = self
+            .cluster
+            .inventory
+            .nodes_with(Role::Haproxy)
+            .cloned()
+            .collect();
+        for node in &nodes {
+            let session = self.session(node).await?;
+            let output = session
+                .run_checked(
+                    &RemoteCommand::argv([
+                        "/usr/local/bin/pgha",
+                        "agent",
+                        "read-server",
+                        server,
+                        "--state",
+                        state,
+                    ])
+                    .as_root(),
+                )
+                .await
+                .with_context(|| {
+                    format!("HAProxy on {}: read server {server} {state}", node.name)
+                })?;
+            sessions += output.stdout_text().trim().parse::<u64>().unwrap_or(0);
+        }
+        Ok(sessions)
+    }
+
+    /// Make every server of every read backend ready: a run cut off while a replica was
+    /// drained leaves no drain behind once the next run starts.
+    async fn release_read_drains(&self) -> anyhow::Result<()> {
+        let names: Vec<String> = self
+            .cluster
+            .inventory
+            .nodes_with(Role::Postgres)
+            .map(|node| node.name.clone())
+            .collect();
+        for name in names {
+            self.read_server(&name, "ready").await?;
+        }
+        Ok(())
+    }
+
+    async fn etcd_step(&self, step: &Step) -> anyhow::Result<()> {
+        let node = self.node(&step.node)?;
+        self.install(&node, &step.install).await?;
+        self.root(&node, "systemctl restart etcd").await?;
+        let port = self.cluster.inventory.cluster.ports.etcd_client;
+        let members = self.cluster.inventory.nodes_with(Role::Etcd).count();
+        self.wait_remote(
+            &node,
+            &format!(
+                "etcdctl --endpoints=http://127.0.0.1:{port} --command-timeout=2s endpoint health >/dev/null 2>&1 && [ \"$(etcdctl --endpoints=http://127.0.0.1:{port} --command-timeout=2s member list 2>/dev/null | grep -c started)\" -eq {members} ]"
+            ),
+            Duration::from_secs(90),
+            "etcd healthy with every member",
+        )
+        .await
+    }
+
+    async fn database_step(&self, step: &Step) -> anyhow::Result<()> {
+        let node = self.node(&step.node)?;
+        let view = self.view().await?;
+        if view.leader().is_some_and(|leader| leader.name == node.name) {
+            bail!(
+                "{} leads the cluster: it is upgraded after a switchover, not before",
+                node.name
+            );
+        }
+        self.read_server(&node.name, "drain").await?;
+        let result = self.database_drained(step, &node).await;
+        // Undrained on every path out, failure included.
+        let released = self.read_server(&node.name, "ready").await;
+        result?;
+        released.map(drop)
+    }
+
+    async fn database_drained(&self, step: &Step, node: &Node) -> anyhow::Result<()> {
+        // Running reads finish (at most 30 s); new ones already go elsewhere.
+        let started = Instant::now();
+        while self.read_server(&node.name, "show").await? > 0
+            && started.elapsed() < Duration::from_secs(30)
+        {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        self.install(node, &step.install).await?;
+        // The deploy, limited to this node, lays down what the new versions need (Patroni's
+        // virtualenv, its unit, the agent) without restarting anything.
+        let deploy = run_playbook(PlaybookRequest {
+            inventory: self.options.inventory.clone(),
+            playbook: "deploy".into(),
+            playbooks_dir: None,
+            templates_dir: None,
+            force_remove_stray_data: false,
+            options: RunOptions {
+                check: false,
+                diff: false,
+                limit: Some(node.name.clone()),
+                forks: 5,
+                accept_new_host_keys: false,
+                quiet: true,
+            },
+        })
+        .await?;
+        if !deploy.success {
+            bail!(
+                "the deploy limited to {} failed: {}",
+                node.name,
+                deploy.stopped.clone().unwrap_or_default()
+            );
+        }
+        self.root(node, "systemctl daemon-reload && systemctl restart patroni")
+            .await?;
+        let (patroni, api) = self.patroni().await?;
+        let max_lag = self.options.limits.max_lag_bytes;
+        patroni
+            .wait_for(
+                &api,
+                &format!("{} to stream again", node.name),
+                Duration::from_secs(180),
+                |view| {
+                    view.member(&node.name).is_some_and(|member| {
+                        member.streams()
+                            && !member.pending_restart
+                            && member.lag.is_some_and(|lag| lag <= max_lag)
+                    })
+                },
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn switchover_step(&self, step: &Step, remaining: &[Step]) -> anyhow::Result<()> {
+        let (patroni, api) = self.patroni().await?;
+        let sync = self.cluster.inventory.cluster.synchronous_mode != SyncMode::Off;
+        let pending: Vec<&str> = remaining
+            .iter()
+            .filter(|other| other.kind == StepKind::Database)
+            .map(|other| other.node.as_str())
+            .collect();
+        let view = patroni
+            .wait_for(
+                &api,
+                "an upgraded standby to take over",
+                Duration::from_secs(60),
+                |view| {
+                    view.leader().is_some_and(|leader| leader.name != step.node)
+                        || view.members.iter().any(|member| {
+                            member.streams()
+                                && !pending.contains(&member.name.as_str())
+                                && (!sync || member.role == PatroniRole::SyncStandby)
+                        })
+                },
+            )
+            .await?;
+        if view.leader().is_some_and(|leader| leader.name != step.node) {
+            return Ok(());
+        }
+        let candidate = view
+            .members
+            .iter()
+            .find(|member| {
+                member.streams()
+                    && !pending.contains(&member.name.as_str())
+                    && (!sync || member.role == PatroniRole::SyncStandby)
+            })
+            .map(|member| member.name.clone())
+            .context("no upgraded standby to hand the primary role to")?;
+        let new_leader = rolling::switchover(&patroni, &view, &step.node, Some(&candidate)).await?;
+        say(
+            &self.options,
+            &format!("switched over from {} to {new_leader}", step.node),
+        );
+        Ok(())
+    }
+
+    async fn haproxy_step(&self, step: &Step) -> anyhow::Result<()> {
+        let node = self.node(&step.node)?;
+        self.install(&node, &step.install).await?;
+        // HAProxy's master re-executes the binary on disk when reloaded: no connection drops.
+        self.root(&node, "systemctl reload haproxy").await?;
+        let port = self.cluster.inventory.cluster.ports.write;
+        self.wait_remote(
+            &node,
+            &format!(
+                "pid=$(systemctl show -p MainPID --value haproxy) && [ \"$pid\" != 0 ] && ! readlink /proc/$pid/exe | grep -q deleted && ss -Hltn 'sport = :{port}' | grep -q ."
+            ),
+            Duration::from_secs(30),
+            "HAProxy running the new binary",
+        )
+        .await
+    }
+
+    async fn keepalived_step(&self, step: &Step) -> anyhow::Result<()> {
+        let node = self.node(&step.node)?;
+        self.install(&node, &step.install).await?;
+        self.root(&node, "systemctl restart keepalived").await?;
+        self.wait_remote(
+            &node,
+            "systemctl -q is-active keepalived",
+            Duration::from_secs(30),
+            "keepalived running",
+        )
+        .await
+    }
+
+    async fn preconditions(&self, view: &ClusterView) -> Vec<Precondition> {
+        let inventory = &self.cluster.inventory;
+        let mut checks = vec![plan::cluster_ready(inventory, view, self.options.limits)];
+        // etcd: every member healthy.
+        let port = inventory.cluster.ports.etcd_client;
+        let endpoints: Vec<String> = inventory
+            .nodes_with(Role::Etcd)
+            .map(|node| {
+                format!(
+                    "http://{}:{port}",
+                    crate::render::url_host_of(&node.address)
+                )
+            })
+            .collect();
+        let etcd = match inventory.nodes_with(Role::Etcd).next() {
+            Some(node) => self
+                .root(
+                    node,
+                    &format!(
+                        "etcdctl --endpoints={} --command-timeout=3s endpoint health 2>&1",
+                        endpoints.join(",")
+                    ),
+                )
+                .await
+                .map(|text| text.lines().count()),
+            None => Ok(0),
+        };
+        checks.push(Precondition {
+            name: "etcd.members_healthy".into(),
+            pass: matches!(&etcd, Ok(count) if *count == endpoints.len()),
+            detail: match etcd {
+                Ok(count) => format!("{count} of {} members healthy", endpoints.len()),
+                Err(error) => format!("{error:#}"),
+            },
+        });
+        // No long transaction on the primary: a switchover would cut it off.
+        let limit = self.options.limits.max_transaction_seconds;
+        let oldest = match view.leader().and_then(|leader| inventory.node(&leader.name)) {
+            Some(node) => self
+                .root(
+                    node,
+                    &format!(
+                        "runuser -u postgres -- psql -XAtq -p {} -c \"select coalesce(max(extract(epoch from now() - xact_start))::bigint, 0) from pg_stat_activity where xact_start is not null and backend_type = 'client backend' and pid <> pg_backend_pid()\"",
+                        inventory.cluster.ports.postgres
+                    ),
+                )
+                .await
+                .and_then(|text| text.trim().parse::<u64>().context("not a number")),
+            None => Err(anyhow::anyhow!("no leader")),
+        };
+        checks.push(Precondition {
+            name: "postgresql.no_long_transaction".into(),
+            pass: matches!(&oldest, Ok(seconds) if *seconds <= limit),
+            detail: match oldest {
+                Ok(seconds) => {
+                    format!("the oldest open transaction is {seconds} s old (limit {limit} s)")
+                }
+                Err(error) => format!("{error:#}"),
+            },
+        });
+        checks
+    }
+}
+
+/// Plan from facts, check, and (unless `--check`) run the upgrade.
+pub async fn upgrade(options: UpgradeOptions) -> anyhow::Result<UpgradeReport> {
+    let started = Instant::now();
+    let cluster = Cluster::open(&options.inventory, false)?;
+    // Patroni's pinned version must exist as wheels pgha can ship, before any host is read.
+    crate::wheels::ensure_archive(&cluster.inventory.cluster.patroni_version).map_err(|error| {
+        UserError(format!(
+            "Patroni {} cannot be shipped: {error:#}\nhint: check `cluster.patroni_version`",
+            cluster.inventory.cluster.patroni_version
+        ))
+    })?;
+    let upgrade = Upgrade {
+        cluster,
+        reporter: Reporter::new(true, Vec::new(), Vec::new()),
+        options: options.clone(),
+    };
+    let facts = upgrade.facts(true).await?;
+    let view = upgrade.view().await?;
+    let steps = plan::plan(&upgrade.cluster.inventory, &facts, &view);
+    let missing = plan::unavailable(&steps, &facts);
+    if !missing.is_empty() {
+        upgrade.cluster.connections.close().await;
+        bail!(UserError(format!(
+            "a pinned version is not available, nothing was changed:\n  {}\nhint: `apt-cache policy PACKAGE` on the node lists what its sources offer; fix `cluster.versions`",
+            missing.join("\n  ")
+        )));
+    }
+    let preconditions = upgrade.preconditions(&view).await;
+    for step in &steps {
+        say(&options, &format!("plan: {step}"));
+    }
+    for check in &preconditions {
+        say(
+            &options,
+            &format!(
+                "{} {}: {}",
+                if check.pass { "PASS" } else { "FAIL" },
+                check.name,
+                check.detail
+            ),
+        );
+    }
+    let ready = preconditions.iter().all(|check| check.pass);
+    let mut report = UpgradeReport {
+        check: options.check,
+        plan: steps.clone(),
+        preconditions,
+        done: Vec::new(),
+        stopped: None,
+        success: ready,
+        seconds: 0.0,
+    };
+    if options.check || steps.is_empty() || !ready {
+        if !ready {
+            report.stopped = Some("a precondition failed; nothing was changed".into());
+        } else if steps.is_empty() {
+            say(
+                &options,
+                "every node runs the pinned versions: nothing to upgrade",
+            );
+        }
+        upgrade.cluster.connections.close().await;
+        report.seconds = started.elapsed().as_secs_f64();
+        return Ok(report);
+    }
+    let outcome = async {
+        upgrade
+            .release_read_drains()
+            .await
+            .map_err(|error| format!("cannot release earlier read drains: {error:#}"))?;
+        for (index, step) in steps.iter().enumerate() {
+            say(
+                &options,
+                &format!("step {}/{}: {step}", index + 1, steps.len()),
+            );
+            let began = Instant::now();
+            let result = match step.kind {
+                StepKind::Etcd => upgrade.etcd_step(step).await,
+                StepKind::Database => upgrade.database_step(step).await,
+                StepKind::Switchover => upgrade.switchover_step(step, &steps[index + 1..]).await,
+                StepKind::Haproxy => upgrade.haproxy_step(step).await,
+                StepKind::Keepalived => upgrade.keepalived_step(step).await,
+            };
+            if let Err(error) = result {
+                return Err(format!(
+                    "step {}/{} ({step}) failed: {error:#}; run `pgha upgrade` again to continue from there",
+                    index + 1,
+                    steps.len()
+                ));
+            }
+            let seconds = began.elapsed().as_secs_f64();
+            say(&options, &format!("done in {seconds:.1} s"));
+            report.done.push(StepDone {
+                step: step.clone(),
+                seconds,
+            });
+        }
+        Ok(())
+    }
+    .await;
+    if let Err(reason) = outcome {
+        report.stopped = Some(reason);
+        report.success = false;
+    }
+    upgrade.cluster.connections.close().await;
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
