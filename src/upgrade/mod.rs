@@ -71,8 +71,9 @@ fn package_names(major: u32) -> Vec<String> {
 }
 
 /// The read-only facts script: `$1` data directory, `$2` etcd client port, `$3` VIP address
-/// (or empty), `$4` whether to refresh the package lists, then package names.
-const FACTS: &str = r#"data="$1"; etcd_port="$2"; vip="$3"; refresh="$4"; shift 4
+/// (or empty), `$4` whether to refresh the package lists, `$5` the local Patroni API (or
+/// empty), then package names.
+const FACTS: &str = r#"data="$1"; etcd_port="$2"; vip="$3"; refresh="$4"; api="$5"; shift 5
 if [ "$refresh" = yes ]; then timeout 120 apt-get update -q >/dev/null 2>&1 || true; fi
 echo '### installed'
 dpkg-query -W -f='${db:Status-Abbrev}\t${Package}\t${Version}\n' "$@" 2>/dev/null | awk -F'\t' '$1 ~ /^ii/ { print $2 "\t" $3 }'
@@ -88,8 +89,7 @@ done
 pid=$(head -n 1 "$data/postmaster.pid" 2>/dev/null)
 if [ -n "$pid" ] && readlink "/proc/$pid/exe" 2>/dev/null | grep -q '(deleted)'; then echo postgresql; fi
 echo '### patroni'
-pid=$(systemctl show -p MainPID --value patroni 2>/dev/null)
-if [ -n "$pid" ] && [ "$pid" != 0 ]; then tr '\0' ' ' < "/proc/$pid/cmdline" | grep -o '/opt/pgha/patroni-[0-9.]*[0-9]' | head -n 1 | sed 's|.*/patroni-||'; fi
+if [ -n "$api" ]; then curl -s --max-time 3 "$api/patroni"; echo; fi
 echo '### etcd_leader'
 if command -v etcdctl >/dev/null && systemctl -q is-active etcd; then
   etcdctl --endpoints="http://127.0.0.1:$etcd_port" --command-timeout=3s endpoint status 2>/dev/null | awk -F', ' '{ print $5 }'
@@ -185,7 +185,12 @@ impl Upgrade {
                 .arg(data.clone())
                 .arg(cluster.ports.etcd_client.to_string())
                 .arg(vip.clone())
-                .arg(if refresh { "yes" } else { "no" });
+                .arg(if refresh { "yes" } else { "no" })
+                .arg(if node.has(Role::Postgres) {
+                    self.api(node)
+                } else {
+                    String::new()
+                });
             for name in package_names(cluster.postgres_version) {
                 command = command.arg(name);
             }
@@ -381,8 +386,15 @@ impl Upgrade {
                 deploy.stopped.clone().unwrap_or_default()
             );
         }
-        self.root(node, "systemctl daemon-reload && systemctl restart patroni")
-            .await?;
+        // Patroni's version in use moves here, and only here.
+        let version = &self.cluster.inventory.cluster.patroni_version;
+        self.root(
+            node,
+            &format!(
+                "test -e /opt/pgha/patroni-{version}/.pgha-complete && ln -sfn patroni-{version} /opt/pgha/patroni && systemctl daemon-reload && systemctl restart patroni"
+            ),
+        )
+        .await?;
         let (patroni, api) = self.patroni().await?;
         let max_lag = self.options.limits.max_lag_bytes;
         patroni

@@ -60,7 +60,12 @@ pub fn parse_facts(output: &str) -> NodeFacts {
             "stale" => {
                 facts.stale.insert(line.trim().to_string());
             }
-            "patroni" => facts.patroni_running = Some(line.trim().to_string()),
+            // `GET /patroni` of the running member: `{"patroni": {"version": ...}, ...}`.
+            "patroni" => {
+                facts.patroni_running = serde_json::from_str::<serde_json::Value>(line)
+                    .ok()
+                    .and_then(|value| value["patroni"]["version"].as_str().map(str::to_string))
+            }
             "etcd_leader" => facts.etcd_leader = line.trim() == "true",
             "vip" => facts.holds_vip = line.trim() == "true",
             _ => {}
@@ -553,7 +558,7 @@ mod tests {
 
     #[test]
     fn facts_and_policy_lines_parse() {
-        let facts = parse_facts("### installed\nhaproxy\t2.6.12-1+deb12u3\n### candidates\nhaproxy\t2.6.12-1+deb12u4\nhaproxy\t2.6.12-1+deb12u3\n### stale\npostgresql\n### patroni\n4.0.7\n### etcd_leader\ntrue\n### vip\nfalse\n");
+        let facts = parse_facts("### installed\nhaproxy\t2.6.12-1+deb12u3\n### candidates\nhaproxy\t2.6.12-1+deb12u4\nhaproxy\t2.6.12-1+deb12u3\n### stale\npostgresql\n### patroni\n{\"state\": \"running\", \"patroni\": {\"version\": \"4.0.7\", \"scope\": \"lab\"}}\n### etcd_leader\ntrue\n### vip\nfalse\n");
         assert_eq!(facts.installed["haproxy"], "2.6.12-1+deb12u3");
         assert_eq!(facts.candidates["haproxy"].len(), 2);
         assert!(facts.stale.contains("postgresql"));

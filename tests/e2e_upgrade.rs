@@ -1,0 +1,388 @@
+//! End-to-end: a rolling upgrade of a live cluster on the real 3-node lab, read like a spec:
+//!
+//! 1. the cluster is deployed at old pinned versions (PostgreSQL 15.18, HAProxy deb12u3,
+//!    Patroni 4.0.11) and verified;
+//! 2. a pin the package sources do not offer is refused by `pgha upgrade --check` and by
+//!    `pgha upgrade` (exit 2, naming it), and nothing changes;
+//! 3. with the new pins (15.20, deb12u4, 4.1.5) `--check` prints the plan and changes nothing;
+//! 4. while a writer (a new connection per INSERT through VIP:5000) and a reader (VIP:5001)
+//!    run, `pgha upgrade` is cut off (SIGKILL) after its first step, and a second run
+//!    completes it;
+//! 5. every node then runs the new versions (installed and running), the timeline moved at
+//!    most once, no acknowledged write is lost, the read port answered throughout, a third
+//!    `pgha upgrade` has nothing to do, `pgha deploy` changes nothing and `pgha verify` passes.
+//!
+//! Needs root. One test function: only one lab can exist at a time.
+
+mod common;
+
+use common::{is_root, lab_inventory, pgha, pgha_ok, Lab};
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const VIP: &str = "10.231.0.100";
+const OLD: (&str, &str, &str) = ("15.18-0+deb12u1", "2.6.12-1+deb12u3", "4.0.11");
+const NEW: (&str, &str, &str) = ("15.20-0+deb12u1", "2.6.12-1+deb12u4", "4.1.5");
+
+fn pin(inventory: &Path, (postgresql, haproxy, patroni): (&str, &str, &str)) {
+    let text = std::fs::read_to_string(inventory).unwrap();
+    let mut kept: Vec<&str> = text
+        .lines()
+        .filter(|line| !line.starts_with("  versions:") && !line.starts_with("  patroni_version:"))
+        .collect();
+    let at = kept
+        .iter()
+        .position(|line| line.starts_with("  postgres_version:"))
+        .unwrap()
+        + 1;
+    let versions = format!("  versions: {{postgresql: \"{postgresql}\", haproxy: \"{haproxy}\"}}");
+    let patroni = format!("  patroni_version: \"{patroni}\"");
+    kept.insert(at, &versions);
+    kept.insert(at + 1, &patroni);
+    std::fs::write(inventory, kept.join("\n") + "\n").unwrap();
+}
+
+fn password(inventory: &Path) -> String {
+    let text =
+        std::fs::read_to_string(inventory.parent().unwrap().join("lab.secrets.yml")).unwrap();
+    let secrets: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    secrets["superuser_password"].as_str().unwrap().to_string()
+}
+
+fn psql(port: u16, password: &str, sql: &str) -> Result<String, String> {
+    let output = Command::new("psql")
+        .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .env("PGHOST", VIP)
+        .env("PGPORT", port.to_string())
+        .env("PGUSER", "postgres")
+        .env("PGDATABASE", "postgres")
+        .env("PGPASSWORD", password)
+        .env("PGCONNECT_TIMEOUT", "2")
+        .output()
+        .map_err(|error| error.to_string())?;
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).trim().to_string())
+    }
+}
+
+/// `stdout` of `command` on every node, by node name.
+fn everywhere(inventory: &Path, command: &str) -> Vec<(String, String)> {
+    let text = pgha_ok(&[
+        "exec",
+        "-i",
+        inventory.to_str().unwrap(),
+        "--json",
+        "--",
+        command,
+    ]);
+    let hosts: serde_json::Value = serde_json::from_str(&text).unwrap();
+    hosts
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|host| {
+            (
+                host["host"].as_str().unwrap_or("?").to_string(),
+                host["stdout"].as_str().unwrap_or("").trim().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn installed(inventory: &Path) -> Vec<(String, String)> {
+    everywhere(
+        inventory,
+        "dpkg-query -W -f='${Version} ' postgresql-15 haproxy",
+    )
+}
+
+/// What the clients saw while the upgrade ran.
+#[derive(Default)]
+struct Seen {
+    acknowledged: Vec<u64>,
+    failed_writes: u64,
+    ack_times: Vec<Instant>,
+    reads: u64,
+    failed_reads: Vec<String>,
+}
+
+#[test]
+fn upgrade_moves_a_live_cluster_to_the_pinned_versions() {
+    assert!(
+        is_root(),
+        "the end-to-end test needs root (it runs the lab)"
+    );
+    let (_dir, inventory) = lab_inventory();
+    let inventory_arg = inventory.to_str().unwrap();
+    pgha_ok(&["lab", "down"]);
+    let _lab = Lab;
+    pgha_ok(&["lab", "up", "--nodes", "3"]);
+
+    // 1. The old versions, deployed and verified.
+    pin(&inventory, OLD);
+    pgha_ok(&["deploy", "-i", inventory_arg]);
+    pgha_ok(&["verify", "-i", inventory_arg]);
+    let old = installed(&inventory);
+    for (node, versions) in &old {
+        assert_eq!(versions, &format!("{} {}", OLD.0, OLD.1), "{node}");
+    }
+
+    // 2. A pin the sources do not offer: refused before anything changes.
+    pin(&inventory, ("15.99-0+deb12u1", NEW.1, NEW.2));
+    for check in [true, false] {
+        let mut args = vec!["upgrade", "-i", inventory_arg];
+        if check {
+            args.push("--check");
+        }
+        let output = pgha(&args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains("postgresql-15 15.99-0+deb12u1 is not in its package sources")
+                && stderr.contains("15.20-0+deb12u1"),
+            "{stderr}"
+        );
+    }
+    assert_eq!(
+        installed(&inventory),
+        old,
+        "a refused upgrade changed a version"
+    );
+
+    // 3. The new pins: the plan, and nothing changed by `--check`.
+    pin(&inventory, NEW);
+    let checked: serde_json::Value = serde_json::from_str(&pgha_ok(&[
+        "upgrade",
+        "-i",
+        inventory_arg,
+        "--check",
+        "--json",
+    ]))
+    .unwrap();
+    let kinds: Vec<&str> = checked["plan"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|step| step["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "database",
+            "database",
+            "switchover",
+            "database",
+            "haproxy",
+            "haproxy",
+            "haproxy"
+        ],
+        "{checked:#}"
+    );
+    assert_eq!(
+        installed(&inventory),
+        old,
+        "`upgrade --check` changed a version"
+    );
+    // The deploy never upgrades a running cluster: it keeps the versions and says so.
+    let deploy = pgha(&["deploy", "-i", inventory_arg]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&deploy.stdout),
+        String::from_utf8_lossy(&deploy.stderr)
+    );
+    assert!(deploy.status.success(), "{text}");
+    assert!(
+        text.contains("kept postgresql-15 15.18-0+deb12u1 (pinned 15.20-0+deb12u1)")
+            && text.contains("pgha upgrade"),
+        "the deploy must name the difference and `pgha upgrade`: {text}"
+    );
+    assert_eq!(
+        installed(&inventory),
+        old,
+        "`pgha deploy` upgraded a package"
+    );
+
+    // 4. Clients through the VIP the whole time; the first run is cut off after one step.
+    let password = password(&inventory);
+    psql(
+        5000,
+        &password,
+        "create table if not exists upgrade_probe (id bigint primary key)",
+    )
+    .unwrap();
+    let timeline_before = psql(
+        5000,
+        &password,
+        "select timeline_id from pg_control_checkpoint()",
+    )
+    .unwrap()
+    .parse::<u64>()
+    .unwrap();
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (seen, stop, password) = (seen.clone(), stop.clone(), password.clone());
+        std::thread::spawn(move || {
+            let mut id = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                id += 1;
+                let result = psql(
+                    5000,
+                    &password,
+                    &format!("insert into upgrade_probe values ({id})"),
+                );
+                let mut seen = seen.lock().unwrap();
+                match result {
+                    Ok(_) => {
+                        seen.acknowledged.push(id);
+                        seen.ack_times.push(Instant::now());
+                    }
+                    Err(_) => seen.failed_writes += 1,
+                }
+                drop(seen);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    let reader = {
+        let (seen, stop, password) = (seen.clone(), stop.clone(), password.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let result = psql(5001, &password, "select pg_is_in_recovery()");
+                let mut seen = seen.lock().unwrap();
+                seen.reads += 1;
+                match result {
+                    Ok(answer) if answer == "t" => {}
+                    Ok(answer) => seen.failed_reads.push(format!("answered {answer}")),
+                    Err(error) => seen.failed_reads.push(error),
+                }
+                drop(seen);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_secs(3));
+
+    let started = Instant::now();
+    let mut first = Command::new(env!("CARGO_BIN_EXE_pgha"))
+        .args(["upgrade", "-i", inventory_arg])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = BufReader::new(first.stderr.take().unwrap());
+    let mut log = Vec::new();
+    for line in lines.lines() {
+        let line = line.unwrap();
+        log.push(line.clone());
+        if line.contains("done in") {
+            break;
+        }
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert!(
+        log.iter().any(|line| line.contains("done in")),
+        "the first run never finished a step:\n{}",
+        log.join("\n")
+    );
+    let second = pgha(&["upgrade", "-i", inventory_arg, "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&second.stdout).unwrap_or_default();
+    assert!(
+        second.status.success(),
+        "the second run did not complete the upgrade: {}\n{report:#}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    let upgrade_seconds = started.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    reader.join().unwrap();
+
+    // 5. New versions everywhere, installed and running.
+    for (node, versions) in installed(&inventory) {
+        assert_eq!(versions, format!("{} {}", NEW.0, NEW.1), "{node}");
+    }
+    for (node, running) in everywhere(
+        &inventory,
+        "runuser -u postgres -- psql -XAtc 'show server_version'; curl -s http://$(hostname -I | cut -d' ' -f1):8008/patroni; readlink /proc/$(systemctl show -p MainPID --value haproxy)/exe",
+    ) {
+        assert!(running.contains("15.20"), "{node} runs {running}");
+        assert!(running.contains("\"version\": \"4.1.5\""), "{node} runs {running}");
+        assert!(!running.contains("(deleted)"), "{node} runs {running}");
+    }
+    let timeline_after = psql(
+        5000,
+        &password,
+        "select timeline_id from pg_control_checkpoint()",
+    )
+    .unwrap()
+    .parse::<u64>()
+    .unwrap();
+    assert!(
+        timeline_after <= timeline_before + 1,
+        "the timeline moved from {timeline_before} to {timeline_after}: more than one switchover"
+    );
+    let seen = seen.lock().unwrap();
+    let stored: u64 = psql(
+        5000,
+        &password,
+        &format!(
+            "select count(*) from upgrade_probe where id = any('{{{}}}'::bigint[])",
+            seen.acknowledged
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+    )
+    .unwrap()
+    .parse()
+    .unwrap();
+    assert_eq!(
+        stored,
+        seen.acknowledged.len() as u64,
+        "acknowledged writes were lost"
+    );
+    let longest_gap = seen
+        .ack_times
+        .windows(2)
+        .map(|pair| pair[1] - pair[0])
+        .max()
+        .unwrap_or_default();
+    eprintln!(
+        "upgrade: {upgrade_seconds:.1} s (two runs); writes: {} acknowledged, {} failed, longest gap {:.2} s; reads: {} answered, {} failed",
+        seen.acknowledged.len(),
+        seen.failed_writes,
+        longest_gap.as_secs_f64(),
+        seen.reads,
+        seen.failed_reads.len()
+    );
+    assert!(
+        seen.failed_reads.is_empty(),
+        "the read port failed {} of {} reads: {:?}",
+        seen.failed_reads.len(),
+        seen.reads,
+        seen.failed_reads.iter().take(5).collect::<Vec<_>>()
+    );
+    drop(seen);
+
+    let again: serde_json::Value =
+        serde_json::from_str(&pgha_ok(&["upgrade", "-i", inventory_arg, "--json"])).unwrap();
+    assert_eq!(again["plan"].as_array().map(Vec::len), Some(0), "{again:#}");
+    let deploy: serde_json::Value =
+        serde_json::from_str(&pgha_ok(&["deploy", "-i", inventory_arg, "--json"])).unwrap();
+    let changes = deploy["changes"]
+        .as_array()
+        .map(Vec::len)
+        .unwrap_or(usize::MAX);
+    assert_eq!(changes, 0, "{:#}", deploy["changes"]);
+    pgha_ok(&["verify", "-i", inventory_arg]);
+}
