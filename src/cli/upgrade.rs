@@ -24,6 +24,10 @@ pub struct UpgradeArgs {
     /// would cut it off)
     #[arg(long, default_value_t = 300)]
     max_transaction_seconds: u64,
+    /// Measure what clients saw: the drills' write probes (a new connection per INSERT, and
+    /// one persistent connection) and a read probe, through the VIP, during the steps
+    #[arg(long)]
+    measure: bool,
 }
 
 pub fn run(args: UpgradeArgs) -> anyhow::Result<()> {
@@ -35,6 +39,7 @@ pub fn run(args: UpgradeArgs) -> anyhow::Result<()> {
             max_transaction_seconds: args.max_transaction_seconds,
         },
         progress: true,
+        measure: args.measure,
     };
     let report = runtime()?.block_on(upgrade(options))?;
     if args.json {
@@ -53,6 +58,20 @@ pub fn run(args: UpgradeArgs) -> anyhow::Result<()> {
         }
         for check in report.preconditions.iter().filter(|check| !check.pass) {
             println!("FAIL     {}: {}", check.name, check.detail);
+        }
+        if let Some(measured) = &report.measured {
+            println!(
+                "measured: writes (new connection each) {} failed of {}, longest gap {} ms; persistent connection {} failed of {}, longest gap {} ms; {} acknowledged writes lost; reads {} failed of {}",
+                measured.new_connection.failed,
+                measured.new_connection.attempts,
+                measured.new_connection.longest_gap_ms,
+                measured.persistent.failed,
+                measured.persistent.attempts,
+                measured.persistent.longest_gap_ms,
+                measured.lost_writes,
+                measured.failed_reads,
+                measured.reads
+            );
         }
         println!("{:.1} s", report.seconds);
     }

@@ -541,6 +541,7 @@ async fn run_once(
         vip: context.vip.clone(),
         nodes: context.nodes.clone(),
         isolated,
+        reads: None,
     });
     tokio::time::sleep(BASELINE).await;
     if !probes

@@ -175,6 +175,17 @@ pub struct Targets {
     pub nodes: Vec<(String, Endpoint)>,
     /// The old primary reached from inside its own network, for the isolated write probe.
     pub isolated: Option<Endpoint>,
+    /// The read port through the VIP, for the read probe (a new connection per read).
+    pub reads: Option<Endpoint>,
+}
+
+/// One read attempt through the read port: a new connection and `select pg_is_in_recovery()`;
+/// `answered` when a replica answered (a primary answering the read port counts as failed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ReadAttempt {
+    pub started_ms: u64,
+    pub ended_ms: u64,
+    pub answered: bool,
 }
 
 /// The running probes; [`Probes::stop`] ends them and returns their logs.
@@ -182,6 +193,7 @@ pub struct Probes {
     started: Instant,
     stop: watch::Sender<bool>,
     writes: Arc<Mutex<Vec<WriteAttempt>>>,
+    reads: Arc<Mutex<Vec<ReadAttempt>>>,
     samples: Arc<Mutex<Vec<PrimarySample>>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -190,6 +202,7 @@ pub struct Probes {
 #[derive(Debug, Clone, Default)]
 pub struct ProbeLog {
     pub writes: Vec<WriteAttempt>,
+    pub reads: Vec<ReadAttempt>,
     pub samples: Vec<PrimarySample>,
 }
 
@@ -221,6 +234,7 @@ impl Probes {
         let started = Instant::now();
         let (stop, stopped) = watch::channel(false);
         let writes = Arc::new(Mutex::new(Vec::new()));
+        let reads = Arc::new(Mutex::new(Vec::new()));
         let samples = Arc::new(Mutex::new(Vec::new()));
         let shared = WriteLog {
             run: targets.run,
@@ -238,6 +252,14 @@ impl Probes {
             )),
             tokio::spawn(persistent_probe(targets.vip, shared.clone())),
         ];
+        if let Some(endpoint) = targets.reads {
+            tasks.push(tokio::spawn(read_probe(
+                endpoint,
+                started,
+                stopped.clone(),
+                reads.clone(),
+            )));
+        }
         if let Some(isolated) = targets.isolated {
             tasks.push(tokio::spawn(new_connection_probe(
                 isolated,
@@ -259,6 +281,7 @@ impl Probes {
             started,
             stop,
             writes,
+            reads,
             samples,
             tasks,
         }
@@ -291,6 +314,7 @@ impl Probes {
         writes.sort_by_key(|attempt| (attempt.started_ms, attempt.id));
         ProbeLog {
             writes,
+            reads: self.reads.lock().map(|log| log.clone()).unwrap_or_default(),
             samples: self
                 .samples
                 .lock()
@@ -399,6 +423,51 @@ async fn persistent_probe(endpoint: Endpoint, shared: WriteLog) {
             acknowledged,
         });
     }
+}
+
+/// A read every [`WRITE_INTERVAL`] on a connection of its own, as a client that connects for
+/// each query would (the read port's outage instrument).
+async fn read_probe(
+    endpoint: Endpoint,
+    started: Instant,
+    mut stopped: watch::Receiver<bool>,
+    log: Arc<Mutex<Vec<ReadAttempt>>>,
+) {
+    let mut ticker = tokio::time::interval(WRITE_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut attempts = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stopped.changed() => break,
+        }
+        let endpoint = endpoint.clone();
+        let log = log.clone();
+        attempts.spawn(async move {
+            let started_ms = elapsed_ms(started);
+            let read = async {
+                let connection = endpoint.connect().await.map_err(|_| ())?;
+                let row = connection
+                    .query_one("select pg_is_in_recovery()", &[])
+                    .await
+                    .map_err(|_| ())?;
+                row.try_get::<_, bool>(0).map_err(|_| ())
+            };
+            let answered = matches!(
+                tokio::time::timeout(ATTEMPT_TIMEOUT, read).await,
+                Ok(Ok(true))
+            );
+            if let Ok(mut log) = log.lock() {
+                log.push(ReadAttempt {
+                    started_ms,
+                    ended_ms: elapsed_ms(started),
+                    answered,
+                });
+            }
+        });
+        while attempts.try_join_next().is_some() {}
+    }
+    while attempts.join_next().await.is_some() {}
 }
 
 async fn primary_probe(

@@ -212,6 +212,7 @@ mod tests {
             .collect();
         ProbeLog {
             writes,
+            reads: Vec::new(),
             samples: Vec::new(),
         }
     }

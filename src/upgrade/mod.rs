@@ -18,6 +18,7 @@ use anyhow::{bail, Context};
 use serde::Serialize;
 
 use crate::cluster::Cluster;
+use crate::drill::probe::{self, Endpoint, Probes, Targets, WriteClient};
 use crate::engine::modules::{self, Action};
 use crate::engine::ops::{run_playbook, PlaybookRequest};
 use crate::engine::report::Reporter;
@@ -36,6 +37,30 @@ pub struct UpgradeOptions {
     pub limits: Limits,
     /// Print progress lines on stderr.
     pub progress: bool,
+    /// Run the drills' client probes through the VIP during the steps and report what they saw.
+    pub measure: bool,
+}
+
+/// What clients through the VIP saw during the steps (`--measure`): the drills' probes.
+#[derive(Debug, Clone, Serialize)]
+pub struct Measured {
+    /// A new connection per INSERT every 100 ms through VIP:write.
+    pub new_connection: ClientSeen,
+    /// One connection, reopened after a failure, an INSERT every 100 ms.
+    pub persistent: ClientSeen,
+    /// Acknowledged INSERTs missing afterwards.
+    pub lost_writes: usize,
+    /// A new connection per `select pg_is_in_recovery()` every 100 ms through VIP:read.
+    pub reads: usize,
+    pub failed_reads: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ClientSeen {
+    pub attempts: usize,
+    pub failed: usize,
+    /// The longest stretch without an acknowledged commit, in ms.
+    pub longest_gap_ms: u64,
 }
 
 /// One step done, and how long it took.
@@ -56,6 +81,7 @@ pub struct UpgradeReport {
     pub stopped: Option<String>,
     pub success: bool,
     pub seconds: f64,
+    pub measured: Option<Measured>,
 }
 
 /// The Debian packages whose versions the upgrade reads on every node.
@@ -552,6 +578,75 @@ impl Upgrade {
     }
 }
 
+/// The drills' write probes and a read probe through the VIP; the write endpoint and run tag.
+async fn start_probes(upgrade: &Upgrade) -> anyhow::Result<(Probes, Endpoint, String)> {
+    let cluster = &upgrade.cluster.inventory.cluster;
+    let Some(vip) = cluster.vip else {
+        bail!(UserError(
+            "`--measure` probes through the VIP and the inventory has none".into()
+        ));
+    };
+    let endpoint = |port: u16| Endpoint {
+        host: vip.address.to_string(),
+        port,
+        user: "postgres".into(),
+        password: upgrade.cluster.secrets.superuser_password.clone(),
+        inside: None,
+    };
+    let write = endpoint(cluster.ports.write);
+    write
+        .connect()
+        .await
+        .context("`--measure` cannot write through the VIP")?
+        .batch_execute(crate::drill::probe::TABLE_DDL)
+        .await?;
+    let run = format!(
+        "upgrade-{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs()
+    );
+    let probes = Probes::start(Targets {
+        run: run.clone(),
+        vip: write.clone(),
+        nodes: Vec::new(),
+        isolated: None,
+        reads: Some(endpoint(cluster.ports.read)),
+    });
+    // A baseline before the first step.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    Ok((probes, write, run))
+}
+
+async fn finish_probes(probes: Probes, vip: &Endpoint, run: &str) -> anyhow::Result<Measured> {
+    let log = probes.stop().await;
+    let client = vip
+        .connect()
+        .await
+        .context("reading the probe's rows back")?;
+    let stored = client
+        .query("select id from pgha_drill where run = $1", &[&run])
+        .await?
+        .iter()
+        .map(|row| row.try_get::<_, i64>(0))
+        .collect::<Result<std::collections::BTreeSet<i64>, _>>()?;
+    let seen = |kind: WriteClient| ClientSeen {
+        attempts: log.writes.iter().filter(|a| a.client == kind).count(),
+        failed: probe::failed_writes(&log.writes, kind),
+        longest_gap_ms: probe::longest_gap(&log.writes, kind)
+            .map(|gap| gap.ms())
+            .unwrap_or(0),
+    };
+    Ok(Measured {
+        new_connection: seen(WriteClient::NewConnection),
+        persistent: seen(WriteClient::Persistent),
+        lost_writes: probe::lost_writes(&log.writes, &stored).len(),
+        reads: log.reads.len(),
+        failed_reads: log.reads.iter().filter(|read| !read.answered).count(),
+    })
+}
+
 /// Plan from facts, check, and (unless `--check`) run the upgrade.
 pub async fn upgrade(options: UpgradeOptions) -> anyhow::Result<UpgradeReport> {
     let started = Instant::now();
@@ -603,6 +698,7 @@ pub async fn upgrade(options: UpgradeOptions) -> anyhow::Result<UpgradeReport> {
         stopped: None,
         success: ready,
         seconds: 0.0,
+        measured: None,
     };
     if options.check || steps.is_empty() || !ready {
         if !ready {
@@ -617,6 +713,11 @@ pub async fn upgrade(options: UpgradeOptions) -> anyhow::Result<UpgradeReport> {
         report.seconds = started.elapsed().as_secs_f64();
         return Ok(report);
     }
+    let probes = if options.measure {
+        Some(start_probes(&upgrade).await?)
+    } else {
+        None
+    };
     let outcome = async {
         upgrade
             .release_read_drains()
@@ -652,6 +753,11 @@ pub async fn upgrade(options: UpgradeOptions) -> anyhow::Result<UpgradeReport> {
         Ok(())
     }
     .await;
+    if let Some((probes, vip, run)) = probes {
+        // A moment after the last step, so the tail of the run is measured too.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        report.measured = Some(finish_probes(probes, &vip, &run).await?);
+    }
     if let Err(reason) = outcome {
         report.stopped = Some(reason);
         report.success = false;
