@@ -276,12 +276,16 @@ fn route(
     memory.routed_leader = Some(leader.clone());
 
     // Reads follow member state, edge-triggered: the agent forces a server only when what it
-    // wants differs from what it last forced, so it never fights the health checks.
+    // wants differs from what it last forced, so it never fights the health checks. The leader
+    // key's holder never takes reads, whatever its member key still says: in a switchover the
+    // candidate takes the key before it promotes, and its member key says `primary` only later
+    // (the e2e upgrade test saw reads answered by a fresh primary for about half a second).
     for (server, state) in &haproxy.read {
         let want_up = cluster
             .members
             .get(server)
-            .is_some_and(Member::serves_reads);
+            .is_some_and(Member::serves_reads)
+            && cluster.leader.as_deref() != Some(server.as_str());
         let last = memory.read_forced.get(server).copied();
         let differs = state.up != want_up || (want_up && state.maint);
         if last != Some(want_up) && differs {
@@ -616,6 +620,29 @@ mod tests {
             assert_eq!(decision.sentence, case.sentence, "{}", case.name);
             assert_eq!(decision.can_route_writes, case.verdict, "{}", case.name);
         }
+    }
+
+    #[test]
+    fn the_new_leader_leaves_the_read_backend_before_its_member_key_says_primary() {
+        // etcd: node2 holds the leader key, its member key still says `replica`/`streaming`.
+        let mut view = cluster(Some("node1"));
+        view.leader = Some("node2".into());
+        let mut local_view = local(Some("node1"));
+        if let Some(haproxy) = local_view.haproxy.as_mut() {
+            haproxy.read.insert(
+                "node2".into(),
+                ServerState {
+                    up: true,
+                    ..ServerState::default()
+                },
+            );
+        }
+        let decision = decide(&view, &local_view, &routed("node1"));
+        assert!(
+            decision.actions.contains(&read("node2", false)),
+            "{:?}",
+            decision.actions
+        );
     }
 
     #[test]

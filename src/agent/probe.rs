@@ -1,85 +1,29 @@
-//! Local probes of one cycle: Patroni's REST API (a minimal HTTP/1.0 client, enough for
-//! `GET /patroni` and `OPTIONS /primary`), the VIP on its interface and a live keepalived.
+//! Local probes of one cycle: Patroni's REST API (`GET /patroni` and `OPTIONS /primary`,
+//! through the one Patroni client), the VIP on its interface and a live keepalived.
 //! Probes only read; the one change they make is [`remove_vip`].
 
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use crate::patroni::Patroni;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
-    #[error("`{0}` is not an http:// address")]
-    BadUrl(String),
-    #[error("`{url}`: {source}")]
-    Io { url: String, source: std::io::Error },
-    #[error("`{0}` did not answer within the timeout")]
-    Timeout(String),
-    #[error("`{0}` answered something that is not HTTP")]
-    NotHttp(String),
     #[error("`{command}` failed: {message}")]
     Command { command: String, message: String },
 }
 
-/// `host:port` and path of an `http://host:port/path` address.
-fn split_url(url: &str) -> Result<(&str, &str), ProbeError> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| ProbeError::BadUrl(url.to_string()))?;
-    Ok(match rest.find('/') {
-        Some(slash) => (&rest[..slash], &rest[slash..]),
-        None => (rest, "/"),
-    })
-}
-
-/// One request; returns the status code and the body.
-pub async fn http(method: &str, url: &str, timeout: Duration) -> Result<(u16, String), ProbeError> {
-    let (authority, path) = split_url(url)?;
-    let io = |source| ProbeError::Io {
-        url: url.to_string(),
-        source,
-    };
-    let exchange = async {
-        let mut stream = TcpStream::connect(authority).await.map_err(io)?;
-        let request = format!(
-            "{method} {path} HTTP/1.0\r\nHost: {authority}\r\nUser-Agent: pgha-agent\r\nConnection: close\r\n\r\n"
-        );
-        stream.write_all(request.as_bytes()).await.map_err(io)?;
-        let mut answer = Vec::new();
-        stream.read_to_end(&mut answer).await.map_err(io)?;
-        Ok(answer)
-    };
-    let answer = tokio::time::timeout(timeout, exchange)
-        .await
-        .map_err(|_| ProbeError::Timeout(url.to_string()))??;
-    let text = String::from_utf8_lossy(&answer);
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse::<u16>().ok())
-        .ok_or_else(|| ProbeError::NotHttp(url.to_string()))?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
-}
-
 /// The API base (`http://host:port`) of a member's `api_url` (`http://host:port/patroni`).
-pub fn api_base(api_url: &str) -> Option<String> {
-    let (authority, _) = split_url(api_url).ok()?;
-    Some(format!("http://{authority}"))
-}
+pub use crate::patroni::model::api_base;
+
+/// How long a probe of the local Patroni may take.
+const PATRONI_TIMEOUT: Duration = Duration::from_millis(800);
 
 /// The local Patroni's role from `GET /patroni`.
 pub async fn patroni_role(base: &str) -> Option<String> {
-    let (status, body) = http(
-        "GET",
-        &format!("{base}/patroni"),
-        Duration::from_millis(800),
-    )
-    .await
-    .ok()?;
+    let (status, body) = Patroni::anonymous(PATRONI_TIMEOUT)
+        .call(base, "GET", "/patroni", None)
+        .await
+        .ok()?;
     if status != 200 && status != 503 {
         return None;
     }
@@ -90,14 +34,11 @@ pub async fn patroni_role(base: &str) -> Option<String> {
 /// `Some(true)` when `/primary` answers 200, `Some(false)` for another status, `None` when
 /// unreachable.
 pub async fn is_primary(base: &str) -> Option<bool> {
-    http(
-        "OPTIONS",
-        &format!("{base}/primary"),
-        Duration::from_millis(800),
-    )
-    .await
-    .ok()
-    .map(|(status, _)| status == 200)
+    Patroni::anonymous(PATRONI_TIMEOUT)
+        .call(base, "OPTIONS", "/primary", None)
+        .await
+        .ok()
+        .map(|(status, _)| status == 200)
 }
 
 /// This node holds `address` on `interface` (`ip -o addr show dev IFACE`).

@@ -81,6 +81,8 @@ pub struct Patroni {
     transport: Transport,
     /// `None`: read-only use (GET endpoints need no authentication).
     credentials: Option<Credentials>,
+    /// Whole-request timeout of a direct call (the connect timeout is at most 1 s of it).
+    timeout: Duration,
 }
 
 impl Patroni {
@@ -88,6 +90,16 @@ impl Patroni {
         Patroni {
             transport: Transport::Direct,
             credentials: Some(credentials),
+            timeout: REQUEST_TIMEOUT,
+        }
+    }
+
+    /// Direct and without credentials: for the read-only endpoints (the agent's probes).
+    pub fn anonymous(timeout: Duration) -> Patroni {
+        Patroni {
+            transport: Transport::Direct,
+            credentials: None,
+            timeout,
         }
     }
 
@@ -95,6 +107,7 @@ impl Patroni {
         Patroni {
             transport: Transport::Ssh(session),
             credentials,
+            timeout: REQUEST_TIMEOUT,
         }
     }
 
@@ -110,7 +123,14 @@ impl Patroni {
         let body = body.map(Value::to_string);
         match &self.transport {
             Transport::Direct => {
-                direct(self.credentials.as_ref(), &url, method, body.as_deref()).await
+                direct(
+                    self.credentials.as_ref(),
+                    self.timeout,
+                    &url,
+                    method,
+                    body.as_deref(),
+                )
+                .await
             }
             Transport::Ssh(session) => {
                 over_ssh(
@@ -241,6 +261,7 @@ impl Patroni {
 /// One HTTP/1.0 exchange from this process.
 async fn direct(
     credentials: Option<&Credentials>,
+    timeout: Duration,
     url: &str,
     method: &str,
     body: Option<&str>,
@@ -254,10 +275,11 @@ async fn direct(
         None => (rest, "/"),
     };
     let exchange = async {
-        let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(authority))
-            .await
-            .map_err(|_| unreachable("connect timed out".into()))?
-            .map_err(|error| unreachable(error.to_string()))?;
+        let mut stream =
+            tokio::time::timeout(CONNECT_TIMEOUT.min(timeout), TcpStream::connect(authority))
+                .await
+                .map_err(|_| unreachable("connect timed out".into()))?
+                .map_err(|error| unreachable(error.to_string()))?;
         let authorization = credentials
             .map(|credentials| {
                 let token = base64ct::Base64::encode_string(
@@ -283,9 +305,9 @@ async fn direct(
             .map_err(|error| unreachable(error.to_string()))?;
         Ok::<_, PatroniError>(response)
     };
-    let response = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+    let response = tokio::time::timeout(timeout, exchange)
         .await
-        .map_err(|_| unreachable("no answer within 5 s".into()))??;
+        .map_err(|_| unreachable(format!("no answer within {} ms", timeout.as_millis())))??;
     parse_response(url, &response)
 }
 

@@ -148,13 +148,19 @@ impl Member {
 
     /// `http://host:port` of the member's REST API.
     pub fn api_base(&self) -> Option<String> {
-        let url = self.api_url.as_deref()?;
-        let scheme_end = url.find("://")? + 3;
-        Some(match url[scheme_end..].find('/') {
-            Some(slash) => url[..scheme_end + slash].to_string(),
-            None => url.to_string(),
-        })
+        api_base(self.api_url.as_deref()?)
     }
+}
+
+/// `http://host:port` of an `api_url` such as `http://host:port/patroni` (only `http://`: the
+/// clients speak plain HTTP today).
+pub fn api_base(url: &str) -> Option<String> {
+    let rest = url.strip_prefix("http://")?;
+    let authority = rest
+        .split('/')
+        .next()
+        .filter(|authority| !authority.is_empty())?;
+    Some(format!("http://{authority}"))
 }
 
 /// The topology `GET /cluster` reports.

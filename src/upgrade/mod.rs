@@ -476,7 +476,25 @@ impl Upgrade {
             })
             .map(|member| member.name.clone())
             .context("no upgraded standby to hand the primary role to")?;
-        let new_leader = rolling::switchover(&patroni, &view, &step.node, Some(&candidate)).await?;
+        // The candidate leaves the read backends first: it is about to take writes, and reads
+        // running on it finish rather than meet a promotion.
+        self.read_server(&candidate, "drain").await?;
+        let switched = async {
+            let started = Instant::now();
+            while self.read_server(&candidate, "show").await? > 0
+                && started.elapsed() < Duration::from_secs(30)
+            {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Ok::<_, anyhow::Error>(
+                rolling::switchover(&patroni, &view, &step.node, Some(&candidate)).await?,
+            )
+        }
+        .await;
+        // Ready again on every path: as the leader, the agents keep it out of the reads.
+        let released = self.read_server(&candidate, "ready").await;
+        let new_leader = switched?;
+        released?;
         say(
             &self.options,
             &format!("switched over from {} to {new_leader}", step.node),
