@@ -38,6 +38,10 @@ const TEMPLATES: &[(&str, &str)] = &[
         include_str!("../templates/haproxy.cfg.j2"),
     ),
     (
+        "haproxy-reload.conf.j2",
+        include_str!("../templates/haproxy-reload.conf.j2"),
+    ),
+    (
         "keepalived.conf.j2",
         include_str!("../templates/keepalived.conf.j2"),
     ),
@@ -122,6 +126,15 @@ const DESTINATIONS: &[Destination] = &[
         owner: "root",
         group: "haproxy",
         mode: 0o640,
+        secret: false,
+        wanted: |_, node| node.has(Role::Haproxy),
+    },
+    Destination {
+        template: "haproxy-reload.conf.j2",
+        path: "/etc/systemd/system/haproxy.service.d/pgha.conf",
+        owner: "root",
+        group: "root",
+        mode: 0o644,
         secret: false,
         wanted: |_, node| node.has(Role::Haproxy),
     },

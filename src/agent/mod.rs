@@ -232,6 +232,30 @@ pub async fn read_server(
         .ok_or_else(|| anyhow::anyhow!("no server `{server}` in backend `{backend}`"))
 }
 
+/// Write `show servers state` to `file` (a temporary file renamed over it), for HAProxy's
+/// `server-state-file`: run just before a reload, the new process starts each server as the
+/// old one had it. Nothing to save (no HAProxy socket, HAProxy not running) is not an error:
+/// the reload then behaves as without the file.
+pub async fn save_haproxy_state(config_path: &Path, file: &Path) -> anyhow::Result<()> {
+    let config = Config::load(config_path)?;
+    let Some(socket) = &config.haproxy_socket else {
+        return Ok(());
+    };
+    let state = match haproxy::command(socket, "show servers state").await {
+        Ok(state) => state,
+        Err(error) => {
+            println!("no server state saved: {error}");
+            return Ok(());
+        }
+    };
+    let partial = file.with_extension("partial");
+    std::fs::write(&partial, state)
+        .with_context(|| format!("cannot write `{}`", partial.display()))?;
+    std::fs::rename(&partial, file)
+        .with_context(|| format!("cannot replace `{}`", file.display()))?;
+    Ok(())
+}
+
 /// Make every drained write server ready again; logs what it did.
 async fn release_drains(config: &Config) {
     let Some(socket) = &config.haproxy_socket else {

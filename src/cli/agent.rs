@@ -15,6 +15,19 @@ pub enum AgentCommand {
     /// Drain a server of the local HAProxy's read backend (no new reads; running ones finish),
     /// make it ready again, or only show it; prints its open sessions (`pgha upgrade` uses it)
     ReadServer(ReadServerArgs),
+    /// Save the local HAProxy's server states (`show servers state`) to the file its
+    /// configuration loads on start, so a reload keeps them (the haproxy unit runs it first)
+    SaveHaproxyState(SaveStateArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SaveStateArgs {
+    /// The agent's configuration (rendered by `pgha deploy`)
+    #[arg(long, default_value = "/etc/pgha/agent.yml")]
+    config: PathBuf,
+    /// Where HAProxy's `server-state-file` points
+    #[arg(long, default_value = "/var/lib/haproxy/pgha-server-state")]
+    file: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -41,6 +54,8 @@ pub fn run(command: AgentCommand) -> anyhow::Result<()> {
         AgentCommand::Release(args) => {
             super::run::runtime()?.block_on(crate::agent::release(&args.config))
         }
+        AgentCommand::SaveHaproxyState(args) => super::run::runtime()?
+            .block_on(crate::agent::save_haproxy_state(&args.config, &args.file)),
         AgentCommand::ReadServer(args) => {
             let sessions = super::run::runtime()?.block_on(crate::agent::read_server(
                 &args.config,
