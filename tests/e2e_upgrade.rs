@@ -7,7 +7,7 @@
 //! 3. with the new pins (15.20, deb12u4, 4.1.5) `--check` prints the plan and changes nothing;
 //! 4. while a writer (a new connection per INSERT through VIP:5000) and a reader (VIP:5001)
 //!    run, `pgha upgrade` is cut off (SIGKILL) after its first step, and a second run
-//!    completes it;
+//!    completes it (the VIP holder gives the VIP away before its HAProxy step);
 //! 5. every node then runs the new versions (installed and running), the timeline moved at
 //!    most once, no acknowledged write is lost, the read port answered throughout, a third
 //!    `pgha upgrade` has nothing to do, `pgha deploy` changes nothing and `pgha verify` passes.
@@ -300,6 +300,12 @@ fn upgrade_moves_a_live_cluster_to_the_pinned_versions() {
         second.status.success(),
         "the second run did not complete the upgrade: {}\n{report:#}",
         String::from_utf8_lossy(&second.stderr)
+    );
+    // The VIP holder's HAProxy step ran with the VIP elsewhere (given away, Keepalived running).
+    let progress = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        progress.contains("gave the VIP away"),
+        "the VIP holder did not give the VIP away before its step:\n{progress}"
     );
     let upgrade_seconds = started.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_secs(3));

@@ -89,6 +89,7 @@ fn run_playbook(playbook: String, args: PlaybookArgs) -> anyhow::Result<()> {
         playbooks_dir: args.playbooks,
         templates_dir: args.templates,
         force_remove_stray_data: args.force_remove_stray_data,
+        keep_agent_binary: false,
         options: RunOptions {
             check: args.check,
             diff: args.diff,

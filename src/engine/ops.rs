@@ -24,6 +24,8 @@ pub struct PlaybookRequest {
     pub templates_dir: Option<PathBuf>,
     /// `--force-remove-stray-data`: default data pgha did not create may be removed.
     pub force_remove_stray_data: bool,
+    /// Leave the pgha binary on the hosts as it is (`pgha upgrade` updates the agent last).
+    pub keep_agent_binary: bool,
     pub options: RunOptions,
 }
 
@@ -55,6 +57,7 @@ pub async fn run_playbook(request: PlaybookRequest) -> anyhow::Result<RunResult>
         wheels_archive => wheels_archive,
         pgha_binary => pgha_binary.display().to_string(),
         force_remove_stray_data => request.force_remove_stray_data,
+        keep_agent_binary => request.keep_agent_binary,
     };
     // The VIP is the whole cluster's: a run limited to some hosts does not judge it.
     let settle =

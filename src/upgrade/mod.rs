@@ -122,6 +122,8 @@ if command -v etcdctl >/dev/null && systemctl -q is-active etcd; then
 fi
 echo '### vip'
 if [ -n "$vip" ] && ip -o addr show 2>/dev/null | grep -q " $vip/"; then echo true; else echo false; fi
+echo '### agent'
+stat -c '%s %Y' /usr/local/bin/pgha 2>/dev/null || true
 "#;
 
 fn say(options: &UpgradeOptions, text: &str) {
@@ -329,8 +331,9 @@ impl Upgrade {
         Ok(sessions)
     }
 
-    /// Make every server of every read backend ready: a run cut off while a replica was
-    /// drained leaves no drain behind once the next run starts.
+    /// Make every server of every read backend ready and let every node take the VIP again: a
+    /// run cut off while a replica was drained or a node gave the VIP away leaves nothing
+    /// behind once the next run starts.
     async fn release_read_drains(&self) -> anyhow::Result<()> {
         let names: Vec<String> = self
             .cluster
@@ -341,7 +344,52 @@ impl Upgrade {
         for name in names {
             self.read_server(&name, "ready").await?;
         }
+        // And no node left refusing the VIP.
+        let keepalived: Vec<Node> = self
+            .cluster
+            .inventory
+            .nodes_with(Role::Keepalived)
+            .cloned()
+            .collect();
+        for node in &keepalived {
+            self.root(node, "rm -f /run/pgha-vip-yield").await?;
+        }
         Ok(())
+    }
+
+    /// `pgha deploy --limit NODE`, keeping the installed pgha binary or not.
+    async fn deploy_node(&self, node: &Node, keep_agent_binary: bool) -> anyhow::Result<()> {
+        let deploy = run_playbook(PlaybookRequest {
+            inventory: self.options.inventory.clone(),
+            playbook: "deploy".into(),
+            playbooks_dir: None,
+            templates_dir: None,
+            force_remove_stray_data: false,
+            keep_agent_binary,
+            options: RunOptions {
+                check: false,
+                diff: false,
+                limit: Some(node.name.clone()),
+                forks: 5,
+                accept_new_host_keys: false,
+                quiet: true,
+            },
+        })
+        .await?;
+        if !deploy.success {
+            bail!(
+                "the deploy limited to {} failed: {}",
+                node.name,
+                deploy.stopped.clone().unwrap_or_default()
+            );
+        }
+        Ok(())
+    }
+
+    /// The pgha binary and the agent's restart come from the deploy itself.
+    async fn agent_step(&self, step: &Step) -> anyhow::Result<()> {
+        let node = self.node(&step.node)?;
+        self.deploy_node(&node, false).await
     }
 
     async fn etcd_step(&self, step: &Step) -> anyhow::Result<()> {
@@ -388,30 +436,8 @@ impl Upgrade {
         }
         self.install(node, &step.install).await?;
         // The deploy, limited to this node, lays down what the new versions need (Patroni's
-        // virtualenv, its unit, the agent) without restarting anything.
-        let deploy = run_playbook(PlaybookRequest {
-            inventory: self.options.inventory.clone(),
-            playbook: "deploy".into(),
-            playbooks_dir: None,
-            templates_dir: None,
-            force_remove_stray_data: false,
-            options: RunOptions {
-                check: false,
-                diff: false,
-                limit: Some(node.name.clone()),
-                forks: 5,
-                accept_new_host_keys: false,
-                quiet: true,
-            },
-        })
-        .await?;
-        if !deploy.success {
-            bail!(
-                "the deploy limited to {} failed: {}",
-                node.name,
-                deploy.stopped.clone().unwrap_or_default()
-            );
-        }
+        // virtualenv, its unit) without restarting anything; the agent waits for the end.
+        self.deploy_node(node, true).await?;
         // Patroni's version in use moves here, and only here.
         let version = &self.cluster.inventory.cluster.patroni_version;
         self.root(
@@ -502,8 +528,62 @@ impl Upgrade {
         Ok(())
     }
 
+    /// Whether `node` holds the VIP now.
+    async fn holds_vip(&self, node: &Node) -> anyhow::Result<bool> {
+        let Some(vip) = self.cluster.inventory.cluster.vip else {
+            return Ok(false);
+        };
+        let output = self.root(node, "ip -o addr show").await?;
+        Ok(output.contains(&format!(" {}/", vip.address)))
+    }
+
+    /// Run `work` on `node` with the VIP elsewhere: a holder gives it away first (its
+    /// Keepalived check script fails while `/run/pgha-vip-yield` exists, so Keepalived goes to
+    /// FAULT and a peer takes the VIP; Keepalived keeps running) and takes part again after,
+    /// on every path out. With `nopreempt` the VIP then stays where it went.
+    async fn with_vip_elsewhere<F, T>(&self, node: &Node, work: F) -> anyhow::Result<T>
+    where
+        F: std::future::Future<Output = anyhow::Result<T>>,
+    {
+        if !self.holds_vip(node).await? {
+            return work.await;
+        }
+        self.root(node, "touch /run/pgha-vip-yield").await?;
+        let result = async {
+            let started = Instant::now();
+            loop {
+                let mut elsewhere = false;
+                for other in self.cluster.inventory.nodes_with(Role::Keepalived) {
+                    if other.name != node.name && self.holds_vip(other).await.unwrap_or(false) {
+                        elsewhere = true;
+                    }
+                }
+                if elsewhere && !self.holds_vip(node).await? {
+                    break;
+                }
+                if started.elapsed() > Duration::from_secs(30) {
+                    bail!("{} did not give the VIP away within 30 s", node.name);
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            say(&self.options, &format!("{} gave the VIP away", node.name));
+            work.await
+        }
+        .await;
+        let back = self.root(node, "rm -f /run/pgha-vip-yield").await;
+        let value = result?;
+        back?;
+        Ok(value)
+    }
+
     async fn haproxy_step(&self, step: &Step) -> anyhow::Result<()> {
         let node = self.node(&step.node)?;
+        self.with_vip_elsewhere(&node, self.haproxy_work(step, &node))
+            .await
+    }
+
+    async fn haproxy_work(&self, step: &Step, node: &Node) -> anyhow::Result<()> {
+        let node = node.clone();
         self.install(&node, &step.install).await?;
         // HAProxy's master re-executes the binary on disk when reloaded: no connection drops.
         self.root(&node, "systemctl reload haproxy").await?;
@@ -521,15 +601,18 @@ impl Upgrade {
 
     async fn keepalived_step(&self, step: &Step) -> anyhow::Result<()> {
         let node = self.node(&step.node)?;
-        self.install(&node, &step.install).await?;
-        self.root(&node, "systemctl restart keepalived").await?;
-        self.wait_remote(
-            &node,
-            "systemctl -q is-active keepalived",
-            Duration::from_secs(30),
-            "keepalived running",
-        )
-        .await
+        let work = async {
+            self.install(&node, &step.install).await?;
+            self.root(&node, "systemctl restart keepalived").await?;
+            self.wait_remote(
+                &node,
+                "systemctl -q is-active keepalived",
+                Duration::from_secs(30),
+                "keepalived running",
+            )
+            .await
+        };
+        self.with_vip_elsewhere(&node, work).await
     }
 
     async fn preconditions(&self, view: &ClusterView) -> Vec<Precondition> {
@@ -665,6 +748,22 @@ async fn finish_probes(probes: Probes, vip: &Endpoint, run: &str) -> anyhow::Res
     })
 }
 
+/// Size and modification time of the binary the deploy installs as the agent.
+fn local_agent_binary(inventory: &crate::inventory::Inventory) -> anyhow::Result<(u64, i64)> {
+    let path = match &inventory.cluster.agent_binary {
+        Some(path) => path.clone(),
+        None => std::env::current_exe().context("cannot find the running `pgha` binary")?,
+    };
+    let metadata =
+        std::fs::metadata(&path).with_context(|| format!("cannot read `{}`", path.display()))?;
+    let time = metadata
+        .modified()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|since| since.as_secs() as i64)
+        .unwrap_or(0);
+    Ok((metadata.len(), time))
+}
+
 /// Plan from facts, check, and (unless `--check`) run the upgrade.
 pub async fn upgrade(options: UpgradeOptions) -> anyhow::Result<UpgradeReport> {
     let started = Instant::now();
@@ -683,7 +782,8 @@ pub async fn upgrade(options: UpgradeOptions) -> anyhow::Result<UpgradeReport> {
     };
     let facts = upgrade.facts(true).await?;
     let view = upgrade.view().await?;
-    let steps = plan::plan(&upgrade.cluster.inventory, &facts, &view);
+    let agent = local_agent_binary(&upgrade.cluster.inventory)?;
+    let steps = plan::plan(&upgrade.cluster.inventory, &facts, &view, Some(agent));
     let missing = plan::unavailable(&steps, &facts);
     if !missing.is_empty() {
         upgrade.cluster.connections.close().await;
@@ -753,6 +853,7 @@ pub async fn upgrade(options: UpgradeOptions) -> anyhow::Result<UpgradeReport> {
                 StepKind::Switchover => upgrade.switchover_step(step, &steps[index + 1..]).await,
                 StepKind::Haproxy => upgrade.haproxy_step(step).await,
                 StepKind::Keepalived => upgrade.keepalived_step(step).await,
+                StepKind::Agent => upgrade.agent_step(step).await,
             };
             if let Err(error) = result {
                 return Err(format!(

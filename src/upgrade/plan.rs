@@ -27,6 +27,8 @@ pub struct NodeFacts {
     pub etcd_leader: bool,
     /// This node holds the VIP.
     pub holds_vip: bool,
+    /// Size and modification time of the installed pgha binary (the agent).
+    pub agent_binary: Option<(u64, i64)>,
 }
 
 /// Parse the facts script's output (sections `### name`).
@@ -68,6 +70,15 @@ pub fn parse_facts(output: &str) -> NodeFacts {
             }
             "etcd_leader" => facts.etcd_leader = line.trim() == "true",
             "vip" => facts.holds_vip = line.trim() == "true",
+            "agent" => {
+                let mut words = line.split_whitespace();
+                if let (Some(Ok(size)), Some(Ok(time))) = (
+                    words.next().map(str::parse::<u64>),
+                    words.next().map(str::parse::<i64>),
+                ) {
+                    facts.agent_binary = Some((size, time));
+                }
+            }
             _ => {}
         }
     }
@@ -102,6 +113,8 @@ pub enum StepKind {
     Haproxy,
     /// Keepalived's package, then a restart (the VIP holder last).
     Keepalived,
+    /// The pgha binary and a restart of the agent, last on every node.
+    Agent,
 }
 
 /// One step of the upgrade.
@@ -123,6 +136,7 @@ impl std::fmt::Display for Step {
             StepKind::Switchover => "switchover",
             StepKind::Haproxy => "HAProxy",
             StepKind::Keepalived => "Keepalived",
+            StepKind::Agent => "pgha agent",
         };
         write!(f, "{kind} on {}: {} → {}", self.node, self.from, self.to)
     }
@@ -165,11 +179,13 @@ fn differs(facts: &NodeFacts, want: &Want) -> Option<(String, String)> {
 /// 1. etcd members, followers first and the raft leader last;
 /// 2. PostgreSQL/Patroni on replicas one at a time, then one switchover to an upgraded
 ///    standby, then the old primary like a replica;
-/// 3. HAProxy, then Keepalived, on the node holding the VIP last.
+/// 3. HAProxy, then Keepalived, on the node holding the VIP last;
+/// 4. the agent (the pgha binary, `agent` = its size and modification time here), last.
 pub fn plan(
     inventory: &Inventory,
     facts: &BTreeMap<String, NodeFacts>,
     view: &ClusterView,
+    agent: Option<(u64, i64)>,
 ) -> Vec<Step> {
     let cluster = &inventory.cluster;
     let major = cluster.postgres_version;
@@ -350,6 +366,24 @@ pub fn plan(
         these.sort_by_key(|step| facts_of(&step.node).holds_vip);
         steps.extend(these);
     }
+
+    // The agent last: compared like the deploy's copy, by size and modification time.
+    if let Some((size, time)) = agent {
+        for node in &inventory.nodes {
+            let installed = facts_of(&node.name).agent_binary;
+            if installed != Some((size, time)) {
+                steps.push(Step {
+                    kind: StepKind::Agent,
+                    node: node.name.clone(),
+                    from: installed
+                        .map(|(size, time)| format!("pgha of {size} bytes, modified at {time}"))
+                        .unwrap_or_else(|| "no pgha".into()),
+                    to: format!("pgha of {size} bytes, modified at {time}"),
+                    install: Vec::new(),
+                });
+            }
+        }
+    }
     steps
 }
 
@@ -481,7 +515,12 @@ mod tests {
     #[test]
     fn the_plan_orders_replicas_switchover_primary_and_the_vip_holder_last() {
         let inventory = inventory("{postgresql: 15.20-0+deb12u1, haproxy: 2.6.12-1+deb12u4}");
-        let steps = plan(&inventory, &old_facts("node2", "node1"), &view("node2"));
+        let steps = plan(
+            &inventory,
+            &old_facts("node2", "node1"),
+            &view("node2"),
+            None,
+        );
         let order: Vec<(StepKind, &str)> = steps
             .iter()
             .map(|step| (step.kind, step.node.as_str()))
@@ -519,7 +558,7 @@ mod tests {
         for node in facts.values_mut() {
             node.patroni_running = Some("4.1.5".into());
         }
-        let steps = plan(&inventory, &facts, &view("node1"));
+        let steps = plan(&inventory, &facts, &view("node1"), None);
         let nodes: Vec<&str> = steps.iter().map(|step| step.node.as_str()).collect();
         assert_eq!(nodes, ["node2", "node3", "node1"]);
         assert!(steps.iter().all(|step| step.kind == StepKind::Etcd));
@@ -534,7 +573,7 @@ mod tests {
             node.installed
                 .insert("etcd-server".into(), "3.4.30-1".into());
         }
-        assert!(plan(&inventory, &facts, &view("node1")).is_empty());
+        assert!(plan(&inventory, &facts, &view("node1"), None).is_empty());
     }
 
     #[test]
@@ -549,7 +588,7 @@ mod tests {
             .unwrap()
             .stale
             .insert("haproxy".into());
-        let steps = plan(&inventory, &facts, &view("node1"));
+        let steps = plan(&inventory, &facts, &view("node1"), None);
         assert_eq!(steps.len(), 1);
         assert_eq!(steps[0].kind, StepKind::Haproxy);
         assert!(steps[0].install.is_empty());
@@ -557,13 +596,36 @@ mod tests {
     }
 
     #[test]
+    fn the_agent_goes_last_where_its_binary_differs() {
+        let inventory = inventory("{haproxy: 2.6.12-1+deb12u4}");
+        let mut facts = old_facts("node1", "node2");
+        for node in facts.values_mut() {
+            node.patroni_running = Some("4.1.5".into());
+            node.agent_binary = Some((100, 5));
+        }
+        facts.get_mut("node3").unwrap().agent_binary = Some((90, 4));
+        let steps = plan(&inventory, &facts, &view("node1"), Some((100, 5)));
+        let last = steps.last().unwrap();
+        assert_eq!((last.kind, last.node.as_str()), (StepKind::Agent, "node3"));
+        assert_eq!(
+            steps
+                .iter()
+                .filter(|step| step.kind == StepKind::Agent)
+                .count(),
+            1
+        );
+        assert_eq!(steps[0].kind, StepKind::Haproxy);
+    }
+
+    #[test]
     fn facts_and_policy_lines_parse() {
-        let facts = parse_facts("### installed\nhaproxy\t2.6.12-1+deb12u3\n### candidates\nhaproxy\t2.6.12-1+deb12u4\nhaproxy\t2.6.12-1+deb12u3\n### stale\npostgresql\n### patroni\n{\"state\": \"running\", \"patroni\": {\"version\": \"4.0.7\", \"scope\": \"lab\"}}\n### etcd_leader\ntrue\n### vip\nfalse\n");
+        let facts = parse_facts("### installed\nhaproxy\t2.6.12-1+deb12u3\n### candidates\nhaproxy\t2.6.12-1+deb12u4\nhaproxy\t2.6.12-1+deb12u3\n### stale\npostgresql\n### patroni\n{\"state\": \"running\", \"patroni\": {\"version\": \"4.0.7\", \"scope\": \"lab\"}}\n### etcd_leader\ntrue\n### vip\nfalse\n### agent\n62000000 1764115200\n");
         assert_eq!(facts.installed["haproxy"], "2.6.12-1+deb12u3");
         assert_eq!(facts.candidates["haproxy"].len(), 2);
         assert!(facts.stale.contains("postgresql"));
         assert_eq!(facts.patroni_running.as_deref(), Some("4.0.7"));
         assert!(facts.etcd_leader && !facts.holds_vip);
+        assert_eq!(facts.agent_binary, Some((62000000, 1764115200)));
         assert_eq!(
             policy_version(" *** 2.6.12-1+deb12u4 500"),
             Some("2.6.12-1+deb12u4")
