@@ -333,9 +333,10 @@ fn upgrade_moves_a_live_cluster_to_the_pinned_versions() {
     .unwrap()
     .parse::<u64>()
     .unwrap();
-    assert!(
-        timeline_after <= timeline_before + 1,
-        "the timeline moved from {timeline_before} to {timeline_after}: more than one switchover"
+    assert_eq!(
+        timeline_after,
+        timeline_before + 1,
+        "the planned upgrade holds exactly one switchover (timeline {timeline_before} → {timeline_after})"
     );
     let seen = seen.lock().unwrap();
     let stored: u64 = psql(

@@ -287,7 +287,9 @@ fn route(
             .is_some_and(Member::serves_reads)
             && cluster.leader.as_deref() != Some(server.as_str());
         let last = memory.read_forced.get(server).copied();
-        let differs = state.up != want_up || (want_up && state.maint);
+        // Health only: a read server's administrative state (an operator's maintenance,
+        // `pgha upgrade`'s drain) is not the agent's to clear.
+        let differs = state.up != want_up;
         if last != Some(want_up) && differs {
             actions.push(Action::SetHealth {
                 backend: Backend::Read,

@@ -64,18 +64,25 @@ pub async fn read_view(
     Ok(parse_servers_state(&answer, write_backend, read_backend))
 }
 
-/// Force `backend/server` up or down: out of any forced maintenance first, then the health
-/// state. The health checks keep running and override it, which is the safety net.
+/// Force `backend/server` up or down. With `make_ready`, out of any administrative state
+/// first (the write backend, where only the agent sets one); without it, the administrative
+/// state is left as it is (the read backend, where a drain or maintenance is an operator's or
+/// `pgha upgrade`'s). The health checks keep running and override it, which is the safety net.
 pub async fn set_health(
     socket: &Path,
     backend: &str,
     server: &str,
     up: bool,
+    make_ready: bool,
 ) -> Result<(), HaproxyError> {
     let health = if up { "up" } else { "down" };
-    let line = format!(
-        "set server {backend}/{server} state ready; set server {backend}/{server} health {health}"
-    );
+    let line = if make_ready {
+        format!(
+            "set server {backend}/{server} state ready; set server {backend}/{server} health {health}"
+        )
+    } else {
+        format!("set server {backend}/{server} health {health}")
+    };
     expect_silence(socket, line).await
 }
 

@@ -235,7 +235,7 @@ pub async fn read_server(
 /// Write `show servers state` to `file` (a temporary file renamed over it), for HAProxy's
 /// `server-state-file`: run just before a reload, the new process starts each server as the
 /// old one had it. Nothing to save (no HAProxy socket, HAProxy not running) is not an error:
-/// the reload then behaves as without the file.
+/// the file is emptied and the reload behaves as without it.
 pub async fn save_haproxy_state(config_path: &Path, file: &Path) -> anyhow::Result<()> {
     let config = Config::load(config_path)?;
     let Some(socket) = &config.haproxy_socket else {
@@ -244,6 +244,9 @@ pub async fn save_haproxy_state(config_path: &Path, file: &Path) -> anyhow::Resu
     let state = match haproxy::command(socket, "show servers state").await {
         Ok(state) => state,
         Err(error) => {
+            // An older file would bring back states from before: an empty one (the format's
+            // version line, no server) is better, and HAProxy does not warn about it.
+            let _ = std::fs::write(file, "1\n");
             println!("no server state saved: {error}");
             return Ok(());
         }
@@ -302,11 +305,11 @@ async fn apply(config: &Config, decision: &Decision) -> (u64, u64) {
                 let Some(socket) = &config.haproxy_socket else {
                     continue;
                 };
-                let backend = match backend {
-                    Backend::Write => &config.write_backend,
-                    Backend::Read => &config.read_backend,
+                let (backend, make_ready) = match backend {
+                    Backend::Write => (&config.write_backend, true),
+                    Backend::Read => (&config.read_backend, false),
                 };
-                haproxy::set_health(socket, backend, server, *up)
+                haproxy::set_health(socket, backend, server, *up, make_ready)
                     .await
                     .map_err(|error| error.to_string())
             }

@@ -186,9 +186,10 @@ impl Patroni {
     }
 
     /// `POST /switchover` on the leader's API, away from `leader` (to `candidate`, or the one
-    /// Patroni picks: with synchronous mode a synchronous standby). Patroni answers 412 or 503
-    /// while no candidate is ready yet (e.g. no synchronous standby right after a restart):
-    /// asked again until `patience` runs out.
+    /// Patroni picks: with synchronous mode a synchronous standby). Patroni answers 412 while
+    /// no candidate is ready yet (e.g. no synchronous standby right after a restart): asked
+    /// again until `patience` runs out. A 503 is not retried: Patroni also says it when it
+    /// cannot tell whether the switchover it started has finished (callers look at `/cluster`).
     pub async fn switchover(
         &self,
         base: &str,
@@ -200,15 +201,21 @@ impl Patroni {
         if let Some(candidate) = candidate {
             body["candidate"] = candidate.into();
         }
-        self.post_until_accepted(base, "/switchover", &body, patience)
+        self.post_until_accepted(base, "/switchover", &body, patience, &[412])
             .await
     }
 
     /// `POST /restart` on the member at `base`: PostgreSQL restarts in place, Patroni keeps
     /// running (and a leader keeps its lock).
     pub async fn restart(&self, base: &str, patience: Duration) -> Result<String, PatroniError> {
-        self.post_until_accepted(base, "/restart", &serde_json::json!({}), patience)
-            .await
+        self.post_until_accepted(
+            base,
+            "/restart",
+            &serde_json::json!({}),
+            patience,
+            &[412, 503],
+        )
+        .await
     }
 
     async fn post_until_accepted(
@@ -217,12 +224,13 @@ impl Patroni {
         path: &str,
         body: &Value,
         patience: Duration,
+        retry_on: &[u16],
     ) -> Result<String, PatroniError> {
         let started = Instant::now();
         loop {
             match self.expect_ok(base, "POST", path, Some(body)).await {
                 Err(PatroniError::Status { status, .. })
-                    if matches!(status, 412 | 503) && started.elapsed() < patience =>
+                    if retry_on.contains(&status) && started.elapsed() < patience =>
                 {
                     tokio::time::sleep(Duration::from_secs(2)).await
                 }
@@ -331,7 +339,7 @@ async fn over_ssh(
         .unwrap_or_default();
     let script = "if [ -n \"$3\" ]; then set -- \"$1\" \"$2\" -H 'Content-Type: application/json' --data-binary \"$3\"; else set -- \"$1\" \"$2\"; fi
 method=\"$1\"; url=\"$2\"; shift 2
-curl -s -K - --max-time 30 -X \"$method\" \"$@\" -w '\\n%{http_code}' \"$url\"";
+curl -s -K - --max-time 150 -X \"$method\" \"$@\" -w '\\n%{http_code}' \"$url\"";
     let command = RemoteCommand::script(script)
         .arg(method)
         .arg(url)

@@ -186,9 +186,12 @@ pub async fn switchover(
     candidate: Option<&str>,
 ) -> Result<String, PatroniError> {
     let base = member_base(view, leader)?;
-    patroni
-        .switchover(&base, leader, candidate, PATIENCE)
-        .await?;
+    match patroni.switchover(&base, leader, candidate, PATIENCE).await {
+        Ok(_) => {}
+        // "Switchover status unknown": it may still land; `/cluster` below decides.
+        Err(PatroniError::Status { status: 503, .. }) => {}
+        Err(error) => return Err(error),
+    }
     let view = patroni
         .wait_for(&base, "another member to lead", SETTLE, |view| {
             view.leader().is_some_and(|new| {

@@ -299,9 +299,11 @@ impl Upgrade {
     }
 
     /// Drain (or make ready) `server` in the read backend of every HAProxy; the open read
-    /// sessions it still has, summed.
+    /// sessions it still has, summed. Every HAProxy is asked even when one fails (a `ready`
+    /// must reach all of them); the first failure is returned after.
     async fn read_server(&self, server: &str, state: &str) -> anyhow::Result<u64> {
         let mut sessions = 0;
+        let mut first_error = None;
         let nodes: Vec<Node> = self
             .cluster
             .inventory
@@ -309,26 +311,40 @@ impl Upgrade {
             .cloned()
             .collect();
         for node in &nodes {
-            let session = self.session(node).await?;
-            let output = session
-                .run_checked(
-                    &RemoteCommand::argv([
-                        "/usr/local/bin/pgha",
-                        "agent",
-                        "read-server",
-                        server,
-                        "--state",
-                        state,
-                    ])
-                    .as_root(),
-                )
-                .await
-                .with_context(|| {
-                    format!("HAProxy on {}: read server {server} {state}", node.name)
-                })?;
-            sessions += output.stdout_text().trim().parse::<u64>().unwrap_or(0);
+            let answer = async {
+                let session = self.session(node).await?;
+                let output = session
+                    .run_checked(
+                        &RemoteCommand::argv([
+                            "/usr/local/bin/pgha",
+                            "agent",
+                            "read-server",
+                            server,
+                            "--state",
+                            state,
+                        ])
+                        .as_root(),
+                    )
+                    .await?;
+                Ok::<_, anyhow::Error>(output.stdout_text().trim().parse::<u64>().unwrap_or(0))
+            }
+            .await;
+            match answer {
+                Ok(count) => sessions += count,
+                Err(error) => {
+                    first_error.get_or_insert_with(|| {
+                        error.context(format!(
+                            "HAProxy on {}: read server {server} {state}",
+                            node.name
+                        ))
+                    });
+                }
+            }
         }
-        Ok(sessions)
+        match first_error {
+            Some(error) => Err(error),
+            None => Ok(sessions),
+        }
     }
 
     /// Make every server of every read backend ready and let every node take the VIP again: a
@@ -341,8 +357,11 @@ impl Upgrade {
             .nodes_with(Role::Postgres)
             .map(|node| node.name.clone())
             .collect();
+        let mut result = Ok(());
         for name in names {
-            self.read_server(&name, "ready").await?;
+            if let Err(error) = self.read_server(&name, "ready").await {
+                result = result.and(Err(error));
+            }
         }
         // And no node left refusing the VIP.
         let keepalived: Vec<Node> = self
@@ -352,9 +371,11 @@ impl Upgrade {
             .cloned()
             .collect();
         for node in &keepalived {
-            self.root(node, "rm -f /run/pgha-vip-yield").await?;
+            if let Err(error) = self.root(node, "rm -f /run/pgha-vip-yield").await {
+                result = result.and(Err(error));
+            }
         }
-        Ok(())
+        result
     }
 
     /// `pgha deploy --limit NODE`, keeping the installed pgha binary or not.
@@ -438,6 +459,18 @@ impl Upgrade {
         // The deploy, limited to this node, lays down what the new versions need (Patroni's
         // virtualenv, its unit) without restarting anything; the agent waits for the end.
         self.deploy_node(node, true).await?;
+        // A failover since the step began must not make this a restart of the primary.
+        if self
+            .view()
+            .await?
+            .leader()
+            .is_some_and(|leader| leader.name == node.name)
+        {
+            bail!(
+                "{} became the leader during its step: not restarted",
+                node.name
+            );
+        }
         // Patroni's version in use moves here, and only here.
         let version = &self.cluster.inventory.cluster.patroni_version;
         self.root(
@@ -650,6 +683,34 @@ impl Upgrade {
                 Err(error) => format!("{error:#}"),
             },
         });
+        // The nodes run this pgha's helpers: `pgha agent read-server` (drains) on HAProxy nodes
+        // and the check script that honours the VIP yield on Keepalived nodes. A cluster last
+        // deployed by an older pgha gets them from `pgha deploy`.
+        let mut missing = Vec::new();
+        for node in &inventory.nodes {
+            let mut script = String::from("true");
+            if node.has(Role::Haproxy) {
+                script.push_str(" && /usr/local/bin/pgha agent read-server --help >/dev/null 2>&1");
+            }
+            if node.has(Role::Keepalived) && inventory.cluster.vip.is_some() {
+                script.push_str(" && grep -q pgha-vip-yield /usr/local/lib/pgha/check-writes");
+            }
+            if self.root(node, &script).await.is_err() {
+                missing.push(node.name.clone());
+            }
+        }
+        checks.push(Precondition {
+            name: "pgha.helpers_installed".into(),
+            pass: missing.is_empty(),
+            detail: if missing.is_empty() {
+                "every node has this pgha's drain and VIP-yield helpers".into()
+            } else {
+                format!(
+                    "{} lack(s) this pgha's drain or VIP-yield helpers; hint: run `pgha deploy -i INVENTORY` first (it changes no version)",
+                    missing.join(", ")
+                )
+            },
+        });
         // No long transaction on the primary: a switchover would cut it off.
         let limit = self.options.limits.max_transaction_seconds;
         let oldest = match view.leader().and_then(|leader| inventory.node(&leader.name)) {
@@ -807,7 +868,15 @@ pub async fn upgrade(options: UpgradeOptions) -> anyhow::Result<UpgradeReport> {
             ),
         );
     }
+    // Whatever an earlier run cut off left behind (a drained read server, a node refusing the
+    // VIP) is undone by any run that may change something, even one with nothing left to do.
     let ready = preconditions.iter().all(|check| check.pass);
+    if !options.check && ready {
+        upgrade
+            .release_read_drains()
+            .await
+            .context("cannot undo an earlier run's drains")?;
+    }
     let mut report = UpgradeReport {
         check: options.check,
         plan: steps.clone(),
@@ -837,10 +906,6 @@ pub async fn upgrade(options: UpgradeOptions) -> anyhow::Result<UpgradeReport> {
         None
     };
     let outcome = async {
-        upgrade
-            .release_read_drains()
-            .await
-            .map_err(|error| format!("cannot release earlier read drains: {error:#}"))?;
         for (index, step) in steps.iter().enumerate() {
             say(
                 &options,
