@@ -42,6 +42,10 @@ const TEMPLATES: &[(&str, &str)] = &[
         include_str!("../templates/haproxy-reload.conf.j2"),
     ),
     (
+        "haproxy-hold.lua.j2",
+        include_str!("../templates/haproxy-hold.lua.j2"),
+    ),
+    (
         "keepalived.conf.j2",
         include_str!("../templates/keepalived.conf.j2"),
     ),
@@ -128,6 +132,17 @@ const DESTINATIONS: &[Destination] = &[
         mode: 0o640,
         secret: false,
         wanted: |_, node| node.has(Role::Haproxy),
+    },
+    Destination {
+        template: "haproxy-hold.lua.j2",
+        path: "/etc/haproxy/pgha-hold.lua",
+        owner: "root",
+        group: "haproxy",
+        mode: 0o644,
+        secret: false,
+        wanted: |inventory, node| {
+            node.has(Role::Haproxy) && inventory.cluster.haproxy.hold_writes_ms > 0
+        },
     },
     Destination {
         template: "haproxy-reload.conf.j2",

@@ -85,6 +85,9 @@ mkdir -p /usr/local/lib/pgha
 if [ -f usr/local/lib/pgha/check-writes ]; then install -m 755 usr/local/lib/pgha/check-writes /usr/local/lib/pgha/check-writes; fi
 # HAProxy's server-state file as the unit's drop-in leaves it before a start.
 mkdir -p /var/lib/haproxy && mount -t tmpfs -o mode=755 tmpfs /var/lib/haproxy && echo 1 > /var/lib/haproxy/pgha-server-state
+# The Lua the configuration loads, where the deploy puts it.
+mkdir -p /etc/haproxy && mount -t tmpfs -o mode=755 tmpfs /etc/haproxy
+if [ -f etc/haproxy/pgha-hold.lua ]; then install -m 644 etc/haproxy/pgha-hold.lua /etc/haproxy/pgha-hold.lua; fi
 if [ -f etc/haproxy/haproxy.cfg ]; then echo '>> haproxy'; haproxy -c -f etc/haproxy/haproxy.cfg; fi
 if [ -f etc/keepalived/keepalived.conf ]; then echo '>> keepalived'; keepalived --config-test -f etc/keepalived/keepalived.conf; fi
 if [ -f etc/patroni/patroni.yml ]; then echo '>> patroni'; '{patroni}' --validate-config etc/patroni/patroni.yml; fi

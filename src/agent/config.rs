@@ -42,6 +42,14 @@ pub struct Config {
     pub vip_interface: String,
 }
 
+impl Config {
+    /// Where `pgha agent hold-writes` announces a hand-over: beside the verdict, under `/run`
+    /// so that a reboot forgets it.
+    pub fn write_hold_file(&self) -> PathBuf {
+        self.verdict_file.with_file_name("write-hold")
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Vip {
     pub with_prefix: String,

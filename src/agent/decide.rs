@@ -11,6 +11,10 @@
 //! - the leader is made `ready` and forced up; the agent never sets `maint`, and on a graceful
 //!   stop it makes every write server `ready` again, so a stopped agent leaves routing to the
 //!   health checks and cannot keep writes away from a healthy primary;
+//! - a hand-over announced by `pgha agent hold-writes LEADER` (a planned switchover) drains the
+//!   leader too, so that no new write reaches a primary about to stop; HAProxy holds new write
+//!   connections until the next leader is ready (its `pgha_hold_writes` Lua action). The
+//!   announcement expires on its own, so a run cut off cannot keep writes away;
 //! - no leader, or etcd unreachable: HAProxy is left as it is.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -102,6 +106,9 @@ pub struct LocalView {
     pub vip_configured: bool,
     pub vip_held: bool,
     pub keepalived_alive: bool,
+    /// The write server named by an unexpired `pgha agent hold-writes` (a switchover away from
+    /// it is under way).
+    pub write_hold: Option<String>,
 }
 
 /// What the previous cycle left behind (edge-triggered read routing).
@@ -126,6 +133,9 @@ pub enum Action {
     /// `set server <write backend>/<server> state drain` then `health down`: no new writes,
     /// whatever its health checks say later.
     KeepOutOfWrites { server: String },
+    /// `set server <write backend>/<server> state drain`, health untouched: no new writes, the
+    /// open sessions go on until their primary stops (a planned hand-over).
+    HoldWrites { server: String },
     /// `ip addr del <vip> dev <interface>`.
     RemoveVip,
 }
@@ -262,7 +272,14 @@ fn route(
             changed.push(server.clone());
         }
     }
-    if let Some(state) = haproxy.write.get(leader) {
+    let held = local.write_hold.as_deref() == Some(leader.as_str());
+    if held {
+        if haproxy.write.get(leader).is_some_and(|state| !state.drain) {
+            actions.push(Action::HoldWrites {
+                server: leader.clone(),
+            });
+        }
+    } else if let Some(state) = haproxy.write.get(leader) {
         if !state.up || state.maint || state.drain {
             actions.push(Action::SetHealth {
                 backend: Backend::Write,
@@ -304,7 +321,9 @@ fn route(
         .leader_age
         .map(|age| format!(" since {:.1} s", age.as_secs_f64()))
         .unwrap_or_default();
-    let sentence = if changed.is_empty() {
+    let sentence = if held {
+        format!("holding new writes: {leader} hands over (`pgha agent hold-writes`); HAProxy keeps them waiting for the next leader{disagreement}")
+    } else if changed.is_empty() {
         // No age here: a steady sentence stays the same, so it is logged once.
         format!("writes go to {leader}, the leader{disagreement}")
     } else if new_leader {
@@ -404,6 +423,7 @@ mod tests {
             vip_configured: true,
             vip_held: true,
             keepalived_alive: true,
+            write_hold: None,
         }
     }
 
@@ -645,6 +665,45 @@ mod tests {
             "{:?}",
             decision.actions
         );
+    }
+
+    #[test]
+    fn a_hand_over_drains_the_leader_until_the_next_one_leads() {
+        // `pgha agent hold-writes node1`: node1 is drained, health untouched (its open sessions
+        // go on until Patroni stops it), nothing else changes, the VIP stays.
+        let mut held = local(Some("node1"));
+        held.write_hold = Some("node1".into());
+        let decision = decide(&cluster(Some("node1")), &held, &routed("node1"));
+        assert_eq!(
+            decision.actions,
+            [Action::HoldWrites {
+                server: "node1".into()
+            }]
+        );
+        assert!(decision.can_route_writes);
+        assert!(decision.sentence.contains("holding new writes"), "{}", decision.sentence);
+
+        // Already drained: nothing more to do, and the leader is not made ready.
+        let mut drained = held.clone();
+        if let Some(haproxy) = &mut drained.haproxy {
+            haproxy.write.get_mut("node1").unwrap().drain = true;
+        }
+        let decision = decide(&cluster(Some("node1")), &drained, &routed("node1"));
+        assert_eq!(decision.actions, []);
+
+        // node2 takes the leader key and answers `/primary`: it is routed at once, the hold
+        // naming node1 does not matter any more.
+        let decision = decide(&cluster(Some("node2")), &drained, &routed("node1"));
+        assert!(decision.actions.contains(&write("node2", true)), "{:?}", decision.actions);
+        assert!(!decision
+            .actions
+            .iter()
+            .any(|action| matches!(action, Action::HoldWrites { .. })));
+
+        // The hold withdrawn (or expired) with node1 still leading: node1 is ready again.
+        drained.write_hold = None;
+        let decision = decide(&cluster(Some("node1")), &drained, &routed("node1"));
+        assert_eq!(decision.actions, [write("node1", true)]);
     }
 
     #[test]

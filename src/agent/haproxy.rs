@@ -95,6 +95,11 @@ pub async fn keep_out(socket: &Path, backend: &str, server: &str) -> Result<(), 
     expect_silence(socket, line).await
 }
 
+/// Drain `backend/server`, health untouched: no new connection, the open ones go on.
+pub async fn drain(socket: &Path, backend: &str, server: &str) -> Result<(), HaproxyError> {
+    expect_silence(socket, format!("set server {backend}/{server} state drain")).await
+}
+
 /// Make `backend/server` ready (out of drain): its health checks decide again.
 pub async fn make_ready(socket: &Path, backend: &str, server: &str) -> Result<(), HaproxyError> {
     expect_silence(socket, format!("set server {backend}/{server} state ready")).await

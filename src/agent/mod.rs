@@ -175,6 +175,71 @@ async fn observe(config: &Config, cluster: &ClusterView) -> LocalView {
         vip_configured: config.vip.is_some(),
         vip_held,
         keepalived_alive: probe::keepalived_alive(),
+        write_hold: read_write_hold(&config.write_hold_file(), std::time::SystemTime::now()),
+    }
+}
+
+/// The server an unexpired hold names. The file holds `<server> <deadline>` (seconds since the
+/// epoch); a missing, unreadable or expired one holds nothing.
+fn read_write_hold(path: &Path, now: std::time::SystemTime) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    parse_write_hold(&text, now)
+}
+
+fn parse_write_hold(text: &str, now: std::time::SystemTime) -> Option<String> {
+    let mut words = text.split_whitespace();
+    let server = words.next()?;
+    let deadline: u64 = words.next()?.parse().ok()?;
+    let now = now.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs();
+    (now < deadline).then(|| server.to_string())
+}
+
+/// What `pgha agent hold-writes` does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteHold {
+    /// A switchover away from `server` is about to start: drain it for at most `for_seconds`.
+    From { server: String, for_seconds: u64 },
+    /// The switchover is over (or failed): the agent routes as usual again.
+    Release,
+}
+
+/// Announce or withdraw a hand-over to this node's agent. `From` writes the hold and drains the
+/// server at once (the agent keeps it drained while the hold lasts); `Release` removes the
+/// hold, and the agent makes the leader ready on its next cycle (at most a second).
+pub async fn hold_writes(config_path: &Path, hold: &WriteHold) -> anyhow::Result<()> {
+    let config = Config::load(config_path)?;
+    let path = config.write_hold_file();
+    match hold {
+        WriteHold::Release => match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(error) => Err(error).with_context(|| format!("cannot remove `{}`", path.display())),
+        },
+        WriteHold::From {
+            server,
+            for_seconds,
+        } => {
+            let Some(socket) = &config.haproxy_socket else {
+                anyhow::bail!(
+                    "this node runs no HAProxy (no `haproxy_socket` in its agent configuration)"
+                );
+            };
+            let deadline = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .context("the clock is before 1970")?
+                .as_secs()
+                + for_seconds;
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("cannot create `{}`", parent.display()))?;
+            }
+            let partial = path.with_extension("partial");
+            std::fs::write(&partial, format!("{server} {deadline}\n"))
+                .and_then(|()| std::fs::rename(&partial, &path))
+                .with_context(|| format!("cannot write `{}`", path.display()))?;
+            haproxy::drain(socket, &config.write_backend, server).await?;
+            Ok(())
+        }
     }
 }
 
@@ -321,6 +386,14 @@ async fn apply(config: &Config, decision: &Decision) -> (u64, u64) {
                     .await
                     .map_err(|error| error.to_string())
             }
+            Action::HoldWrites { server } => {
+                let Some(socket) = &config.haproxy_socket else {
+                    continue;
+                };
+                haproxy::drain(socket, &config.write_backend, server)
+                    .await
+                    .map_err(|error| error.to_string())
+            }
             Action::RemoveVip => match &config.vip {
                 Some(vip) => probe::remove_vip(&config.vip_interface, &vip.with_prefix)
                     .await
@@ -349,5 +422,24 @@ fn write_verdict(path: &Path, yes: bool) {
     let result = std::fs::write(&temporary, text).and_then(|()| std::fs::rename(&temporary, path));
     if let Err(error) = result {
         println!("cannot write the verdict `{}`: {error}", path.display());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    #[test]
+    fn a_write_hold_lasts_until_its_deadline() {
+        let at = |seconds| UNIX_EPOCH + Duration::from_secs(seconds);
+        assert_eq!(
+            parse_write_hold("node1 1000\n", at(999)),
+            Some("node1".to_string())
+        );
+        assert_eq!(parse_write_hold("node1 1000\n", at(1000)), None);
+        assert_eq!(parse_write_hold("node1\n", at(1)), None);
+        assert_eq!(parse_write_hold("node1 soon\n", at(1)), None);
+        assert_eq!(parse_write_hold("", SystemTime::now()), None);
     }
 }

@@ -1,7 +1,8 @@
 //! `pgha agent run`: the node daemon (deployed as the `pgha-agent` systemd service);
 //! `pgha agent release`: make drained write servers ready (the unit's `ExecStopPost`, so it
 //! runs after any exit of the daemon, a crash included); `pgha agent read-server`: drain or
-//! ready one server of the local read backend (a rolling upgrade's drain).
+//! ready one server of the local read backend (a rolling upgrade's drain); `pgha agent
+//! hold-writes`: announce a switchover so new writes wait in HAProxy for the next leader.
 
 use std::path::PathBuf;
 
@@ -15,6 +16,10 @@ pub enum AgentCommand {
     /// Drain a server of the local HAProxy's read backend (no new reads; running ones finish),
     /// make it ready again, or only show it; prints its open sessions (`pgha upgrade` uses it)
     ReadServer(ReadServerArgs),
+    /// Announce a switchover away from SERVER: drain it in the local write backend at once and
+    /// keep it drained (the agent) until the hold is released or expires, so new writes wait
+    /// in HAProxy for the next leader instead of meeting a stopping primary
+    HoldWrites(HoldWritesArgs),
     /// Save the local HAProxy's server states (`show servers state`) to the file its
     /// configuration loads on start, so a reload keeps them (the haproxy unit runs it first)
     SaveHaproxyState(SaveStateArgs),
@@ -42,6 +47,22 @@ pub struct ReadServerArgs {
 }
 
 #[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["server", "release"])))]
+pub struct HoldWritesArgs {
+    /// The agent's configuration (rendered by `pgha deploy`)
+    #[arg(long, default_value = "/etc/pgha/agent.yml")]
+    config: PathBuf,
+    /// The write server (node name) that is about to hand over
+    server: Option<String>,
+    /// The hold ends on its own after this long, whatever happens to the caller
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=600))]
+    seconds: u64,
+    /// End the hold: the agent routes writes as usual again
+    #[arg(long, conflicts_with = "server")]
+    release: bool,
+}
+
+#[derive(Debug, clap::Args)]
 pub struct RunArgs {
     /// The agent's configuration (rendered by `pgha deploy`)
     #[arg(long, default_value = "/etc/pgha/agent.yml")]
@@ -56,6 +77,16 @@ pub fn run(command: AgentCommand) -> anyhow::Result<()> {
         }
         AgentCommand::SaveHaproxyState(args) => super::run::runtime()?
             .block_on(crate::agent::save_haproxy_state(&args.config, &args.file)),
+        AgentCommand::HoldWrites(args) => {
+            let hold = match args.server {
+                Some(server) => crate::agent::WriteHold::From {
+                    server,
+                    for_seconds: args.seconds,
+                },
+                None => crate::agent::WriteHold::Release,
+            };
+            super::run::runtime()?.block_on(crate::agent::hold_writes(&args.config, &hold))
+        }
         AgentCommand::ReadServer(args) => {
             let sessions = super::run::runtime()?.block_on(crate::agent::read_server(
                 &args.config,

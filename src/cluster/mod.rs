@@ -45,6 +45,55 @@ impl Cluster {
         observe(self.inventory.clone(), self.connections.clone()).await
     }
 
+    /// Announce a planned hand-over away from `from` to the agent on every HAProxy node, in
+    /// parallel (`pgha agent hold-writes FROM`: its write server is drained at once, so new
+    /// writes wait in HAProxy for the next leader instead of meeting a stopping primary), or,
+    /// with `None`, end it everywhere. Every node is asked even when one fails; the failures
+    /// are returned together.
+    pub async fn hold_writes(&self, from: Option<&str>) -> anyhow::Result<()> {
+        let reporter = Arc::new(Reporter::new(true, Vec::new(), Vec::new()));
+        let mut argv = vec!["/usr/local/bin/pgha", "agent", "hold-writes"];
+        match from {
+            // Long enough for Patroni's checkpoint and demotion; short enough that a run cut
+            // off holds nothing for long.
+            Some(server) => argv.extend([server, "--seconds", "60"]),
+            None => argv.push("--release"),
+        }
+        let command = RemoteCommand::argv(argv).as_root();
+        let mut handles = Vec::new();
+        for node in self.inventory.nodes_with(Role::Haproxy).cloned() {
+            let (connections, reporter, command) =
+                (self.connections.clone(), reporter.clone(), command.clone());
+            handles.push(tokio::spawn(async move {
+                let session = connections
+                    .get(&node, &reporter)
+                    .await
+                    .map_err(|reason| format!("{}: {reason}", node.name))?;
+                session
+                    .run_checked(&command)
+                    .await
+                    .map(|_| ())
+                    .map_err(|error| format!("{}: {error:#}", node.name))
+            }));
+        }
+        let mut failures = Vec::new();
+        for handle in handles {
+            match handle.await {
+                Ok(Ok(())) => {}
+                Ok(Err(failure)) => failures.push(failure),
+                Err(error) => failures.push(error.to_string()),
+            }
+        }
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            bail!(
+                "`pgha agent hold-writes` failed on {}",
+                failures.join("; ")
+            )
+        }
+    }
+
     /// Run SQL through `host:port` from this machine with `psql` (password in the environment).
     async fn sql(&self, host: &str, port: u16, sql: &str) -> Result<String, String> {
         let output = tokio::process::Command::new("psql")
@@ -332,9 +381,43 @@ pub async fn switchover(cluster: &Cluster, to: Option<&str>) -> anyhow::Result<S
         session,
         Some(Credentials::pgha(&cluster.secrets.restapi_password)),
     );
+    // New writes wait in HAProxy from here until the candidate leads; a hold that cannot be
+    // set everywhere is given up (and said), the switchover goes on without it.
+    let mut held = match cluster.hold_writes(Some(&leader)).await {
+        Ok(()) => true,
+        Err(error) => {
+            eprintln!("warning: new writes are refused during this hand-over: {error:#}");
+            let _ = cluster.hold_writes(None).await;
+            false
+        }
+    };
     let started = Instant::now();
+    let result = switch_and_follow(cluster, &patroni, &base, &leader, &candidate, sync, &mut held, started).await;
+    if held {
+        if let Err(error) = cluster.hold_writes(None).await {
+            eprintln!("warning: the write hold could not be ended everywhere (it expires within 60 s): {error:#}");
+        }
+    }
+    cluster.connections.close().await;
+    result
+}
+
+/// Ask Patroni for the switchover and follow it until the candidate leads, every HAProxy
+/// routes to it, and the old primary streams. The write hold ends as soon as the candidate
+/// leads (`held` says whether it still has to be ended).
+#[allow(clippy::too_many_arguments)]
+async fn switch_and_follow(
+    cluster: &Cluster,
+    patroni: &Patroni,
+    base: &str,
+    leader: &str,
+    candidate: &str,
+    sync: bool,
+    held: &mut bool,
+    started: Instant,
+) -> anyhow::Result<Switchover> {
     patroni
-        .switchover(&base, &leader, Some(&candidate), Duration::ZERO)
+        .switchover(base, leader, Some(candidate), Duration::ZERO)
         .await
         .context("Patroni refused the switchover")?;
     let (mut leader_changed, mut routed, mut streaming) = (None, None, None);
@@ -348,6 +431,9 @@ pub async fn switchover(cluster: &Cluster, to: Option<&str>) -> anyhow::Result<S
             })
         {
             leader_changed = Some(now);
+            if *held && cluster.hold_writes(None).await.is_ok() {
+                *held = false;
+            }
         }
         if leader_changed.is_some() && routed.is_none() {
             let all_routed = views
@@ -359,7 +445,7 @@ pub async fn switchover(cluster: &Cluster, to: Option<&str>) -> anyhow::Result<S
                             .iter()
                             .filter(|(_, status)| status.starts_with("UP"))
                             .map(|(name, _)| name.as_str())
-                            .eq([candidate.as_str()])
+                            .eq([candidate])
                     })
                 });
             if all_routed {
@@ -383,10 +469,9 @@ pub async fn switchover(cluster: &Cluster, to: Option<&str>) -> anyhow::Result<S
         if let (Some(leader_changed), Some(routed), Some(streaming)) =
             (leader_changed, routed, streaming)
         {
-            cluster.connections.close().await;
             return Ok(Switchover {
-                from: leader,
-                to: candidate,
+                from: leader.to_string(),
+                to: candidate.to_string(),
                 leader_changed_ms: leader_changed,
                 routed_ms: routed,
                 old_primary_streaming_ms: streaming,

@@ -229,6 +229,7 @@ impl FailoverProfile {
             fastinter_ms,
             rise: 3,
             fall: 3,
+            hold_writes_ms: HOLD_WRITES_MS,
         }
     }
 }
@@ -301,7 +302,15 @@ pub struct HaproxyChecks {
     pub fastinter_ms: u32,
     pub rise: u32,
     pub fall: u32,
+    /// New write connections wait this long for a write server (0: refused at once).
+    pub hold_writes_ms: u32,
 }
+
+/// The default of `cluster.haproxy.hold_writes_ms`: longer than a switchover's hand-over
+/// (about 1.6 s on the lab), short enough that a failover's clients fail fast and retry.
+pub const HOLD_WRITES_MS: u32 = 5000;
+/// Its upper bound: HAProxy's `tcp-request inspect-delay` keeps the connection that long.
+const HOLD_WRITES_MAX_MS: u32 = 30_000;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Postgresql {
@@ -662,8 +671,19 @@ fn validate_cluster(
             fastinter_ms: overrides.fastinter_ms.unwrap_or(preset.fastinter_ms),
             rise: overrides.rise.unwrap_or(preset.rise),
             fall: overrides.fall.unwrap_or(preset.fall),
+            hold_writes_ms: overrides.hold_writes_ms.unwrap_or(preset.hold_writes_ms),
         }
     };
+    if haproxy.hold_writes_ms > HOLD_WRITES_MAX_MS {
+        problems.add(
+            "cluster.haproxy.hold_writes_ms",
+            format!(
+                "{} ms is longer than the {HOLD_WRITES_MAX_MS} ms a new connection may be held",
+                haproxy.hold_writes_ms
+            ),
+            Some("0 refuses new writes at once while no server takes them"),
+        );
+    }
     for (key, value) in [
         ("inter_ms", haproxy.inter_ms),
         ("fastinter_ms", haproxy.fastinter_ms),

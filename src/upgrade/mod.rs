@@ -363,6 +363,10 @@ impl Upgrade {
                 result = result.and(Err(error));
             }
         }
+        // No write hold left behind (it would expire on its own within a minute).
+        if let Err(error) = self.cluster.hold_writes(None).await {
+            result = result.and(Err(error));
+        }
         // And no node left refusing the VIP.
         let keepalived: Vec<Node> = self
             .cluster
@@ -545,14 +549,20 @@ impl Upgrade {
             {
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
+            // New writes wait in HAProxy from here until the candidate leads (the agents drain
+            // the old primary before it stops and route the new one once it answers).
+            self.cluster.hold_writes(Some(&step.node)).await?;
             Ok::<_, anyhow::Error>(
                 rolling::switchover(&patroni, &view, &step.node, Some(&candidate)).await?,
             )
         }
         .await;
-        // Ready again on every path: as the leader, the agents keep it out of the reads.
+        // On every path: the hold ends (the agents route the leader, whichever it is), and the
+        // candidate is ready again in the reads (as the leader, the agents keep it out).
+        let unheld = self.cluster.hold_writes(None).await;
         let released = self.read_server(&candidate, "ready").await;
         let new_leader = switched?;
+        unheld?;
         released?;
         say(
             &self.options,
@@ -683,14 +693,15 @@ impl Upgrade {
                 Err(error) => format!("{error:#}"),
             },
         });
-        // The nodes run this pgha's helpers: `pgha agent read-server` (drains) on HAProxy nodes
+        // The nodes run this pgha's helpers: `pgha agent read-server` (drains) and `hold-writes`
+        // (the switchover's hold) on HAProxy nodes
         // and the check script that honours the VIP yield on Keepalived nodes. A cluster last
         // deployed by an older pgha gets them from `pgha deploy`.
         let mut missing = Vec::new();
         for node in &inventory.nodes {
             let mut script = String::from("true");
             if node.has(Role::Haproxy) {
-                script.push_str(" && /usr/local/bin/pgha agent read-server --help >/dev/null 2>&1");
+                script.push_str(" && /usr/local/bin/pgha agent read-server --help >/dev/null 2>&1 && /usr/local/bin/pgha agent hold-writes --help >/dev/null 2>&1");
             }
             if node.has(Role::Keepalived) && inventory.cluster.vip.is_some() {
                 script.push_str(" && grep -q pgha-vip-yield /usr/local/lib/pgha/check-writes");
