@@ -4,7 +4,8 @@
 //!
 //! Safety rules it encodes:
 //! - nothing is done before a full view is known (the first etcd read and one HAProxy read);
-//! - writes are routed only to the etcd leader, and only once its `/primary` answers 200;
+//! - writes are routed only to the etcd leader, and only once its `/primary` answers 200 with
+//!   `role: primary` (out of recovery: Patroni answers 200 as soon as it holds the lock);
 //! - every other write server is *drained* (and forced down): its health checks keep running but
 //!   cannot send it new writes, so an old primary that comes back believing it still leads (a
 //!   thawed or reconnected node whose `/primary` answers 200 for a moment) gets no write;
@@ -99,7 +100,8 @@ pub struct LocalView {
     pub haproxy: Option<HaproxyView>,
     /// The local Patroni's role from `GET /patroni`, `None` when it did not answer.
     pub patroni_role: Option<String>,
-    /// The leader's `/primary` answer: `Some(true)` for 200, `Some(false)` for anything else,
+    /// The leader's `/primary` answer: `Some(true)` for 200 with `role: primary` (PostgreSQL
+    /// out of recovery), `Some(false)` for anything else,
     /// `None` when not asked (no leader) or unreachable.
     pub leader_primary: Option<bool>,
     /// A VIP is configured for this node.
@@ -244,7 +246,7 @@ fn route(
         Some(false) => {
             return (
                 format!(
-                    "waiting for {leader}: it holds the leader key but its `/primary` does not answer 200{disagreement}"
+                    "waiting for {leader}: it holds the leader key but its `/primary` does not answer 200 with `role: primary` yet{disagreement}"
                 ),
                 // Every node waits alike (a switchover's demotion): giving the VIP away now
                 // would only add a VIP move to the outage.
@@ -501,7 +503,7 @@ mod tests {
                 },
                 memory: routed("node1"),
                 actions: vec![],
-                sentence: "waiting for node2: it holds the leader key but its `/primary` does not answer 200",
+                sentence: "waiting for node2: it holds the leader key but its `/primary` does not answer 200 with `role: primary` yet",
                 verdict: true,
             },
             Case {

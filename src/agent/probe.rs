@@ -1,4 +1,4 @@
-//! Local probes of one cycle: Patroni's REST API (`GET /patroni` and `OPTIONS /primary`,
+//! Local probes of one cycle: Patroni's REST API (`GET /patroni` and `GET /primary`,
 //! through the one Patroni client), the VIP on its interface and a live keepalived.
 //! Probes only read; the one change they make is [`remove_vip`].
 
@@ -31,14 +31,28 @@ pub async fn patroni_role(base: &str) -> Option<String> {
     value.get("role")?.as_str().map(str::to_string)
 }
 
-/// `Some(true)` when `/primary` answers 200, `Some(false)` for another status, `None` when
-/// unreachable.
+/// `Some(true)` when the leader takes writes: `/primary` answers 200 *and* says `role:
+/// primary`. `Some(false)` otherwise, `None` when unreachable.
+///
+/// The status alone is not enough: Patroni answers `/primary` with 200 as soon as it holds the
+/// leader lock, and a switchover's candidate takes the lock before PostgreSQL has left
+/// recovery. The body's `role` comes from `pg_is_in_recovery()`; routing on the status alone
+/// sent held connections to a server still read-only ("cannot execute INSERT in a read-only
+/// transaction", 10 of them in one lab switchover).
 pub async fn is_primary(base: &str) -> Option<bool> {
     Patroni::anonymous(PATRONI_TIMEOUT)
-        .call(base, "OPTIONS", "/primary", None)
+        .call(base, "GET", "/primary", None)
         .await
         .ok()
-        .map(|(status, _)| status == 200)
+        .map(|(status, body)| takes_writes(status, &body))
+}
+
+fn takes_writes(status: u16, body: &str) -> bool {
+    status == 200
+        && serde_json::from_str::<serde_json::Value>(body)
+            .ok()
+            .and_then(|value| value.get("role")?.as_str().map(|role| role == "primary"))
+            .unwrap_or(false)
 }
 
 /// This node holds `address` on `interface` (`ip -o addr show dev IFACE`).
@@ -115,6 +129,15 @@ async fn run(argv: &[&str]) -> Result<String, ProbeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_leader_takes_writes_once_it_left_recovery() {
+        // Patroni 4.1 holding the lock while PostgreSQL still replays: 200, role replica.
+        assert!(!takes_writes(200, r#"{"state": "running", "role": "replica"}"#));
+        assert!(takes_writes(200, r#"{"state": "running", "role": "primary"}"#));
+        assert!(!takes_writes(503, r#"{"state": "running", "role": "primary"}"#));
+        assert!(!takes_writes(200, ""));
+    }
 
     #[test]
     fn vip_is_found_in_ip_output() {
