@@ -100,6 +100,18 @@ pub async fn drain(socket: &Path, backend: &str, server: &str) -> Result<(), Hap
     expect_silence(socket, format!("set server {backend}/{server} state drain")).await
 }
 
+/// Stop (`disable health`) or restart (`enable health`) the health checks of `backend/server`.
+/// While stopped HAProxy keeps the server as it is (up), whatever its check would say.
+pub async fn set_checks(
+    socket: &Path,
+    backend: &str,
+    server: &str,
+    on: bool,
+) -> Result<(), HaproxyError> {
+    let verb = if on { "enable" } else { "disable" };
+    expect_silence(socket, format!("{verb} health {backend}/{server}")).await
+}
+
 /// Make `backend/server` ready (out of drain): its health checks decide again.
 pub async fn make_ready(socket: &Path, backend: &str, server: &str) -> Result<(), HaproxyError> {
     expect_silence(socket, format!("set server {backend}/{server} state ready")).await

@@ -194,6 +194,20 @@ fn parse_write_hold(text: &str, now: std::time::SystemTime) -> Option<String> {
     (now < deadline).then(|| server.to_string())
 }
 
+/// `pgha agent checks`: HAProxy's health checks of `server` stopped in both backends (the
+/// server stays as it is: a primary whose Patroni restarts with PostgreSQL running keeps its
+/// writes) or running again.
+pub async fn server_checks(config_path: &Path, server: &str, on: bool) -> anyhow::Result<()> {
+    let config = Config::load(config_path)?;
+    let Some(socket) = &config.haproxy_socket else {
+        anyhow::bail!("this node runs no HAProxy (no `haproxy_socket` in its agent configuration)");
+    };
+    for backend in [&config.write_backend, &config.read_backend] {
+        haproxy::set_checks(socket, backend, server, on).await?;
+    }
+    Ok(())
+}
+
 /// What `pgha agent hold-writes` does.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WriteHold {

@@ -20,6 +20,9 @@ pub enum AgentCommand {
     /// keep it drained (the agent) until the hold is released or expires, so new writes wait
     /// in HAProxy for the next leader instead of meeting a stopping primary
     HoldWrites(HoldWritesArgs),
+    /// Stop HAProxy's health checks of SERVER in both local backends (it keeps its state) or
+    /// start them again (`pgha upgrade` restarts a primary's Patroni with PostgreSQL running)
+    Checks(ChecksArgs),
     /// Save the local HAProxy's server states (`show servers state`) to the file its
     /// configuration loads on start, so a reload keeps them (the haproxy unit runs it first)
     SaveHaproxyState(SaveStateArgs),
@@ -63,6 +66,23 @@ pub struct HoldWritesArgs {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct ChecksArgs {
+    /// The agent's configuration (rendered by `pgha deploy`)
+    #[arg(long, default_value = "/etc/pgha/agent.yml")]
+    config: PathBuf,
+    /// The server (node name) in the write and read backends
+    server: String,
+    #[arg(long, value_enum)]
+    state: Switch,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Switch {
+    On,
+    Off,
+}
+
+#[derive(Debug, clap::Args)]
 pub struct RunArgs {
     /// The agent's configuration (rendered by `pgha deploy`)
     #[arg(long, default_value = "/etc/pgha/agent.yml")]
@@ -77,6 +97,11 @@ pub fn run(command: AgentCommand) -> anyhow::Result<()> {
         }
         AgentCommand::SaveHaproxyState(args) => super::run::runtime()?
             .block_on(crate::agent::save_haproxy_state(&args.config, &args.file)),
+        AgentCommand::Checks(args) => super::run::runtime()?.block_on(crate::agent::server_checks(
+            &args.config,
+            &args.server,
+            args.state == Switch::On,
+        )),
         AgentCommand::HoldWrites(args) => {
             let hold = match args.server {
                 Some(server) => crate::agent::WriteHold::From {

@@ -45,20 +45,13 @@ impl Cluster {
         observe(self.inventory.clone(), self.connections.clone()).await
     }
 
-    /// Announce a planned hand-over away from `from` to the agent on every HAProxy node, in
-    /// parallel (`pgha agent hold-writes FROM`: its write server is drained at once, so new
-    /// writes wait in HAProxy for the next leader instead of meeting a stopping primary), or,
-    /// with `None`, end it everywhere. Every node is asked even when one fails; the failures
-    /// are returned together.
-    pub async fn hold_writes(&self, from: Option<&str>) -> anyhow::Result<()> {
+    /// Run `pgha agent ARGS` as root on every HAProxy node, in parallel; the output of each.
+    /// Every node is asked even when one fails (a release must reach all of them); the
+    /// failures are returned together.
+    pub async fn agent_on_haproxy_nodes(&self, args: &[&str]) -> anyhow::Result<Vec<String>> {
         let reporter = Arc::new(Reporter::new(true, Vec::new(), Vec::new()));
-        let mut argv = vec!["/usr/local/bin/pgha", "agent", "hold-writes"];
-        match from {
-            // Long enough for Patroni's checkpoint and demotion; short enough that a run cut
-            // off holds nothing for long.
-            Some(server) => argv.extend([server, "--seconds", "60"]),
-            None => argv.push("--release"),
-        }
+        let mut argv = vec!["/usr/local/bin/pgha", "agent"];
+        argv.extend_from_slice(args);
         let command = RemoteCommand::argv(argv).as_root();
         let mut handles = Vec::new();
         for node in self.inventory.nodes_with(Role::Haproxy).cloned() {
@@ -72,26 +65,41 @@ impl Cluster {
                 session
                     .run_checked(&command)
                     .await
-                    .map(|_| ())
+                    .map(|output| output.stdout_text())
                     .map_err(|error| format!("{}: {error:#}", node.name))
             }));
         }
-        let mut failures = Vec::new();
+        let (mut outputs, mut failures) = (Vec::new(), Vec::new());
         for handle in handles {
             match handle.await {
-                Ok(Ok(())) => {}
+                Ok(Ok(output)) => outputs.push(output),
                 Ok(Err(failure)) => failures.push(failure),
                 Err(error) => failures.push(error.to_string()),
             }
         }
         if failures.is_empty() {
-            Ok(())
+            Ok(outputs)
         } else {
             bail!(
-                "`pgha agent hold-writes` failed on {}",
+                "`pgha agent {}` failed on {}",
+                args.join(" "),
                 failures.join("; ")
             )
         }
+    }
+
+    /// Announce a planned hand-over away from `from` to the agent on every HAProxy node
+    /// (`pgha agent hold-writes FROM`: its write server is drained at once, so new writes wait
+    /// in HAProxy for the next leader instead of meeting a stopping primary), or, with `None`,
+    /// end it everywhere.
+    pub async fn hold_writes(&self, from: Option<&str>) -> anyhow::Result<()> {
+        let args = match from {
+            // Long enough for Patroni's checkpoint and demotion; short enough that a run cut
+            // off holds nothing for long.
+            Some(server) => vec!["hold-writes", server, "--seconds", "60"],
+            None => vec!["hold-writes", "--release"],
+        };
+        self.agent_on_haproxy_nodes(&args).await.map(drop)
     }
 
     /// Run SQL through `host:port` from this machine with `psql` (password in the environment).

@@ -15,7 +15,7 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::model::ClusterView;
+use super::model::{ClusterView, MemberStatus};
 use crate::ssh::{RemoteCommand, Session};
 
 /// Connect and whole-request timeouts of one direct call.
@@ -183,6 +183,29 @@ impl Patroni {
         self.expect_ok(base, "PATCH", "/config", Some(patch))
             .await
             .map(drop)
+    }
+
+    /// `GET /patroni` on a member's own API: its version, state, role and whether the cluster
+    /// is paused. Patroni answers 503 with the same body while PostgreSQL is not running.
+    pub async fn status(&self, base: &str) -> Result<MemberStatus, PatroniError> {
+        let (status, body) = self.call(base, "GET", "/patroni", None).await?;
+        if status != 200 && status != 503 {
+            return Err(PatroniError::Status {
+                url: format!("{base}/patroni"),
+                status,
+                body,
+            });
+        }
+        MemberStatus::parse(&body)
+            .map_err(|error| PatroniError::Json(format!("{base}/patroni"), error.to_string()))
+    }
+
+    /// Maintenance mode on or off for the whole cluster (`PATCH /config` with `pause`). While
+    /// paused Patroni changes nothing in PostgreSQL, and a Patroni that stops leaves PostgreSQL
+    /// running (and a leader keeps its key).
+    pub async fn set_pause(&self, base: &str, paused: bool) -> Result<(), PatroniError> {
+        self.patch_config(base, &serde_json::json!({ "pause": paused }))
+            .await
     }
 
     /// `POST /switchover` on the leader's API, away from `leader` (to `candidate`, or the one

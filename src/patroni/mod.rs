@@ -8,4 +8,4 @@ pub mod model;
 pub mod rolling;
 
 pub use client::{Credentials, Patroni, PatroniError};
-pub use model::{ClusterView, Member, RestartStep, Role, State};
+pub use model::{ClusterView, Member, MemberStatus, RestartStep, Role, State};

@@ -152,6 +152,35 @@ impl Member {
     }
 }
 
+/// What a member says of itself (`GET /patroni` on its own API).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MemberStatus {
+    /// The Patroni version that answers.
+    pub version: Option<String>,
+    pub state: State,
+    /// [`Role::Leader`] (`primary`) only once PostgreSQL is out of recovery: Patroni derives it
+    /// from `pg_is_in_recovery()` (the leader lock alone does not make it `primary`).
+    pub role: Role,
+    /// The cluster is in maintenance mode (`pause`).
+    pub paused: bool,
+    /// The postmaster's start time: unchanged means PostgreSQL did not restart.
+    pub postmaster_start_time: Option<String>,
+}
+
+impl MemberStatus {
+    pub fn parse(text: &str) -> Result<MemberStatus, serde_json::Error> {
+        let value: Value = serde_json::from_str(text)?;
+        let text = |key: &str| value[key].as_str().map(str::to_string);
+        Ok(MemberStatus {
+            version: value["patroni"]["version"].as_str().map(str::to_string),
+            state: State::parse(&text("state").unwrap_or_default()),
+            role: Role::parse(&text("role").unwrap_or_default()),
+            paused: value["pause"].as_bool().unwrap_or(false),
+            postmaster_start_time: text("postmaster_start_time"),
+        })
+    }
+}
+
 /// `http://host:port` of an `api_url` such as `http://host:port/patroni` (only `http://`: the
 /// clients speak plain HTTP today).
 pub fn api_base(url: &str) -> Option<String> {
@@ -371,6 +400,25 @@ pub fn patch_paths(patch: &serde_json::Map<String, Value>) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_members_own_status_is_read() {
+        let status = MemberStatus::parse(
+            r#"{"state": "running", "postmaster_start_time": "2026-12-01 00:04:35.737375+00:00", "role": "replica", "pause": true, "patroni": {"version": "4.1.5", "scope": "lab", "name": "node2"}}"#,
+        )
+        .unwrap();
+        assert_eq!(status.version.as_deref(), Some("4.1.5"));
+        assert_eq!(status.state, State::Running);
+        assert_eq!(status.role, Role::Replica);
+        assert!(status.paused);
+        assert_eq!(
+            status.postmaster_start_time.as_deref(),
+            Some("2026-12-01 00:04:35.737375+00:00")
+        );
+        let stopped = MemberStatus::parse(r#"{"state": "stopped", "role": "uninitialized"}"#).unwrap();
+        assert!(!stopped.paused && stopped.version.is_none());
+        assert!(MemberStatus::parse("not json").is_err());
+    }
 
     const CLUSTER: &str = r#"{"members": [
         {"name": "node1", "role": "leader", "state": "running", "api_url": "http://10.231.0.11:8008/patroni", "host": "10.231.0.11", "port": 5432, "timeline": 3},

@@ -25,7 +25,9 @@ use crate::engine::report::Reporter;
 use crate::engine::runner::RunOptions;
 use crate::error::UserError;
 use crate::inventory::{Node, Role, SyncMode};
-use crate::patroni::{rolling, ClusterView, Patroni, Role as PatroniRole};
+use crate::patroni::{
+    rolling, ClusterView, MemberStatus, Patroni, Role as PatroniRole, State as PatroniState,
+};
 use crate::ssh::{RemoteCommand, Session};
 pub use plan::{Limits, NodeFacts, Precondition, Step, StepKind};
 
@@ -298,59 +300,35 @@ impl Upgrade {
         Ok(())
     }
 
-    /// Drain (or make ready) `server` in the read backend of every HAProxy; the open read
-    /// sessions it still has, summed. Every HAProxy is asked even when one fails (a `ready`
-    /// must reach all of them); the first failure is returned after.
+    /// Drain (or make ready) `server` in the read backend of every HAProxy, in parallel; the
+    /// open read sessions it still has, summed. Every HAProxy is asked even when one fails (a
+    /// `ready` must reach all of them).
     async fn read_server(&self, server: &str, state: &str) -> anyhow::Result<u64> {
-        let mut sessions = 0;
-        let mut first_error = None;
-        let nodes: Vec<Node> = self
+        let outputs = self
             .cluster
-            .inventory
-            .nodes_with(Role::Haproxy)
-            .cloned()
-            .collect();
-        for node in &nodes {
-            let answer = async {
-                let session = self.session(node).await?;
-                let output = session
-                    .run_checked(
-                        &RemoteCommand::argv([
-                            "/usr/local/bin/pgha",
-                            "agent",
-                            "read-server",
-                            server,
-                            "--state",
-                            state,
-                        ])
-                        .as_root(),
-                    )
-                    .await?;
-                Ok::<_, anyhow::Error>(output.stdout_text().trim().parse::<u64>().unwrap_or(0))
-            }
-            .await;
-            match answer {
-                Ok(count) => sessions += count,
-                Err(error) => {
-                    first_error.get_or_insert_with(|| {
-                        error.context(format!(
-                            "HAProxy on {}: read server {server} {state}",
-                            node.name
-                        ))
-                    });
-                }
-            }
-        }
-        match first_error {
-            Some(error) => Err(error),
-            None => Ok(sessions),
-        }
+            .agent_on_haproxy_nodes(&["read-server", server, "--state", state])
+            .await
+            .with_context(|| format!("read server {server} {state}"))?;
+        Ok(outputs
+            .iter()
+            .map(|output| output.trim().parse::<u64>().unwrap_or(0))
+            .sum())
     }
 
-    /// Make every server of every read backend ready and let every node take the VIP again: a
-    /// run cut off while a replica was drained or a node gave the VIP away leaves nothing
-    /// behind once the next run starts.
-    async fn release_read_drains(&self) -> anyhow::Result<()> {
+    /// HAProxy's health checks of `server` stopped (it keeps its state, up) or running again,
+    /// on every HAProxy: a primary whose Patroni restarts stays routed.
+    async fn server_checks(&self, server: &str, on: bool) -> anyhow::Result<()> {
+        let state = if on { "on" } else { "off" };
+        self.cluster
+            .agent_on_haproxy_nodes(&["checks", server, "--state", state])
+            .await
+            .map(drop)
+    }
+
+    /// Make every server of every read backend ready, end any write hold, let every node take
+    /// the VIP again, and end a maintenance mode this upgrade began (with the health checks it
+    /// stopped): a run cut off anywhere leaves nothing behind once the next run starts.
+    async fn release_leftovers(&self) -> anyhow::Result<()> {
         let names: Vec<String> = self
             .cluster
             .inventory
@@ -358,8 +336,28 @@ impl Upgrade {
             .map(|node| node.name.clone())
             .collect();
         let mut result = Ok(());
-        for name in names {
-            if let Err(error) = self.read_server(&name, "ready").await {
+        for name in &names {
+            if let Err(error) = self.read_server(name, "ready").await {
+                result = result.and(Err(error));
+            }
+        }
+        // A maintenance mode this upgrade began (the marker is on the node it was for).
+        let mut paused = Vec::new();
+        for name in &names {
+            let node = self.node(name)?;
+            match self.root(&node, "test -e /run/pgha-upgrade-paused && echo paused || true").await {
+                Ok(output) if output.trim() == "paused" => paused.push(name.clone()),
+                Ok(_) => {}
+                Err(error) => result = result.and(Err(error)),
+            }
+        }
+        for name in &paused {
+            if let Err(error) = self.server_checks(name, true).await {
+                result = result.and(Err(error));
+            }
+        }
+        if !paused.is_empty() {
+            if let Err(error) = self.resume().await {
                 result = result.and(Err(error));
             }
         }
@@ -475,15 +473,7 @@ impl Upgrade {
                 node.name
             );
         }
-        // Patroni's version in use moves here, and only here.
-        let version = &self.cluster.inventory.cluster.patroni_version;
-        self.root(
-            node,
-            &format!(
-                "test -e /opt/pgha/patroni-{version}/.pgha-complete && ln -sfn patroni-{version} /opt/pgha/patroni && systemctl daemon-reload && systemctl restart patroni"
-            ),
-        )
-        .await?;
+        self.restart_patroni_on_pin(node).await?;
         let (patroni, api) = self.patroni().await?;
         let max_lag = self.options.limits.max_lag_bytes;
         patroni
@@ -500,6 +490,179 @@ impl Upgrade {
                 },
             )
             .await?;
+        Ok(())
+    }
+
+    /// Patroni's version in use moves here, and only here: the link to the pinned virtualenv
+    /// (laid down by the deploy), then a restart of Patroni.
+    async fn restart_patroni_on_pin(&self, node: &Node) -> anyhow::Result<()> {
+        let version = &self.cluster.inventory.cluster.patroni_version;
+        self.root(
+            node,
+            &format!(
+                "test -e /opt/pgha/patroni-{version}/.pgha-complete && ln -sfn patroni-{version} /opt/pgha/patroni && systemctl daemon-reload && systemctl restart patroni"
+            ),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Patroni's version alone: a replica is drained from the reads first, the primary stays
+    /// where it is; either way PostgreSQL keeps running.
+    async fn patroni_step(&self, step: &Step) -> anyhow::Result<()> {
+        let node = self.node(&step.node)?;
+        let leads = self
+            .view()
+            .await?
+            .leader()
+            .is_some_and(|leader| leader.name == node.name);
+        if leads {
+            return self.patroni_in_place(&node, true).await;
+        }
+        self.read_server(&node.name, "drain").await?;
+        let result = async {
+            let started = Instant::now();
+            while self.read_server(&node.name, "show").await? > 0
+                && started.elapsed() < Duration::from_secs(30)
+            {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            self.patroni_in_place(&node, false).await
+        }
+        .await;
+        let released = self.read_server(&node.name, "ready").await;
+        result?;
+        released.map(drop)
+    }
+
+    /// Restart Patroni onto the pinned version with the cluster in maintenance mode: a Patroni
+    /// that stops while paused leaves PostgreSQL running and a leader keeps its key, and the
+    /// new one takes the running PostgreSQL over. On the primary, HAProxy's health checks of
+    /// it stop meanwhile (its `/primary` does not answer while Patroni restarts) and it stays
+    /// routed. Maintenance mode and the checks come back on every path; a run cut off in
+    /// between leaves `/run/pgha-upgrade-paused` on the node, and the next run resumes.
+    async fn patroni_in_place(&self, node: &Node, leads: bool) -> anyhow::Result<()> {
+        self.deploy_node(node, true).await?;
+        let base = self.api(node);
+        let (patroni, api) = self.patroni().await?;
+        let before = patroni.status(&base).await?;
+        self.root(node, "touch /run/pgha-upgrade-paused").await?;
+        patroni.set_pause(&api, true).await?;
+        let want = self.cluster.inventory.cluster.patroni_version.clone();
+        let result = async {
+            self.wait_status(&patroni, &base, "the member to see maintenance mode", |status| {
+                status.paused
+            })
+            .await?;
+            if leads {
+                self.server_checks(&node.name, false).await?;
+            }
+            self.restart_patroni_on_pin(node).await?;
+            self.wait_status(
+                &patroni,
+                &base,
+                &format!("Patroni {want} to run PostgreSQL"),
+                |status| {
+                    status.version.as_deref() == Some(want.as_str())
+                        && status.state == PatroniState::Running
+                        && (!leads || status.role == PatroniRole::Leader)
+                },
+            )
+            .await
+        }
+        .await;
+        let checks = if leads {
+            self.server_checks(&node.name, true).await
+        } else {
+            Ok(())
+        };
+        let resumed = self.resume().await;
+        let after = result?;
+        checks?;
+        resumed?;
+        let kept = after.postmaster_start_time.is_some()
+            && after.postmaster_start_time == before.postmaster_start_time;
+        say(
+            &self.options,
+            &format!(
+                "Patroni {} → {want} on {}: PostgreSQL {}",
+                before.version.as_deref().unwrap_or("?"),
+                node.name,
+                if kept {
+                    format!(
+                        "kept running (started {})",
+                        after.postmaster_start_time.unwrap_or_default()
+                    )
+                } else {
+                    "restarted".to_string()
+                }
+            ),
+        );
+        Ok(())
+    }
+
+    /// Ask a member's own `/patroni` until `test` holds (60 s at most).
+    async fn wait_status(
+        &self,
+        patroni: &Patroni,
+        base: &str,
+        what: &str,
+        test: impl Fn(&MemberStatus) -> bool,
+    ) -> anyhow::Result<MemberStatus> {
+        let started = Instant::now();
+        loop {
+            let last = match patroni.status(base).await {
+                Ok(status) if test(&status) => return Ok(status),
+                Ok(status) => format!("{status:?}"),
+                Err(error) => error.to_string(),
+            };
+            if started.elapsed() > Duration::from_secs(60) {
+                bail!("timed out after 60 s waiting for {what} at {base}; last: {last}");
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
+    /// Maintenance mode off (through the first member whose API accepts it), then the markers
+    /// gone from every database node.
+    async fn resume(&self) -> anyhow::Result<()> {
+        let nodes: Vec<Node> = self
+            .cluster
+            .inventory
+            .nodes_with(Role::Postgres)
+            .cloned()
+            .collect();
+        let mut last = None;
+        let mut resumed = false;
+        for node in &nodes {
+            let attempt = async {
+                let session = self.session(node).await?;
+                let patroni = Patroni::over_ssh(
+                    session,
+                    Some(crate::patroni::Credentials::pgha(
+                        &self.cluster.secrets.restapi_password,
+                    )),
+                );
+                patroni.set_pause(&self.api(node), false).await?;
+                Ok::<_, anyhow::Error>(())
+            }
+            .await;
+            match attempt {
+                Ok(()) => {
+                    resumed = true;
+                    break;
+                }
+                Err(error) => last = Some(error),
+            }
+        }
+        if !resumed {
+            return Err(last
+                .unwrap_or_else(|| anyhow::anyhow!("no database node"))
+                .context("maintenance mode could not be ended; hint: `patronictl resume` on a database node"));
+        }
+        for node in &nodes {
+            self.root(node, "rm -f /run/pgha-upgrade-paused").await?;
+        }
         Ok(())
     }
 
@@ -884,7 +1047,7 @@ pub async fn upgrade(options: UpgradeOptions) -> anyhow::Result<UpgradeReport> {
     let ready = preconditions.iter().all(|check| check.pass);
     if !options.check && ready {
         upgrade
-            .release_read_drains()
+            .release_leftovers()
             .await
             .context("cannot undo an earlier run's drains")?;
     }
@@ -926,6 +1089,7 @@ pub async fn upgrade(options: UpgradeOptions) -> anyhow::Result<UpgradeReport> {
             let result = match step.kind {
                 StepKind::Etcd => upgrade.etcd_step(step).await,
                 StepKind::Database => upgrade.database_step(step).await,
+                StepKind::Patroni => upgrade.patroni_step(step).await,
                 StepKind::Switchover => upgrade.switchover_step(step, &steps[index + 1..]).await,
                 StepKind::Haproxy => upgrade.haproxy_step(step).await,
                 StepKind::Keepalived => upgrade.keepalived_step(step).await,

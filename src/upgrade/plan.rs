@@ -107,6 +107,9 @@ pub enum StepKind {
     /// PostgreSQL's packages and/or Patroni's version, then a restart of Patroni (and so of
     /// PostgreSQL) on a drained replica.
     Database,
+    /// Patroni's version only: Patroni restarted onto it with the cluster paused, so PostgreSQL
+    /// keeps running (on the primary too: no switchover).
+    Patroni,
     /// The primary role handed to an upgraded (synchronous) standby.
     Switchover,
     /// HAProxy's package, then a reload (the master re-executes the new binary).
@@ -133,6 +136,7 @@ impl std::fmt::Display for Step {
         let kind = match self.kind {
             StepKind::Etcd => "etcd",
             StepKind::Database => "PostgreSQL/Patroni",
+            StepKind::Patroni => "Patroni (PostgreSQL keeps running)",
             StepKind::Switchover => "switchover",
             StepKind::Haproxy => "HAProxy",
             StepKind::Keepalived => "Keepalived",
@@ -178,7 +182,8 @@ fn differs(facts: &NodeFacts, want: &Want) -> Option<(String, String)> {
 /// The whole upgrade in order:
 /// 1. etcd members, followers first and the raft leader last;
 /// 2. PostgreSQL/Patroni on replicas one at a time, then one switchover to an upgraded
-///    standby, then the old primary like a replica;
+///    standby, then the old primary like a replica; where only Patroni changes, Patroni is
+///    restarted in maintenance mode instead, the primary in place and last;
 /// 3. HAProxy, then Keepalived, on the node holding the VIP last;
 /// 4. the agent (the pgha binary, `agent` = its size and modification time here), last.
 pub fn plan(
@@ -282,6 +287,19 @@ pub fn plan(
         } else {
             Vec::new()
         };
+        // Patroni alone: restarted in maintenance mode, PostgreSQL untouched.
+        if postgres.is_none() && !postgres_stale {
+            if let Some((from, to)) = patroni {
+                database.push(Step {
+                    kind: StepKind::Patroni,
+                    node: node.name.clone(),
+                    from: format!("Patroni {from}"),
+                    to: format!("Patroni {to}"),
+                    install: Vec::new(),
+                });
+                continue;
+            }
+        }
         database.push(Step {
             kind: StepKind::Database,
             node: node.name.clone(),
@@ -300,6 +318,10 @@ pub fn plan(
         .partition(|step| Some(&step.node) == leader.as_ref());
     steps.extend(replicas);
     for step in primary {
+        if step.kind == StepKind::Patroni {
+            steps.push(step);
+            continue;
+        }
         steps.push(Step {
             kind: StepKind::Switchover,
             node: step.node.clone(),
@@ -549,6 +571,52 @@ mod tests {
             ]
         );
         assert!(unavailable(&steps, &old_facts("node2", "node1")).is_empty());
+    }
+
+    #[test]
+    fn a_patroni_only_change_restarts_patroni_in_place_without_a_switchover() {
+        // PostgreSQL already at its pin everywhere, Patroni 4.0.7 running, 4.1.5 pinned.
+        let inventory = inventory("{postgresql: 15.18-0+deb12u1}");
+        let facts = old_facts("node2", "node1");
+        let steps = plan(&inventory, &facts, &view("node2"), None);
+        let order: Vec<(StepKind, &str)> = steps
+            .iter()
+            .map(|step| (step.kind, step.node.as_str()))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                (StepKind::Patroni, "node1"),
+                (StepKind::Patroni, "node3"),
+                (StepKind::Patroni, "node2"),
+            ]
+        );
+        assert_eq!(
+            steps[2].to_string(),
+            "Patroni (PostgreSQL keeps running) on node2: Patroni 4.0.7 → Patroni 4.1.5"
+        );
+        assert!(steps.iter().all(|step| step.install.is_empty()));
+
+        // A node whose PostgreSQL still runs a replaced binary needs the full step.
+        let mut stale = facts.clone();
+        stale
+            .get_mut("node2")
+            .unwrap()
+            .stale
+            .insert("postgresql".into());
+        let kinds: Vec<StepKind> = plan(&inventory, &stale, &view("node2"), None)
+            .iter()
+            .map(|step| step.kind)
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                StepKind::Patroni,
+                StepKind::Patroni,
+                StepKind::Switchover,
+                StepKind::Database
+            ]
+        );
     }
 
     #[test]
