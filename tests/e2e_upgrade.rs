@@ -4,11 +4,14 @@
 //!    Patroni 4.0.11) and verified;
 //! 2. a pin the package sources do not offer is refused by `pgha upgrade --check` and by
 //!    `pgha upgrade` (exit 2, naming it), and nothing changes;
-//! 3. with the new pins (15.20, deb12u4, 4.1.5) `--check` prints the plan and changes nothing;
-//! 4. while a writer (a new connection per INSERT through VIP:5000) and a reader (VIP:5001)
+//! 3. Patroni alone is upgraded first (4.1.5): Patroni restarts in maintenance mode, no
+//!    PostgreSQL restarts (postmaster start times), no write through the VIP fails, and the
+//!    cluster is not left paused;
+//! 4. with the new pins (15.20, deb12u4, 4.1.5) `--check` prints the plan and changes nothing;
+//! 5. while a writer (a new connection per INSERT through VIP:5000) and a reader (VIP:5001)
 //!    run, `pgha upgrade` is cut off (SIGKILL) after its first step, and a second run
 //!    completes it (the VIP holder gives the VIP away before its HAProxy step);
-//! 5. every node then runs the new versions (installed and running), the timeline moved
+//! 6. every node then runs the new versions (installed and running), the timeline moved
 //!    exactly once, no acknowledged write is lost, the read port answered throughout (at most
 //!    1% failed reads, none answered by a primary), a third
 //!    `pgha upgrade` has nothing to do, `pgha deploy` changes nothing and `pgha verify` passes.
@@ -108,10 +111,83 @@ fn installed(inventory: &Path) -> Vec<(String, String)> {
 #[derive(Default)]
 struct Seen {
     acknowledged: Vec<u64>,
-    failed_writes: u64,
+    failed_writes: Vec<String>,
     ack_times: Vec<Instant>,
     reads: u64,
     failed_reads: Vec<String>,
+}
+
+/// A writer (a new connection per INSERT through VIP:5000, `PGCONNECT_TIMEOUT=2`) and a reader
+/// (VIP:5001), each every 50 ms after the previous answer, until [`Clients::stop`].
+struct Clients {
+    seen: Arc<Mutex<Seen>>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Clients {
+    fn start(password: &str) -> Clients {
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let (seen, stop, password) = (seen.clone(), stop.clone(), password.to_string());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed) + 1;
+                    let result = psql(
+                        5000,
+                        &password,
+                        &format!("insert into upgrade_probe values ({id})"),
+                    );
+                    let mut seen = seen.lock().unwrap();
+                    match result {
+                        Ok(_) => {
+                            seen.acknowledged.push(id);
+                            seen.ack_times.push(Instant::now());
+                        }
+                        Err(error) => seen.failed_writes.push(error),
+                    }
+                    drop(seen);
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            })
+        };
+        let reader = {
+            let (seen, stop, password) = (seen.clone(), stop.clone(), password.to_string());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let result = psql(5001, &password, "select pg_is_in_recovery()");
+                    let mut seen = seen.lock().unwrap();
+                    seen.reads += 1;
+                    match result {
+                        Ok(answer) if answer == "t" => {}
+                        Ok(answer) => seen.failed_reads.push(format!("answered {answer}")),
+                        Err(error) => seen.failed_reads.push(error),
+                    }
+                    drop(seen);
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            })
+        };
+        // Both have answered before anything changes.
+        std::thread::sleep(Duration::from_secs(3));
+        Clients {
+            seen,
+            stop,
+            threads: vec![writer, reader],
+        }
+    }
+
+    /// A moment more, then stop both; what they saw.
+    fn stop(self) -> Seen {
+        std::thread::sleep(Duration::from_secs(3));
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads {
+            thread.join().unwrap();
+        }
+        std::mem::take(&mut *self.seen.lock().unwrap())
+    }
 }
 
 #[test]
@@ -158,7 +234,55 @@ fn upgrade_moves_a_live_cluster_to_the_pinned_versions() {
         "a refused upgrade changed a version"
     );
 
-    // 3. The new pins: the plan, and nothing changed by `--check`.
+    // 3. Patroni alone (4.0.11 → 4.1.5): restarted in maintenance mode, so PostgreSQL keeps
+    //    running on every node, the primary included (no switchover), and writes go on.
+    let password = password(&inventory);
+    psql(
+        5000,
+        &password,
+        "create table if not exists upgrade_probe (id bigint primary key)",
+    )
+    .unwrap();
+    let postmasters = "runuser -u postgres -- psql -XAtc 'select pg_postmaster_start_time()'";
+    let started_before = everywhere(&inventory, postmasters);
+    pin(&inventory, (OLD.0, OLD.1, NEW.2));
+    let clients = Clients::start(&password);
+    let patroni_only: serde_json::Value =
+        serde_json::from_str(&pgha_ok(&["upgrade", "-i", inventory_arg, "--json"])).unwrap();
+    let seen = clients.stop();
+    let kinds: Vec<&str> = patroni_only["done"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|done| done["step"]["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["patroni"; 3], "{patroni_only:#}");
+    assert_eq!(
+        everywhere(&inventory, postmasters),
+        started_before,
+        "PostgreSQL restarted during a Patroni-only upgrade"
+    );
+    for (node, status) in everywhere(
+        &inventory,
+        "curl -s http://$(hostname -I | cut -d' ' -f1):8008/patroni",
+    ) {
+        assert!(status.contains("\"version\": \"4.1.5\""), "{node}: {status}");
+        assert!(!status.contains("\"pause\""), "{node} is left paused: {status}");
+    }
+    eprintln!(
+        "Patroni-only upgrade: writes {} acknowledged, {} failed; reads {} answered, {} failed",
+        seen.acknowledged.len(),
+        seen.failed_writes.len(),
+        seen.reads,
+        seen.failed_reads.len()
+    );
+    assert!(
+        seen.failed_writes.is_empty(),
+        "writes failed while only Patroni restarted: {:?}",
+        seen.failed_writes
+    );
+
+    // 4. The new pins: the plan, and nothing changed by `--check`.
     pin(&inventory, NEW);
     let checked: serde_json::Value = serde_json::from_str(&pgha_ok(&[
         "upgrade",
@@ -211,14 +335,7 @@ fn upgrade_moves_a_live_cluster_to_the_pinned_versions() {
         "`pgha deploy` upgraded a package"
     );
 
-    // 4. Clients through the VIP the whole time; the first run is cut off after one step.
-    let password = password(&inventory);
-    psql(
-        5000,
-        &password,
-        "create table if not exists upgrade_probe (id bigint primary key)",
-    )
-    .unwrap();
+    // 5. Clients through the VIP the whole time; the first run is cut off after one step.
     let timeline_before = psql(
         5000,
         &password,
@@ -227,50 +344,7 @@ fn upgrade_moves_a_live_cluster_to_the_pinned_versions() {
     .unwrap()
     .parse::<u64>()
     .unwrap();
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let (seen, stop, password) = (seen.clone(), stop.clone(), password.clone());
-        std::thread::spawn(move || {
-            let mut id = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                id += 1;
-                let result = psql(
-                    5000,
-                    &password,
-                    &format!("insert into upgrade_probe values ({id})"),
-                );
-                let mut seen = seen.lock().unwrap();
-                match result {
-                    Ok(_) => {
-                        seen.acknowledged.push(id);
-                        seen.ack_times.push(Instant::now());
-                    }
-                    Err(_) => seen.failed_writes += 1,
-                }
-                drop(seen);
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        })
-    };
-    let reader = {
-        let (seen, stop, password) = (seen.clone(), stop.clone(), password.clone());
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                let result = psql(5001, &password, "select pg_is_in_recovery()");
-                let mut seen = seen.lock().unwrap();
-                seen.reads += 1;
-                match result {
-                    Ok(answer) if answer == "t" => {}
-                    Ok(answer) => seen.failed_reads.push(format!("answered {answer}")),
-                    Err(error) => seen.failed_reads.push(error),
-                }
-                drop(seen);
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        })
-    };
-    std::thread::sleep(Duration::from_secs(3));
+    let clients = Clients::start(&password);
 
     let started = Instant::now();
     let mut first = Command::new(env!("CARGO_BIN_EXE_pgha"))
@@ -309,12 +383,9 @@ fn upgrade_moves_a_live_cluster_to_the_pinned_versions() {
         "the VIP holder did not give the VIP away before its step:\n{progress}"
     );
     let upgrade_seconds = started.elapsed().as_secs_f64();
-    std::thread::sleep(Duration::from_secs(3));
-    stop.store(true, Ordering::Relaxed);
-    writer.join().unwrap();
-    reader.join().unwrap();
+    let seen = clients.stop();
 
-    // 5. New versions everywhere, installed and running.
+    // 6. New versions everywhere, installed and running.
     for (node, versions) in installed(&inventory) {
         assert_eq!(versions, format!("{} {}", NEW.1, NEW.0), "{node}");
     }
@@ -339,7 +410,6 @@ fn upgrade_moves_a_live_cluster_to_the_pinned_versions() {
         timeline_before + 1,
         "the planned upgrade holds exactly one switchover (timeline {timeline_before} → {timeline_after})"
     );
-    let seen = seen.lock().unwrap();
     let stored: u64 = psql(
         5000,
         &password,
@@ -369,7 +439,7 @@ fn upgrade_moves_a_live_cluster_to_the_pinned_versions() {
     eprintln!(
         "upgrade: {upgrade_seconds:.1} s (two runs); writes: {} acknowledged, {} failed, longest gap {:.2} s; reads: {} answered, {} failed",
         seen.acknowledged.len(),
-        seen.failed_writes,
+        seen.failed_writes.len(),
         longest_gap.as_secs_f64(),
         seen.reads,
         seen.failed_reads.len()
@@ -390,7 +460,6 @@ fn upgrade_moves_a_live_cluster_to_the_pinned_versions() {
         seen.reads,
         seen.failed_reads.iter().take(5).collect::<Vec<_>>()
     );
-    drop(seen);
 
     let again: serde_json::Value =
         serde_json::from_str(&pgha_ok(&["upgrade", "-i", inventory_arg, "--json"])).unwrap();

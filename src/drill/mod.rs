@@ -925,6 +925,7 @@ mod tests {
             ended_ms: started_ms + 5,
             connected: true,
             acknowledged,
+            error: None,
         };
         let writes = vec![
             write(1, 0, false),

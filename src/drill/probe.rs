@@ -57,7 +57,7 @@ pub enum WriteClient {
 
 /// One write attempt: when it started and ended (ms since the probes' start) and whether the
 /// server acknowledged the commit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct WriteAttempt {
     pub id: i64,
     pub client: WriteClient,
@@ -66,6 +66,8 @@ pub struct WriteAttempt {
     /// A connection to the server was open for the attempt (it may still have failed).
     pub connected: bool,
     pub acknowledged: bool,
+    /// Why it failed, as the client saw it (`None` when acknowledged).
+    pub error: Option<String>,
 }
 
 /// One answer of the primary probe: at round `round`, `node` was out of recovery or not
@@ -181,11 +183,13 @@ pub struct Targets {
 
 /// One read attempt through the read port: a new connection and `select pg_is_in_recovery()`;
 /// `answered` when a replica answered (a primary answering the read port counts as failed).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ReadAttempt {
     pub started_ms: u64,
     pub ended_ms: u64,
     pub answered: bool,
+    /// Why it failed, as the client saw it (`None` when answered by a replica).
+    pub error: Option<String>,
 }
 
 /// The running probes; [`Probes::stop`] ends them and returns their logs.
@@ -352,24 +356,29 @@ async fn new_connection_probe(
             let started_ms = elapsed_ms(shared.started);
             let mut connected = false;
             let attempt = async {
-                let connection = endpoint.connect().await.map_err(|_| ())?;
+                let connection = endpoint
+                    .connect()
+                    .await
+                    .map_err(|error| format!("connect: {error}"))?;
                 connected = true;
                 connection
                     .execute(INSERT, &[&shared.run, &id])
                     .await
-                    .map_err(|_| ())
+                    .map_err(|error| format!("insert: {error}"))
             };
-            let acknowledged = matches!(
-                tokio::time::timeout(ATTEMPT_TIMEOUT, attempt).await,
-                Ok(Ok(_))
-            );
+            let error = match tokio::time::timeout(ATTEMPT_TIMEOUT, attempt).await {
+                Ok(Ok(_)) => None,
+                Ok(Err(error)) => Some(error),
+                Err(_) => Some(format!("no answer within {} s", ATTEMPT_TIMEOUT.as_secs())),
+            };
             shared.record(WriteAttempt {
                 id,
                 client,
                 started_ms,
                 ended_ms: elapsed_ms(shared.started),
                 connected,
-                acknowledged,
+                acknowledged: error.is_none(),
+                error,
             });
         });
         // Reap finished attempts so the set holds only those under way.
@@ -395,23 +404,32 @@ async fn persistent_probe(endpoint: Endpoint, shared: WriteLog) {
         let mut connected = false;
         let attempt = async {
             if client.as_ref().is_none_or(|client| client.is_closed()) {
-                client = Some(endpoint.connect().await.map_err(|_| ())?);
+                client = Some(
+                    endpoint
+                        .connect()
+                        .await
+                        .map_err(|error| format!("connect: {error}"))?,
+                );
             }
             connected = true;
             let Some(connected) = client.as_ref() else {
-                return Err(());
+                return Err("no connection".to_string());
             };
             connected
                 .execute(INSERT, &[&shared.run, &id])
                 .await
                 .map(|_| ())
-                .map_err(|_| ())
+                .map_err(|error| format!("insert: {error}"))
         };
-        let acknowledged = matches!(
-            tokio::time::timeout(PERSISTENT_WRITE_TIMEOUT, attempt).await,
-            Ok(Ok(()))
-        );
-        if !acknowledged {
+        let error = match tokio::time::timeout(PERSISTENT_WRITE_TIMEOUT, attempt).await {
+            Ok(Ok(())) => None,
+            Ok(Err(error)) => Some(error),
+            Err(_) => Some(format!(
+                "no answer within {} ms",
+                PERSISTENT_WRITE_TIMEOUT.as_millis()
+            )),
+        };
+        if error.is_some() {
             client = None;
         }
         shared.record(WriteAttempt {
@@ -420,7 +438,8 @@ async fn persistent_probe(endpoint: Endpoint, shared: WriteLog) {
             started_ms,
             ended_ms: elapsed_ms(shared.started),
             connected,
-            acknowledged,
+            acknowledged: error.is_none(),
+            error,
         });
     }
 }
@@ -446,22 +465,29 @@ async fn read_probe(
         attempts.spawn(async move {
             let started_ms = elapsed_ms(started);
             let read = async {
-                let connection = endpoint.connect().await.map_err(|_| ())?;
+                let connection = endpoint
+                    .connect()
+                    .await
+                    .map_err(|error| format!("connect: {error}"))?;
                 let row = connection
                     .query_one("select pg_is_in_recovery()", &[])
                     .await
-                    .map_err(|_| ())?;
-                row.try_get::<_, bool>(0).map_err(|_| ())
+                    .map_err(|error| format!("select: {error}"))?;
+                row.try_get::<_, bool>(0)
+                    .map_err(|error| format!("select: {error}"))
             };
-            let answered = matches!(
-                tokio::time::timeout(ATTEMPT_TIMEOUT, read).await,
-                Ok(Ok(true))
-            );
+            let error = match tokio::time::timeout(ATTEMPT_TIMEOUT, read).await {
+                Ok(Ok(true)) => None,
+                Ok(Ok(false)) => Some("answered by a primary".to_string()),
+                Ok(Err(error)) => Some(error),
+                Err(_) => Some(format!("no answer within {} s", ATTEMPT_TIMEOUT.as_secs())),
+            };
             if let Ok(mut log) = log.lock() {
                 log.push(ReadAttempt {
                     started_ms,
                     ended_ms: elapsed_ms(started),
-                    answered,
+                    answered: error.is_none(),
+                    error,
                 });
             }
         });
@@ -687,6 +713,7 @@ mod tests {
                     ended_ms: index * 100 + 10,
                     connected: true,
                     acknowledged: mark == '.',
+                    error: None,
                 }
             })
             .collect()
@@ -763,6 +790,7 @@ mod tests {
             ended_ms: 2_000,
             connected: true,
             acknowledged: true,
+            error: None,
         });
         assert_eq!(outage(&writes), 100);
         assert_eq!(

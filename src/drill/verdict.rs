@@ -207,6 +207,7 @@ mod tests {
                     ended_ms: started_ms + 20,
                     connected: true,
                     acknowledged: !(fail_from_ms..fail_until_ms).contains(&started_ms),
+                    error: None,
                 }
             })
             .collect();
@@ -321,6 +322,7 @@ mod tests {
             ended_ms: 5_010,
             connected: true,
             acknowledged: true,
+            error: None,
         });
         let stored = stored_all(&log);
         let mut input = observed(&log, &stored);

@@ -55,6 +55,21 @@ pub struct Measured {
     /// A new connection per `select pg_is_in_recovery()` every 100 ms through VIP:read.
     pub reads: usize,
     pub failed_reads: usize,
+    /// Every failed attempt, located: which client, when (ms on the probes' clock), during
+    /// which step, and what the client was told.
+    pub failures: Vec<Failure>,
+}
+
+/// One failed probe attempt.
+#[derive(Debug, Clone, Serialize)]
+pub struct Failure {
+    /// `new_connection`, `persistent` or `read`.
+    pub client: &'static str,
+    pub started_ms: u64,
+    pub ended_ms: u64,
+    /// The step under way when the attempt started (`None`: between steps).
+    pub step: Option<String>,
+    pub error: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -70,6 +85,8 @@ pub struct ClientSeen {
 pub struct StepDone {
     pub step: Step,
     pub seconds: f64,
+    /// Start and end on the probes' clock (ms), with `--measure`.
+    pub probe_window_ms: Option<(u64, u64)>,
 }
 
 /// The result of `pgha upgrade`.
@@ -955,7 +972,12 @@ async fn start_probes(upgrade: &Upgrade) -> anyhow::Result<(Probes, Endpoint, St
     Ok((probes, write, run))
 }
 
-async fn finish_probes(probes: Probes, vip: &Endpoint, run: &str) -> anyhow::Result<Measured> {
+async fn finish_probes(
+    probes: Probes,
+    vip: &Endpoint,
+    run: &str,
+    done: &[StepDone],
+) -> anyhow::Result<Measured> {
     let log = probes.stop().await;
     let client = vip
         .connect()
@@ -974,7 +996,43 @@ async fn finish_probes(probes: Probes, vip: &Endpoint, run: &str) -> anyhow::Res
             .map(|gap| gap.ms())
             .unwrap_or(0),
     };
+    let step_at = |ms: u64| {
+        done.iter()
+            .find(|step| {
+                step.probe_window_ms
+                    .is_some_and(|(from, to)| (from..=to).contains(&ms))
+            })
+            .map(|step| step.step.to_string())
+    };
+    let mut failures: Vec<Failure> = log
+        .writes
+        .iter()
+        .filter_map(|attempt| {
+            Some(Failure {
+                client: match attempt.client {
+                    WriteClient::NewConnection => "new_connection",
+                    WriteClient::Persistent => "persistent",
+                    WriteClient::Isolated => "isolated",
+                },
+                started_ms: attempt.started_ms,
+                ended_ms: attempt.ended_ms,
+                step: step_at(attempt.started_ms),
+                error: attempt.error.clone()?,
+            })
+        })
+        .chain(log.reads.iter().filter_map(|read| {
+            Some(Failure {
+                client: "read",
+                started_ms: read.started_ms,
+                ended_ms: read.ended_ms,
+                step: step_at(read.started_ms),
+                error: read.error.clone()?,
+            })
+        }))
+        .collect();
+    failures.sort_by_key(|failure| failure.started_ms);
     Ok(Measured {
+        failures,
         new_connection: seen(WriteClient::NewConnection),
         persistent: seen(WriteClient::Persistent),
         lost_writes: probe::lost_writes(&log.writes, &stored).len(),
@@ -1086,6 +1144,7 @@ pub async fn upgrade(options: UpgradeOptions) -> anyhow::Result<UpgradeReport> {
                 &format!("step {}/{}: {step}", index + 1, steps.len()),
             );
             let began = Instant::now();
+            let began_ms = probes.as_ref().map(|(probes, _, _)| probes.now_ms());
             let result = match step.kind {
                 StepKind::Etcd => upgrade.etcd_step(step).await,
                 StepKind::Database => upgrade.database_step(step).await,
@@ -1107,6 +1166,7 @@ pub async fn upgrade(options: UpgradeOptions) -> anyhow::Result<UpgradeReport> {
             report.done.push(StepDone {
                 step: step.clone(),
                 seconds,
+                probe_window_ms: began_ms.zip(probes.as_ref().map(|(probes, _, _)| probes.now_ms())),
             });
         }
         Ok(())
@@ -1115,7 +1175,7 @@ pub async fn upgrade(options: UpgradeOptions) -> anyhow::Result<UpgradeReport> {
     if let Some((probes, vip, run)) = probes {
         // A moment after the last step, so the tail of the run is measured too.
         tokio::time::sleep(Duration::from_secs(2)).await;
-        report.measured = Some(finish_probes(probes, &vip, &run).await?);
+        report.measured = Some(finish_probes(probes, &vip, &run, &report.done).await?);
     }
     if let Err(reason) = outcome {
         report.stopped = Some(reason);
