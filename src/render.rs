@@ -458,7 +458,11 @@ pub fn context(inventory: &Inventory, secrets: &Secrets, node: &Node) -> minijin
         .unwrap_or(0);
     let keepalived = Keepalived {
         router_id: vrrp_router_id(&inventory.cluster.name),
-        priority: 150u32.saturating_sub(10 * rank as u32).max(1),
+        // High priorities: a backup takes over a VIP given away (a priority-0 advertisement)
+        // after its skew time, (256 - priority) / 256 s. At 140 that was 0.45 s without a VIP
+        // holder, and new connections to the VIP failed (an upgrade's VIP move); at 253 it is
+        // 12 ms. 255 is reserved for the address owner.
+        priority: 254u32.saturating_sub(rank as u32).max(1),
         peers: keepalived_nodes
             .iter()
             .copied()
