@@ -30,7 +30,9 @@
 
 mod common;
 
-use common::{eventually, is_root, lab_inventory, pgha, pgha_ok, Lab};
+use common::{
+    eventually, exec_everywhere, is_root, lab_inventory, pgha, pgha_ok, superuser_password, Lab,
+};
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -85,47 +87,14 @@ fn changed(result: &serde_json::Value) -> u64 {
         .sum()
 }
 
-fn superuser_password(inventory_dir: &Path) -> String {
-    let text = std::fs::read_to_string(inventory_dir.join("lab.secrets.yml")).unwrap();
-    let secrets: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
-    secrets["superuser_password"].as_str().unwrap().to_string()
-}
-
-/// Run SQL through `host:port` with psql; the password travels in the environment.
+/// Run SQL through `VIP:port` with psql.
 fn psql(port: u16, password: &str, sql: &str) -> Result<String, String> {
     psql_at(VIP, port, password, sql)
 }
 
 /// `psql` from this machine to `host:port`.
 fn psql_at(host: &str, port: u16, password: &str, sql: &str) -> Result<String, String> {
-    let output = Command::new("psql")
-        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
-        .env("PGHOST", host)
-        .env("PGPORT", port.to_string())
-        .env("PGUSER", "postgres")
-        .env("PGDATABASE", "postgres")
-        .env("PGPASSWORD", password)
-        .env("PGCONNECT_TIMEOUT", "3")
-        .output()
-        .map_err(|error| error.to_string())?;
-    if output.status.success() {
-        Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
-    } else {
-        Err(String::from_utf8_lossy(&output.stderr).into_owned())
-    }
-}
-
-/// Run `command` as root on every node with `pgha exec --json`; its results.
-fn exec_everywhere(inventory: &Path, command: &str) -> serde_json::Value {
-    let stdout = pgha_ok(&[
-        "exec",
-        "-i",
-        inventory.to_str().unwrap(),
-        "--json",
-        "--",
-        command,
-    ]);
-    serde_json::from_str(&stdout).unwrap()
+    common::psql_at(host, port, password, 3, sql)
 }
 
 /// `unit -> ActiveEnterTimestampMonotonic` on every node.
@@ -355,7 +324,7 @@ fn deploy_converges_routes_and_is_idempotent() {
     );
 
     // 2. Writes through VIP:5000 reach the primary; reads through VIP:5001 come from a replica.
-    let password = superuser_password(dir.path());
+    let password = superuser_password(&inventory);
     let marker = format!("e2e-{}", std::process::id());
     psql(
         5000,
@@ -623,7 +592,7 @@ fn deploy_converges_routes_and_is_idempotent() {
     // A narrowed client_cidrs is in force when the deploy returns: this machine (10.231.0.1,
     // outside the new network) is refused by every node's PostgreSQL at once, and admitted
     // again at once when the network is widened back.
-    let password = superuser_password(dir.path());
+    let password = superuser_password(&inventory);
     std::fs::write(
         &inventory,
         lab_text.replace(

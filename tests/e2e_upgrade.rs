@@ -20,7 +20,7 @@
 
 mod common;
 
-use common::{is_root, lab_inventory, pgha, pgha_ok, Lab};
+use common::{exec_everywhere, is_root, lab_inventory, pgha, pgha_ok, superuser_password, Lab};
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -51,42 +51,14 @@ fn pin(inventory: &Path, (postgresql, haproxy, patroni): (&str, &str, &str)) {
     std::fs::write(inventory, kept.join("\n") + "\n").unwrap();
 }
 
-fn password(inventory: &Path) -> String {
-    let text =
-        std::fs::read_to_string(inventory.parent().unwrap().join("lab.secrets.yml")).unwrap();
-    let secrets: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
-    secrets["superuser_password"].as_str().unwrap().to_string()
-}
-
+/// SQL through `VIP:port`, giving up on the connection after 2 s.
 fn psql(port: u16, password: &str, sql: &str) -> Result<String, String> {
-    let output = Command::new("psql")
-        .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-c", sql])
-        .env("PGHOST", VIP)
-        .env("PGPORT", port.to_string())
-        .env("PGUSER", "postgres")
-        .env("PGDATABASE", "postgres")
-        .env("PGPASSWORD", password)
-        .env("PGCONNECT_TIMEOUT", "2")
-        .output()
-        .map_err(|error| error.to_string())?;
-    if output.status.success() {
-        Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
-    } else {
-        Err(String::from_utf8_lossy(&output.stderr).trim().to_string())
-    }
+    common::psql_at(VIP, port, password, 2, sql)
 }
 
 /// `stdout` of `command` on every node, by node name.
 fn everywhere(inventory: &Path, command: &str) -> Vec<(String, String)> {
-    let text = pgha_ok(&[
-        "exec",
-        "-i",
-        inventory.to_str().unwrap(),
-        "--json",
-        "--",
-        command,
-    ]);
-    let hosts: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let hosts = exec_everywhere(inventory, command);
     hosts
         .as_array()
         .unwrap()
@@ -236,7 +208,7 @@ fn upgrade_moves_a_live_cluster_to_the_pinned_versions() {
 
     // 3. Patroni alone (4.0.11 → 4.1.5): restarted in maintenance mode, so PostgreSQL keeps
     //    running on every node, the primary included (no switchover), and writes go on.
-    let password = password(&inventory);
+    let password = superuser_password(&inventory);
     psql(
         5000,
         &password,

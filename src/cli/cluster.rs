@@ -157,8 +157,12 @@ pub fn switchover(args: SwitchoverArgs) -> anyhow::Result<()> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&result)?);
     } else {
+        let held = match result.writes_held_ms {
+            Some(ms) => format!("new writes held on every HAProxy after {ms} ms, "),
+            None => "new writes not held (see the warning), ".to_string(),
+        };
         println!(
-            "switched over from {} to {}: new leader after {} ms, every HAProxy routing writes to it after {} ms, {} streaming from it after {} ms",
+            "switched over from {} to {}: {held}new leader after {} ms, every HAProxy routing writes to it after {} ms, {} streaming from it after {} ms",
             result.from, result.to, result.leader_changed_ms, result.routed_ms, result.from, result.old_primary_streaming_ms
         );
     }

@@ -312,6 +312,9 @@ pub async fn status(cluster: &Cluster) -> Status {
 pub struct Switchover {
     pub from: String,
     pub to: String,
+    /// New writes held on every HAProxy after this long (the moment the times below count
+    /// from is just before); `None`: the hold could not be set and new writes were refused.
+    pub writes_held_ms: Option<u128>,
     pub leader_changed_ms: u128,
     pub routed_ms: u128,
     /// The old primary streams from the new one (and, with synchronous replication, a
@@ -391,6 +394,8 @@ pub async fn switchover(cluster: &Cluster, to: Option<&str>) -> anyhow::Result<S
     );
     // New writes wait in HAProxy from here until the candidate leads; a hold that cannot be
     // set everywhere is given up (and said), the switchover goes on without it.
+    // The times reported count from here: new writes wait from the hold on.
+    let started = Instant::now();
     let mut held = match cluster.hold_writes(Some(&leader)).await {
         Ok(()) => true,
         Err(error) => {
@@ -399,8 +404,22 @@ pub async fn switchover(cluster: &Cluster, to: Option<&str>) -> anyhow::Result<S
             false
         }
     };
-    let started = Instant::now();
-    let result = switch_and_follow(cluster, &patroni, &base, &leader, &candidate, sync, &mut held, started).await;
+    let writes_held_ms = held.then(|| started.elapsed().as_millis());
+    let result = switch_and_follow(
+        cluster,
+        &patroni,
+        &base,
+        &leader,
+        &candidate,
+        sync,
+        &mut held,
+        started,
+    )
+    .await
+    .map(|switchover| Switchover {
+        writes_held_ms,
+        ..switchover
+    });
     if held {
         if let Err(error) = cluster.hold_writes(None).await {
             eprintln!("warning: the write hold could not be ended everywhere (it expires within 60 s): {error:#}");
@@ -478,6 +497,7 @@ async fn switch_and_follow(
             (leader_changed, routed, streaming)
         {
             return Ok(Switchover {
+                writes_held_ms: None,
                 from: leader.to_string(),
                 to: candidate.to_string(),
                 leader_changed_ms: leader_changed,

@@ -82,3 +82,57 @@ pub fn eventually<T>(
         }
     }
 }
+
+/// The superuser password from the secrets file beside a lab inventory.
+pub fn superuser_password(inventory: &Path) -> String {
+    let path = inventory
+        .parent()
+        .expect("the inventory's folder")
+        .join("lab.secrets.yml");
+    let text = std::fs::read_to_string(&path).expect("the secrets file");
+    let secrets: serde_yaml::Value = serde_yaml::from_str(&text).expect("secrets YAML");
+    secrets["superuser_password"]
+        .as_str()
+        .expect("superuser_password")
+        .to_string()
+}
+
+/// `psql` from this machine to `host:port` as `postgres`, giving up on the connection after
+/// `connect_timeout` seconds; the password travels in the environment, never on a command
+/// line. Its trimmed output, or its error.
+pub fn psql_at(
+    host: &str,
+    port: u16,
+    password: &str,
+    connect_timeout: u32,
+    sql: &str,
+) -> Result<String, String> {
+    let output = Command::new("psql")
+        .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .env("PGHOST", host)
+        .env("PGPORT", port.to_string())
+        .env("PGUSER", "postgres")
+        .env("PGDATABASE", "postgres")
+        .env("PGPASSWORD", password)
+        .env("PGCONNECT_TIMEOUT", connect_timeout.to_string())
+        .output()
+        .map_err(|error| error.to_string())?;
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).trim().to_string())
+    }
+}
+
+/// Run `command` as root on every node with `pgha exec --json`; its results.
+pub fn exec_everywhere(inventory: &Path, command: &str) -> serde_json::Value {
+    let stdout = pgha_ok(&[
+        "exec",
+        "-i",
+        inventory.to_str().expect("a UTF-8 path"),
+        "--json",
+        "--",
+        command,
+    ]);
+    serde_json::from_str(&stdout).expect("`pgha exec --json` prints JSON")
+}
