@@ -141,7 +141,7 @@ const DESTINATIONS: &[Destination] = &[
         mode: 0o644,
         secret: false,
         wanted: |inventory, node| {
-            node.has(Role::Haproxy) && inventory.cluster.haproxy.hold_writes_ms > 0
+            node.has(Role::Haproxy) && inventory.cluster.haproxy.hold_connections_ms > 0
         },
     },
     Destination {

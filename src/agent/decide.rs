@@ -14,7 +14,7 @@
 //!   health checks and cannot keep writes away from a healthy primary;
 //! - a hand-over announced by `pgha agent hold-writes LEADER` (a planned switchover) drains the
 //!   leader too, so that no new write reaches a primary about to stop; HAProxy holds new write
-//!   connections until the next leader is ready (its `pgha_hold_writes` Lua action). The
+//!   connections until the next leader is ready (its `pgha_hold` Lua action). The
 //!   announcement expires on its own, so a run cut off cannot keep writes away;
 //! - no leader, or etcd unreachable: HAProxy is left as it is.
 

@@ -217,27 +217,50 @@ pub enum WriteHold {
     Release,
 }
 
-/// Announce or withdraw a hand-over to this node's agent. `From` writes the hold and drains the
-/// server at once (the agent keeps it drained while the hold lasts); `Release` removes the
-/// hold, and the agent makes the leader ready on its next cycle (at most a second).
+/// Announce or withdraw a hand-over to this node's agent.
+///
+/// `From` needs the agent running (it is what routes the next leader): it writes the hold and
+/// drains the server at once, and the agent keeps it drained while the hold lasts; if the
+/// drain fails the hold is withdrawn. `Release` removes the hold: the agent makes the leader
+/// ready on its next cycle (at most a second). If the agent no longer runs, the released
+/// server is made ready here, so that HAProxy's health checks route as they do whenever no
+/// agent runs, and a hand-over cut off cannot keep writes away from a primary.
 pub async fn hold_writes(config_path: &Path, hold: &WriteHold) -> anyhow::Result<()> {
     let config = Config::load(config_path)?;
     let path = config.write_hold_file();
+    let Some(socket) = &config.haproxy_socket else {
+        anyhow::bail!("this node runs no HAProxy (no `haproxy_socket` in its agent configuration)");
+    };
     match hold {
-        WriteHold::Release => match std::fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(error) => Err(error).with_context(|| format!("cannot remove `{}`", path.display())),
-        },
+        WriteHold::Release => {
+            let held = std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|text| text.split_whitespace().next().map(str::to_string));
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(error) => {
+                    return Err(error)
+                        .with_context(|| format!("cannot remove `{}`", path.display()))
+                }
+            }
+            if let Some(server) = held {
+                if !agent_runs() {
+                    haproxy::make_ready(socket, &config.write_backend, &server).await?;
+                }
+            }
+            Ok(())
+        }
         WriteHold::From {
             server,
             for_seconds,
         } => {
-            let Some(socket) = &config.haproxy_socket else {
+            if !agent_runs() {
                 anyhow::bail!(
-                    "this node runs no HAProxy (no `haproxy_socket` in its agent configuration)"
+                    "the pgha agent does not run on {}: nothing would route the next leader, so new writes are not held; hint: `systemctl status pgha-agent`",
+                    config.node
                 );
-            };
+            }
             let deadline = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .context("the clock is before 1970")?
@@ -251,10 +274,21 @@ pub async fn hold_writes(config_path: &Path, hold: &WriteHold) -> anyhow::Result
             std::fs::write(&partial, format!("{server} {deadline}\n"))
                 .and_then(|()| std::fs::rename(&partial, &path))
                 .with_context(|| format!("cannot write `{}`", path.display()))?;
-            haproxy::drain(socket, &config.write_backend, server).await?;
+            if let Err(error) = haproxy::drain(socket, &config.write_backend, server).await {
+                let _ = std::fs::remove_file(&path);
+                return Err(error.into());
+            }
             Ok(())
         }
     }
+}
+
+/// The agent's unit is active (`systemctl is-active pgha-agent`).
+fn agent_runs() -> bool {
+    std::process::Command::new("systemctl")
+        .args(["is-active", "--quiet", "pgha-agent"])
+        .status()
+        .is_ok_and(|status| status.success())
 }
 
 /// `pgha agent release`: make every drained write server ready again and withdraw the verdict

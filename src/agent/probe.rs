@@ -51,7 +51,12 @@ fn takes_writes(status: u16, body: &str) -> bool {
     status == 200
         && serde_json::from_str::<serde_json::Value>(body)
             .ok()
-            .and_then(|value| value.get("role")?.as_str().map(|role| role == "primary"))
+            .and_then(|value| {
+                value
+                    .get("role")?
+                    .as_str()
+                    .map(|role| matches!(role, "primary" | "master"))
+            })
             .unwrap_or(false)
 }
 

@@ -159,7 +159,7 @@ pub fn switchover(args: SwitchoverArgs) -> anyhow::Result<()> {
     } else {
         let held = match result.writes_held_ms {
             Some(ms) => format!("new writes held on every HAProxy after {ms} ms, "),
-            None => "new writes not held (see the warning), ".to_string(),
+            None => "new writes not held, ".to_string(),
         };
         println!(
             "switched over from {} to {}: {held}new leader after {} ms, every HAProxy routing writes to it after {} ms, {} streaming from it after {} ms",

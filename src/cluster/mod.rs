@@ -91,15 +91,19 @@ impl Cluster {
     /// Announce a planned hand-over away from `from` to the agent on every HAProxy node
     /// (`pgha agent hold-writes FROM`: its write server is drained at once, so new writes wait
     /// in HAProxy for the next leader instead of meeting a stopping primary), or, with `None`,
-    /// end it everywhere.
-    pub async fn hold_writes(&self, from: Option<&str>) -> anyhow::Result<()> {
+    /// end it everywhere. Whether writes are held: not with `cluster.haproxy.hold_connections_ms: 0`
+    /// (no HAProxy would hold them: draining early would only refuse them longer).
+    pub async fn hold_writes(&self, from: Option<&str>) -> anyhow::Result<bool> {
+        if self.inventory.cluster.haproxy.hold_connections_ms == 0 {
+            return Ok(false);
+        }
         let args = match from {
             // Long enough for Patroni's checkpoint and demotion; short enough that a run cut
             // off holds nothing for long.
             Some(server) => vec!["hold-writes", server, "--seconds", "60"],
             None => vec!["hold-writes", "--release"],
         };
-        self.agent_on_haproxy_nodes(&args).await.map(drop)
+        self.agent_on_haproxy_nodes(&args).await.map(|_| true)
     }
 
     /// Run SQL through `host:port` from this machine with `psql` (password in the environment).
@@ -392,61 +396,52 @@ pub async fn switchover(cluster: &Cluster, to: Option<&str>) -> anyhow::Result<S
         session,
         Some(Credentials::pgha(&cluster.secrets.restapi_password)),
     );
-    // New writes wait in HAProxy from here until the candidate leads; a hold that cannot be
-    // set everywhere is given up (and said), the switchover goes on without it.
     // The times reported count from here: new writes wait from the hold on.
     let started = Instant::now();
-    let mut held = match cluster.hold_writes(Some(&leader)).await {
-        Ok(()) => true,
+    let writes_held_ms = match cluster.hold_writes(Some(&leader)).await {
+        Ok(true) => Some(started.elapsed().as_millis()),
+        Ok(false) => None,
+        // Set everywhere or nowhere: given up (and said), the switchover goes on without it.
         Err(error) => {
             eprintln!("warning: new writes are refused during this hand-over: {error:#}");
             let _ = cluster.hold_writes(None).await;
-            false
+            None
         }
     };
-    let writes_held_ms = held.then(|| started.elapsed().as_millis());
-    let result = switch_and_follow(
-        cluster,
-        &patroni,
-        &base,
-        &leader,
-        &candidate,
-        sync,
-        &mut held,
-        started,
-    )
-    .await
-    .map(|switchover| Switchover {
-        writes_held_ms,
-        ..switchover
-    });
-    if held {
+    // Patroni answers once the switchover is over (or refused): the old primary has handed
+    // the leader key over, or keeps it; either way the hold has done its work and ends here,
+    // on every path.
+    let requested = patroni
+        .switchover(&base, &leader, Some(&candidate), Duration::ZERO)
+        .await
+        .context("Patroni refused the switchover");
+    if writes_held_ms.is_some() {
         if let Err(error) = cluster.hold_writes(None).await {
             eprintln!("warning: the write hold could not be ended everywhere (it expires within 60 s): {error:#}");
         }
     }
+    let result = match requested {
+        Ok(_) => follow_switchover(cluster, &leader, &candidate, sync, started)
+            .await
+            .map(|switchover| Switchover {
+                writes_held_ms,
+                ..switchover
+            }),
+        Err(error) => Err(error),
+    };
     cluster.connections.close().await;
     result
 }
 
-/// Ask Patroni for the switchover and follow it until the candidate leads, every HAProxy
-/// routes to it, and the old primary streams. The write hold ends as soon as the candidate
-/// leads (`held` says whether it still has to be ended).
-#[allow(clippy::too_many_arguments)]
-async fn switch_and_follow(
+/// Follow a switchover Patroni accepted until the candidate leads, every HAProxy routes to
+/// it, and the old primary streams.
+async fn follow_switchover(
     cluster: &Cluster,
-    patroni: &Patroni,
-    base: &str,
     leader: &str,
     candidate: &str,
     sync: bool,
-    held: &mut bool,
     started: Instant,
 ) -> anyhow::Result<Switchover> {
-    patroni
-        .switchover(base, leader, Some(candidate), Duration::ZERO)
-        .await
-        .context("Patroni refused the switchover")?;
     let (mut leader_changed, mut routed, mut streaming) = (None, None, None);
     while started.elapsed() < Duration::from_secs(90) {
         let views = cluster.observe().await;
@@ -458,9 +453,6 @@ async fn switch_and_follow(
             })
         {
             leader_changed = Some(now);
-            if *held && cluster.hold_writes(None).await.is_ok() {
-                *held = false;
-            }
         }
         if leader_changed.is_some() && routed.is_none() {
             let all_routed = views

@@ -229,7 +229,7 @@ impl FailoverProfile {
             fastinter_ms,
             rise: 3,
             fall: 3,
-            hold_writes_ms: HOLD_WRITES_MS,
+            hold_connections_ms: HOLD_CONNECTIONS_MS,
         }
     }
 }
@@ -302,15 +302,15 @@ pub struct HaproxyChecks {
     pub fastinter_ms: u32,
     pub rise: u32,
     pub fall: u32,
-    /// New write connections wait this long for a write server (0: refused at once).
-    pub hold_writes_ms: u32,
+    /// New connections wait this long for a server of their backend (0: refused at once).
+    pub hold_connections_ms: u32,
 }
 
-/// The default of `cluster.haproxy.hold_writes_ms`: longer than a switchover's hand-over
+/// The default of `cluster.haproxy.hold_connections_ms`: longer than a switchover's hand-over
 /// (about 1.6 s on the lab), short enough that a failover's clients fail fast and retry.
-pub const HOLD_WRITES_MS: u32 = 5000;
+pub const HOLD_CONNECTIONS_MS: u32 = 5000;
 /// Its upper bound: HAProxy's `tcp-request inspect-delay` keeps the connection that long.
-const HOLD_WRITES_MAX_MS: u32 = 30_000;
+const HOLD_CONNECTIONS_MAX_MS: u32 = 30_000;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Postgresql {
@@ -671,17 +671,17 @@ fn validate_cluster(
             fastinter_ms: overrides.fastinter_ms.unwrap_or(preset.fastinter_ms),
             rise: overrides.rise.unwrap_or(preset.rise),
             fall: overrides.fall.unwrap_or(preset.fall),
-            hold_writes_ms: overrides.hold_writes_ms.unwrap_or(preset.hold_writes_ms),
+            hold_connections_ms: overrides.hold_connections_ms.unwrap_or(preset.hold_connections_ms),
         }
     };
-    if haproxy.hold_writes_ms > HOLD_WRITES_MAX_MS {
+    if haproxy.hold_connections_ms > HOLD_CONNECTIONS_MAX_MS {
         problems.add(
-            "cluster.haproxy.hold_writes_ms",
+            "cluster.haproxy.hold_connections_ms",
             format!(
-                "{} ms is longer than the {HOLD_WRITES_MAX_MS} ms a new connection may be held",
-                haproxy.hold_writes_ms
+                "{} ms is longer than the {HOLD_CONNECTIONS_MAX_MS} ms a new connection may be held",
+                haproxy.hold_connections_ms
             ),
-            Some("0 refuses new writes at once while no server takes them"),
+            Some("0 refuses new connections at once while no server takes them"),
         );
     }
     for (key, value) in [

@@ -119,9 +119,10 @@ pub struct RawHaproxy {
     pub fastinter_ms: Option<u32>,
     pub rise: Option<u32>,
     pub fall: Option<u32>,
-    /// How long a new write connection waits in HAProxy while no server takes writes (a
-    /// switchover's hand-over) before it is refused; 0 refuses at once (default 5000).
-    pub hold_writes_ms: Option<u32>,
+    /// How long a new connection waits in HAProxy while its backend has no server (a
+    /// switchover's hand-over, the last replica restarting) before it is refused; 0 refuses
+    /// at once (default 5000).
+    pub hold_connections_ms: Option<u32>,
 }
 
 /// PostgreSQL settings.

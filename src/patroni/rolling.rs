@@ -192,8 +192,19 @@ pub async fn switchover(
         Err(PatroniError::Status { status: 503, .. }) => {}
         Err(error) => return Err(error),
     }
+    await_other_leader(patroni, &base, leader, candidate).await
+}
+
+/// After a switchover request away from `leader`: wait until another member (`candidate`, if
+/// named) leads and runs; its name.
+pub async fn await_other_leader(
+    patroni: &Patroni,
+    base: &str,
+    leader: &str,
+    candidate: Option<&str>,
+) -> Result<String, PatroniError> {
     let view = patroni
-        .wait_for(&base, "another member to lead", SETTLE, |view| {
+        .wait_for(base, "another member to lead", SETTLE, |view| {
             view.leader().is_some_and(|new| {
                 new.name != leader && candidate.is_none_or(|candidate| new.name == candidate)
             })

@@ -26,7 +26,8 @@ use crate::engine::runner::RunOptions;
 use crate::error::UserError;
 use crate::inventory::{Node, Role, SyncMode};
 use crate::patroni::{
-    rolling, ClusterView, MemberStatus, Patroni, Role as PatroniRole, State as PatroniState,
+    rolling, ClusterView, Member as PatroniMember, MemberStatus, Patroni, PatroniError,
+    Role as PatroniRole, State as PatroniState,
 };
 use crate::ssh::{RemoteCommand, Session};
 pub use plan::{Limits, NodeFacts, Precondition, Step, StepKind};
@@ -224,9 +225,10 @@ impl Upgrade {
             .vip
             .map(|vip| vip.address.to_string())
             .unwrap_or_default();
-        let mut all = BTreeMap::new();
-        for node in &inventory.nodes {
-            let session = self.session(node).await?;
+        // Every node at once: one SSH round trip each (the `apt-get update` of a refresh is
+        // the slow part).
+        let mut handles = Vec::new();
+        for node in inventory.nodes.iter().cloned() {
             let mut command = RemoteCommand::script(FACTS)
                 .as_root()
                 .arg(data.clone())
@@ -234,15 +236,31 @@ impl Upgrade {
                 .arg(vip.clone())
                 .arg(if refresh { "yes" } else { "no" })
                 .arg(if node.has(Role::Postgres) {
-                    self.api(node)
+                    self.api(&node)
                 } else {
                     String::new()
                 });
             for name in package_names(cluster.postgres_version) {
                 command = command.arg(name);
             }
-            let output = session.run_checked(&command).await?;
-            let mut facts = plan::parse_facts(&output.stdout_text());
+            let connections = self.cluster.connections.clone();
+            let reporter = Reporter::new(true, Vec::new(), Vec::new());
+            handles.push(tokio::spawn(async move {
+                let session = connections
+                    .get(&node, &reporter)
+                    .await
+                    .map_err(|reason| anyhow::anyhow!("cannot reach {}: {reason}", node.name))?;
+                let output = session
+                    .run_checked(&command)
+                    .await
+                    .with_context(|| format!("reading the facts of {}", node.name))?;
+                Ok::<_, anyhow::Error>((node.name.clone(), output.stdout_text()))
+            }));
+        }
+        let mut all = BTreeMap::new();
+        for handle in handles {
+            let (name, output) = handle.await.context("a facts task failed")??;
+            let mut facts = plan::parse_facts(&output);
             // The candidates section carries raw `apt-cache policy` lines: keep the versions.
             facts.candidates = facts
                 .candidates
@@ -255,7 +273,7 @@ impl Upgrade {
                     (package, versions)
                 })
                 .collect();
-            all.insert(node.name.clone(), facts);
+            all.insert(name, facts);
         }
         Ok(all)
     }
@@ -358,6 +376,13 @@ impl Upgrade {
                 result = result.and(Err(error));
             }
         }
+        // HAProxy's health checks of every database server running (a primary's are stopped
+        // while its Patroni restarts; starting running checks changes nothing).
+        for name in &names {
+            if let Err(error) = self.server_checks(name, true).await {
+                result = result.and(Err(error));
+            }
+        }
         // A maintenance mode this upgrade began (the marker is on the node it was for).
         let mut paused = Vec::new();
         for name in &names {
@@ -366,11 +391,6 @@ impl Upgrade {
                 Ok(output) if output.trim() == "paused" => paused.push(name.clone()),
                 Ok(_) => {}
                 Err(error) => result = result.and(Err(error)),
-            }
-        }
-        for name in &paused {
-            if let Err(error) = self.server_checks(name, true).await {
-                result = result.and(Err(error));
             }
         }
         if !paused.is_empty() {
@@ -563,10 +583,18 @@ impl Upgrade {
         let base = self.api(node);
         let (patroni, api) = self.patroni().await?;
         let before = patroni.status(&base).await?;
+        if before.paused {
+            bail!(
+                "the cluster is already in maintenance mode (paused), and not by this upgrade: \
+                 pgha does not end a pause it did not begin; hint: resume it (`patronictl resume`) \
+                 and run `pgha upgrade` again"
+            );
+        }
         self.root(node, "touch /run/pgha-upgrade-paused").await?;
-        patroni.set_pause(&api, true).await?;
         let want = self.cluster.inventory.cluster.patroni_version.clone();
+        // From the pause request on, whatever its answer, the way out resumes.
         let result = async {
+            patroni.set_pause(&api, true).await?;
             self.wait_status(&patroni, &base, "the member to see maintenance mode", |status| {
                 status.paused
             })
@@ -575,17 +603,35 @@ impl Upgrade {
                 self.server_checks(&node.name, false).await?;
             }
             self.restart_patroni_on_pin(node).await?;
-            self.wait_status(
-                &patroni,
-                &base,
-                &format!("Patroni {want} to run PostgreSQL"),
-                |status| {
-                    status.version.as_deref() == Some(want.as_str())
-                        && status.state == PatroniState::Running
-                        && (!leads || status.role == PatroniRole::Leader)
-                },
-            )
-            .await
+            let status = self
+                .wait_status(
+                    &patroni,
+                    &base,
+                    &format!("Patroni {want} to run PostgreSQL"),
+                    |status| {
+                        status.version.as_deref() == Some(want.as_str())
+                            && status.state == PatroniState::Running
+                            && (!leads || status.role == PatroniRole::Leader)
+                    },
+                )
+                .await?;
+            // What HAProxy's check asks, before its checks start again.
+            if leads {
+                let started = Instant::now();
+                while patroni
+                    .call(&base, "OPTIONS", "/primary", None)
+                    .await
+                    .map(|(code, _)| code)
+                    .unwrap_or(0)
+                    != 200
+                {
+                    if started.elapsed() > Duration::from_secs(60) {
+                        bail!("{}'s `/primary` did not answer 200 within 60 s", node.name);
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+            Ok::<_, anyhow::Error>(status)
         }
         .await;
         let checks = if leads {
@@ -729,16 +775,40 @@ impl Upgrade {
             {
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
-            // New writes wait in HAProxy from here until the candidate leads (the agents drain
-            // the old primary before it stops and route the new one once it answers).
-            self.cluster.hold_writes(Some(&step.node)).await?;
+            let base = view
+                .member(&step.node)
+                .and_then(PatroniMember::api_base)
+                .with_context(|| format!("{} publishes no `api_url`", step.node))?;
+            // New writes wait in HAProxy during each request (the agents drain the old primary
+            // before it stops and route the new one once it is out of recovery). Patroni
+            // answers once the switchover is over or refused, so the hold ends with each
+            // answer: a refusal (412, no candidate ready yet) holds nothing while we wait.
+            let asked = Instant::now();
+            loop {
+                self.cluster.hold_writes(Some(&step.node)).await?;
+                let answer = patroni
+                    .switchover(&base, &step.node, Some(&candidate), Duration::ZERO)
+                    .await;
+                self.cluster.hold_writes(None).await?;
+                match answer {
+                    // 503: "switchover status unknown", `/cluster` decides below.
+                    Ok(_) | Err(PatroniError::Status { status: 503, .. }) => break,
+                    Err(PatroniError::Status { status: 412, .. })
+                        if asked.elapsed() < Duration::from_secs(90) =>
+                    {
+                        tokio::time::sleep(Duration::from_secs(2)).await
+                    }
+                    Err(error) => return Err(error.into()),
+                }
+            }
             Ok::<_, anyhow::Error>(
-                rolling::switchover(&patroni, &view, &step.node, Some(&candidate)).await?,
+                rolling::await_other_leader(&patroni, &base, &step.node, Some(&candidate))
+                    .await?,
             )
         }
         .await;
-        // On every path: the hold ends (the agents route the leader, whichever it is), and the
-        // candidate is ready again in the reads (as the leader, the agents keep it out).
+        // On every path: no hold left (the agents route the leader, whichever it is), and the
+        // candidate ready again in the reads (as the leader, the agents keep it out).
         let unheld = self.cluster.hold_writes(None).await;
         let released = self.read_server(&candidate, "ready").await;
         let new_leader = switched?;
@@ -881,7 +951,7 @@ impl Upgrade {
         for node in &inventory.nodes {
             let mut script = String::from("true");
             if node.has(Role::Haproxy) {
-                script.push_str(" && /usr/local/bin/pgha agent read-server --help >/dev/null 2>&1 && /usr/local/bin/pgha agent hold-writes --help >/dev/null 2>&1");
+                script.push_str(" && /usr/local/bin/pgha agent read-server --help >/dev/null 2>&1 && /usr/local/bin/pgha agent hold-writes --help >/dev/null 2>&1 && /usr/local/bin/pgha agent checks --help >/dev/null 2>&1");
             }
             if node.has(Role::Keepalived) && inventory.cluster.vip.is_some() {
                 script.push_str(" && grep -q pgha-vip-yield /usr/local/lib/pgha/check-writes");
@@ -976,7 +1046,7 @@ async fn finish_probes(
     probes: Probes,
     vip: &Endpoint,
     run: &str,
-    done: &[StepDone],
+    windows: &[(String, (u64, u64))],
 ) -> anyhow::Result<Measured> {
     let log = probes.stop().await;
     let client = vip
@@ -997,12 +1067,10 @@ async fn finish_probes(
             .unwrap_or(0),
     };
     let step_at = |ms: u64| {
-        done.iter()
-            .find(|step| {
-                step.probe_window_ms
-                    .is_some_and(|(from, to)| (from..=to).contains(&ms))
-            })
-            .map(|step| step.step.to_string())
+        windows
+            .iter()
+            .find(|(_, (from, to))| (*from..=*to).contains(&ms))
+            .map(|(step, _)| step.clone())
     };
     let mut failures: Vec<Failure> = log
         .writes
@@ -1137,6 +1205,7 @@ pub async fn upgrade(options: UpgradeOptions) -> anyhow::Result<UpgradeReport> {
     } else {
         None
     };
+    let mut windows: Vec<(String, (u64, u64))> = Vec::new();
     let outcome = async {
         for (index, step) in steps.iter().enumerate() {
             say(
@@ -1154,6 +1223,11 @@ pub async fn upgrade(options: UpgradeOptions) -> anyhow::Result<UpgradeReport> {
                 StepKind::Keepalived => upgrade.keepalived_step(step).await,
                 StepKind::Agent => upgrade.agent_step(step).await,
             };
+            // Every step's window, a failed one's too, so that failures during it are located.
+            let window = began_ms.zip(probes.as_ref().map(|(probes, _, _)| probes.now_ms()));
+            if let Some(window) = window {
+                windows.push((step.to_string(), window));
+            }
             if let Err(error) = result {
                 return Err(format!(
                     "step {}/{} ({step}) failed: {error:#}; run `pgha upgrade` again to continue from there",
@@ -1166,7 +1240,7 @@ pub async fn upgrade(options: UpgradeOptions) -> anyhow::Result<UpgradeReport> {
             report.done.push(StepDone {
                 step: step.clone(),
                 seconds,
-                probe_window_ms: began_ms.zip(probes.as_ref().map(|(probes, _, _)| probes.now_ms())),
+                probe_window_ms: window,
             });
         }
         Ok(())
@@ -1175,7 +1249,7 @@ pub async fn upgrade(options: UpgradeOptions) -> anyhow::Result<UpgradeReport> {
     if let Some((probes, vip, run)) = probes {
         // A moment after the last step, so the tail of the run is measured too.
         tokio::time::sleep(Duration::from_secs(2)).await;
-        report.measured = Some(finish_probes(probes, &vip, &run, &report.done).await?);
+        report.measured = Some(finish_probes(probes, &vip, &run, &windows).await?);
     }
     if let Err(reason) = outcome {
         report.stopped = Some(reason);
