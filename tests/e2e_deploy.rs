@@ -590,8 +590,8 @@ fn deploy_converges_routes_and_is_idempotent() {
     }
 
     // A narrowed client_cidrs is in force when the deploy returns: this machine (10.231.0.1,
-    // outside the new network) is refused by every node's PostgreSQL at once, and admitted
-    // again at once when the network is widened back.
+    // outside the new network) is refused by every node's PostgreSQL and every HAProxy at
+    // once, and admitted again at once when the network is widened back.
     let password = superuser_password(&inventory);
     std::fs::write(
         &inventory,
@@ -634,6 +634,15 @@ fn deploy_converges_routes_and_is_idempotent() {
             "{address} right after the narrowing deploy: {refused}"
         );
     }
+    // Nor does any HAProxy let it through: PostgreSQL would see the HAProxy node's address,
+    // which pg_hba admits for every user, so the frontends refuse it themselves.
+    for (host, port) in [(VIP, 5000), (VIP, 5001), ("10.231.0.12", 5000), ("10.231.0.13", 5001)] {
+        let through = psql_at(host, port, &password, "select 1");
+        assert!(
+            through.is_err(),
+            "{host}:{port} let a client outside client_cidrs through: {through:?}"
+        );
+    }
     let widened = deploy_json(&inventory);
     assert_eq!(widened["success"], true, "{widened:#}");
     for address in ["10.231.0.11", "10.231.0.12", "10.231.0.13"] {
@@ -641,6 +650,13 @@ fn deploy_converges_routes_and_is_idempotent() {
             psql_at(address, 5432, &password, "select 1").as_deref(),
             Ok("1"),
             "{address} right after the widening deploy"
+        );
+    }
+    for port in [5000, 5001] {
+        assert_eq!(
+            psql_at(VIP, port, &password, "select 1").as_deref(),
+            Ok("1"),
+            "VIP:{port} right after the widening deploy"
         );
     }
 
