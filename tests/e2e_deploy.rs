@@ -636,7 +636,12 @@ fn deploy_converges_routes_and_is_idempotent() {
     }
     // Nor does any HAProxy let it through: PostgreSQL would see the HAProxy node's address,
     // which pg_hba admits for every user, so the frontends refuse it themselves.
-    for (host, port) in [(VIP, 5000), (VIP, 5001), ("10.231.0.12", 5000), ("10.231.0.13", 5001)] {
+    for (host, port) in [
+        (VIP, 5000),
+        (VIP, 5001),
+        ("10.231.0.12", 5000),
+        ("10.231.0.13", 5001),
+    ] {
         let through = psql_at(host, port, &password, "select 1");
         assert!(
             through.is_err(),

@@ -238,8 +238,14 @@ fn upgrade_moves_a_live_cluster_to_the_pinned_versions() {
         &inventory,
         "curl -s http://$(hostname -I | cut -d' ' -f1):8008/patroni",
     ) {
-        assert!(status.contains("\"version\": \"4.1.5\""), "{node}: {status}");
-        assert!(!status.contains("\"pause\""), "{node} is left paused: {status}");
+        assert!(
+            status.contains("\"version\": \"4.1.5\""),
+            "{node}: {status}"
+        );
+        assert!(
+            !status.contains("\"pause\""),
+            "{node} is left paused: {status}"
+        );
     }
     eprintln!(
         "Patroni-only upgrade: writes {} acknowledged, {} failed; reads {} answered, {} failed",

@@ -683,7 +683,11 @@ mod tests {
             }]
         );
         assert!(decision.can_route_writes);
-        assert!(decision.sentence.contains("holding new writes"), "{}", decision.sentence);
+        assert!(
+            decision.sentence.contains("holding new writes"),
+            "{}",
+            decision.sentence
+        );
 
         // Already drained: nothing more to do, and the leader is not made ready.
         let mut drained = held.clone();
@@ -696,7 +700,11 @@ mod tests {
         // node2 takes the leader key and answers `/primary`: it is routed at once, the hold
         // naming node1 does not matter any more.
         let decision = decide(&cluster(Some("node2")), &drained, &routed("node1"));
-        assert!(decision.actions.contains(&write("node2", true)), "{:?}", decision.actions);
+        assert!(
+            decision.actions.contains(&write("node2", true)),
+            "{:?}",
+            decision.actions
+        );
         assert!(!decision
             .actions
             .iter()

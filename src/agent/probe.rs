@@ -138,9 +138,18 @@ mod tests {
     #[test]
     fn the_leader_takes_writes_once_it_left_recovery() {
         // Patroni 4.1 holding the lock while PostgreSQL still replays: 200, role replica.
-        assert!(!takes_writes(200, r#"{"state": "running", "role": "replica"}"#));
-        assert!(takes_writes(200, r#"{"state": "running", "role": "primary"}"#));
-        assert!(!takes_writes(503, r#"{"state": "running", "role": "primary"}"#));
+        assert!(!takes_writes(
+            200,
+            r#"{"state": "running", "role": "replica"}"#
+        ));
+        assert!(takes_writes(
+            200,
+            r#"{"state": "running", "role": "primary"}"#
+        ));
+        assert!(!takes_writes(
+            503,
+            r#"{"state": "running", "role": "primary"}"#
+        ));
         assert!(!takes_writes(200, ""));
     }
 

@@ -671,7 +671,9 @@ fn validate_cluster(
             fastinter_ms: overrides.fastinter_ms.unwrap_or(preset.fastinter_ms),
             rise: overrides.rise.unwrap_or(preset.rise),
             fall: overrides.fall.unwrap_or(preset.fall),
-            hold_connections_ms: overrides.hold_connections_ms.unwrap_or(preset.hold_connections_ms),
+            hold_connections_ms: overrides
+                .hold_connections_ms
+                .unwrap_or(preset.hold_connections_ms),
         }
     };
     if haproxy.hold_connections_ms > HOLD_CONNECTIONS_MAX_MS {

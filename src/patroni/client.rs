@@ -270,22 +270,59 @@ impl Patroni {
         timeout: Duration,
         test: impl Fn(&ClusterView) -> bool,
     ) -> Result<ClusterView, PatroniError> {
-        let started = Instant::now();
-        loop {
-            let last = match self.cluster(base).await {
-                Ok(view) if test(&view) => return Ok(view),
-                Ok(view) => format!("{view:?}"),
-                Err(error) => error.to_string(),
-            };
-            if started.elapsed() > timeout {
-                return Err(PatroniError::Timeout {
-                    seconds: timeout.as_secs(),
-                    what: what.to_string(),
-                    last: last.chars().take(400).collect(),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+        poll(
+            what,
+            timeout,
+            Duration::from_millis(500),
+            || self.cluster(base),
+            test,
+        )
+        .await
+    }
+
+    /// Ask a member's own `/patroni` at `base` until `test` holds; its status then.
+    pub async fn wait_for_status(
+        &self,
+        base: &str,
+        what: &str,
+        timeout: Duration,
+        test: impl Fn(&MemberStatus) -> bool,
+    ) -> Result<MemberStatus, PatroniError> {
+        poll(
+            what,
+            timeout,
+            Duration::from_millis(300),
+            || self.status(base),
+            test,
+        )
+        .await
+    }
+}
+
+/// Call `ask` every `every` until its answer passes `test`, or fail after `timeout` with the
+/// last answer (or error) in the message.
+async fn poll<T: std::fmt::Debug, F: std::future::Future<Output = Result<T, PatroniError>>>(
+    what: &str,
+    timeout: Duration,
+    every: Duration,
+    ask: impl Fn() -> F,
+    test: impl Fn(&T) -> bool,
+) -> Result<T, PatroniError> {
+    let started = Instant::now();
+    loop {
+        let last = match ask().await {
+            Ok(answer) if test(&answer) => return Ok(answer),
+            Ok(answer) => format!("{answer:?}"),
+            Err(error) => error.to_string(),
+        };
+        if started.elapsed() > timeout {
+            return Err(PatroniError::Timeout {
+                seconds: timeout.as_secs(),
+                what: what.to_string(),
+                last: last.chars().take(400).collect(),
+            });
         }
+        tokio::time::sleep(every).await;
     }
 }
 

@@ -415,7 +415,8 @@ mod tests {
             status.postmaster_start_time.as_deref(),
             Some("2026-12-01 00:04:35.737375+00:00")
         );
-        let stopped = MemberStatus::parse(r#"{"state": "stopped", "role": "uninitialized"}"#).unwrap();
+        let stopped =
+            MemberStatus::parse(r#"{"state": "stopped", "role": "uninitialized"}"#).unwrap();
         assert!(!stopped.paused && stopped.version.is_none());
         assert!(MemberStatus::parse("not json").is_err());
     }

@@ -26,8 +26,8 @@ use crate::engine::runner::RunOptions;
 use crate::error::UserError;
 use crate::inventory::{Node, Role, SyncMode};
 use crate::patroni::{
-    rolling, ClusterView, Member as PatroniMember, MemberStatus, Patroni, PatroniError,
-    Role as PatroniRole, State as PatroniState,
+    rolling, ClusterView, Member as PatroniMember, Patroni, PatroniError, Role as PatroniRole,
+    State as PatroniState,
 };
 use crate::ssh::{RemoteCommand, Session};
 pub use plan::{Limits, NodeFacts, Precondition, Step, StepKind};
@@ -387,7 +387,13 @@ impl Upgrade {
         let mut paused = Vec::new();
         for name in &names {
             let node = self.node(name)?;
-            match self.root(&node, "test -e /run/pgha-upgrade-paused && echo paused || true").await {
+            match self
+                .root(
+                    &node,
+                    "test -e /run/pgha-upgrade-paused && echo paused || true",
+                )
+                .await
+            {
                 Ok(output) if output.trim() == "paused" => paused.push(name.clone()),
                 Ok(_) => {}
                 Err(error) => result = result.and(Err(error)),
@@ -595,19 +601,23 @@ impl Upgrade {
         // From the pause request on, whatever its answer, the way out resumes.
         let result = async {
             patroni.set_pause(&api, true).await?;
-            self.wait_status(&patroni, &base, "the member to see maintenance mode", |status| {
-                status.paused
-            })
-            .await?;
+            patroni
+                .wait_for_status(
+                    &base,
+                    "the member to see maintenance mode",
+                    Duration::from_secs(60),
+                    |status| status.paused,
+                )
+                .await?;
             if leads {
                 self.server_checks(&node.name, false).await?;
             }
             self.restart_patroni_on_pin(node).await?;
-            let status = self
-                .wait_status(
-                    &patroni,
+            let status = patroni
+                .wait_for_status(
                     &base,
                     &format!("Patroni {want} to run PostgreSQL"),
+                    Duration::from_secs(60),
                     |status| {
                         status.version.as_deref() == Some(want.as_str())
                             && status.state == PatroniState::Running
@@ -664,28 +674,6 @@ impl Upgrade {
         Ok(())
     }
 
-    /// Ask a member's own `/patroni` until `test` holds (60 s at most).
-    async fn wait_status(
-        &self,
-        patroni: &Patroni,
-        base: &str,
-        what: &str,
-        test: impl Fn(&MemberStatus) -> bool,
-    ) -> anyhow::Result<MemberStatus> {
-        let started = Instant::now();
-        loop {
-            let last = match patroni.status(base).await {
-                Ok(status) if test(&status) => return Ok(status),
-                Ok(status) => format!("{status:?}"),
-                Err(error) => error.to_string(),
-            };
-            if started.elapsed() > Duration::from_secs(60) {
-                bail!("timed out after 60 s waiting for {what} at {base}; last: {last}");
-            }
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
-    }
-
     /// Maintenance mode off (through the first member whose API accepts it), then the markers
     /// gone from every database node.
     async fn resume(&self) -> anyhow::Result<()> {
@@ -721,7 +709,9 @@ impl Upgrade {
         if !resumed {
             return Err(last
                 .unwrap_or_else(|| anyhow::anyhow!("no database node"))
-                .context("maintenance mode could not be ended; hint: `patronictl resume` on a database node"));
+                .context(
+                "maintenance mode could not be ended; hint: `patronictl resume` on a database node",
+            ));
         }
         for node in &nodes {
             self.root(node, "rm -f /run/pgha-upgrade-paused").await?;
@@ -802,8 +792,7 @@ impl Upgrade {
                 }
             }
             Ok::<_, anyhow::Error>(
-                rolling::await_other_leader(&patroni, &base, &step.node, Some(&candidate))
-                    .await?,
+                rolling::await_other_leader(&patroni, &base, &step.node, Some(&candidate)).await?,
             )
         }
         .await;

@@ -485,6 +485,14 @@ mod tests {
         Inventory::load(&path).unwrap()
     }
 
+    /// Each step's kind and node, in order.
+    fn order(steps: &[Step]) -> Vec<(StepKind, &str)> {
+        steps
+            .iter()
+            .map(|step| (step.kind, step.node.as_str()))
+            .collect()
+    }
+
     fn old_facts(leader_etcd: &str, vip: &str) -> BTreeMap<String, NodeFacts> {
         ["node1", "node2", "node3"]
             .iter()
@@ -543,12 +551,8 @@ mod tests {
             &view("node2"),
             None,
         );
-        let order: Vec<(StepKind, &str)> = steps
-            .iter()
-            .map(|step| (step.kind, step.node.as_str()))
-            .collect();
         assert_eq!(
-            order,
+            order(&steps),
             [
                 (StepKind::Database, "node1"),
                 (StepKind::Database, "node3"),
@@ -579,12 +583,8 @@ mod tests {
         let inventory = inventory("{postgresql: 15.18-0+deb12u1}");
         let facts = old_facts("node2", "node1");
         let steps = plan(&inventory, &facts, &view("node2"), None);
-        let order: Vec<(StepKind, &str)> = steps
-            .iter()
-            .map(|step| (step.kind, step.node.as_str()))
-            .collect();
         assert_eq!(
-            order,
+            order(&steps),
             [
                 (StepKind::Patroni, "node1"),
                 (StepKind::Patroni, "node3"),
