@@ -1,7 +1,8 @@
 //! End-to-end: a real 3-node lab on this machine (needs root, Linux and the lab's host packages).
 //! One test, because only one lab can exist on a machine at a time. It reads like the spec of
 //! `pgha lab`: nodes boot with systemd and strict SSH, apt works through the proxy, every fault
-//! does what it says and is undone, a second `up` changes nothing, `down` leaves nothing behind.
+//! does what it says and is undone, the running lab grows to 4 nodes and shrinks back without
+//! touching the others, a second `up` changes nothing, `down` leaves nothing behind.
 
 mod common;
 
@@ -286,6 +287,48 @@ fn lab_boots_real_nodes_injects_faults_and_leaves_nothing_behind() {
     assert!(reaches("10.231.0.11", "10.231.0.13") && reaches("10.231.0.12", "10.231.0.13"));
     pgha(&["lab", "unblock", "node1", "node2"]);
     assert!(reaches("10.231.0.11", "10.231.0.12") && reaches("10.231.0.12", "10.231.0.11"));
+
+    // The running lab grows by one node and shrinks back, leaving the others alone (their
+    // PID 1 keeps its start time).
+    let booted_at = |address: &str| ssh_ok(address, "ps -o lstart= -p 1");
+    let before: Vec<String> = NODES
+        .iter()
+        .map(|(_, address)| booted_at(address))
+        .collect();
+    let grown = pgha(&["lab", "up", "--nodes", "4"]);
+    assert!(grown.contains("booted `node4`"), "{grown}");
+    assert!(
+        !grown.contains("booted `node1`") && !grown.contains("booted `node2`"),
+        "{grown}"
+    );
+    assert_eq!(ssh_ok("10.231.0.14", "hostname"), "node4");
+    assert!(reaches("10.231.0.11", "10.231.0.14") && reaches("10.231.0.14", "10.231.0.13"));
+    let refused = Command::new(env!("CARGO_BIN_EXE_pgha"))
+        .args(["lab", "remove", "node2"])
+        .output()
+        .expect("run pgha");
+    assert_eq!(refused.status.code(), Some(2), "only the last node may go");
+    pgha(&["lab", "remove", "node4"]);
+    assert!(!sshd_answers("10.231.0.14"), "node4 still answers");
+    assert!(
+        !Path::new("/run/netns/pgha-node4").exists()
+            && !Path::new("/sys/class/net/pgha-node4").exists(),
+        "node4's network is left"
+    );
+    assert!(
+        !state_dir().join("nodes/node4").exists(),
+        "node4's files are left"
+    );
+    let known_hosts = std::fs::read_to_string(state_dir().join("ssh/known_hosts")).unwrap();
+    assert!(!known_hosts.contains("10.231.0.14"), "{known_hosts}");
+    let after: Vec<String> = NODES
+        .iter()
+        .map(|(_, address)| booted_at(address))
+        .collect();
+    assert_eq!(
+        before, after,
+        "growing or shrinking the lab restarted a node"
+    );
 
     // Idempotent: a second `up` changes nothing.
     let again = pgha(&["lab", "up", "--nodes", "3"]);

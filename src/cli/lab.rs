@@ -7,7 +7,8 @@ use crate::lab::{DownOptions, Lab, Report, UpOptions};
 
 #[derive(Debug, Subcommand)]
 pub enum LabCommand {
-    /// Build (once) the Debian base and boot the nodes; changes nothing when already up
+    /// Build (once) the Debian base and boot the nodes; changes nothing when already up, and
+    /// on a running lab boots only the nodes it lacks
     Up {
         /// Number of nodes
         #[arg(long, default_value_t = 3)]
@@ -25,6 +26,9 @@ pub enum LabCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Take the lab's last node away (stopped, its network, cgroups, files and host key gone);
+    /// the others are left alone. `up --nodes N` with a larger N adds nodes to a running lab
+    Remove { node: String },
     /// Power cut: kill every process of NODE at once, take its link down, flush its addresses
     Kill { node: String },
     /// Clean shutdown of NODE (poweroff inside), waiting until it has stopped
@@ -64,6 +68,7 @@ pub fn run(command: LabCommand) -> anyhow::Result<()> {
             return Ok(());
         }
         LabCommand::Down { purge } => lab.down(&DownOptions { purge })?,
+        LabCommand::Remove { node } => lab.remove(&node)?,
         LabCommand::Kill { node } => lab.kill(&node)?,
         LabCommand::Stop { node } => lab.stop(&node)?,
         LabCommand::Start { node } => lab.start(&node)?,

@@ -235,10 +235,12 @@ impl Lab {
     /// running and wait for sshd. With the lab up, changes nothing.
     pub fn up(&mut self, options: &UpOptions) -> Result<Report> {
         topology::validate_count(options.nodes)?;
-        if self.is_up() && self.state.nodes != options.nodes {
+        // A running lab grows (the new nodes boot, the others are left alone); it shrinks one
+        // node at a time with `pgha lab remove`.
+        if self.is_up() && options.nodes < self.state.nodes {
             return Err(UserError(format!(
-                "the lab is up with {} nodes, not {}; hint: run `pgha lab down` first to change the number of nodes",
-                self.state.nodes, options.nodes
+                "the lab is up with {} nodes, more than {}; hint: `pgha lab remove node{}` takes the last node away (or `pgha lab down` to start over)",
+                self.state.nodes, options.nodes, self.state.nodes
             ))
             .into());
         }
@@ -440,6 +442,61 @@ impl Lab {
             known_hosts: self.known_hosts(),
             client_key: self.client_key(),
             nodes,
+        })
+    }
+
+    /// Take the lab's last node away: stop it (a power cut if it does not stop in time),
+    /// unmount its root, delete its cgroups, network namespace and directory, and forget its
+    /// host key in `known_hosts`. The other nodes are left alone. Only the last node can go,
+    /// so the nodes stay `node1`..`nodeN`.
+    pub fn remove(&mut self, name: &str) -> Result<Report> {
+        let node = self.node(name)?;
+        host::preflight()?;
+        let started = Instant::now();
+        let last = self.state.nodes;
+        if node.name() != format!("node{last}") || last < 2 {
+            return Err(UserError(format!(
+                "only the last node of a lab with more than one can be removed, here `node{last}`; hint: `pgha lab down` removes them all"
+            ))
+            .into());
+        }
+        let cgroups = node::Cgroups::detect()?;
+        let dirs = self.node_dirs(&node);
+        let mut changes = Vec::new();
+        if dirs.pid().is_some() {
+            (self.progress)(&format!("stopping `{node}`"));
+            let clean = node::stop(&node, &dirs, &cgroups, DOWN_GRACE)?;
+            changes.push(format!(
+                "{} `{node}`",
+                if clean { "stopped" } else { "cut the power of" }
+            ));
+        } else {
+            node::kill(&node, &cgroups)?;
+        }
+        node::remove_runtime_leftovers(&node);
+        let node_dir = self.nodes_dir().join(node.name());
+        if !host::mounts_under(&node_dir)?.is_empty() {
+            host::unmount_all_under(&node_dir)?;
+        }
+        cgroups.remove_node(&node)?;
+        if network::remove_node(&node)? {
+            changes.push(format!("deleted the network of `{node}`"));
+        }
+        if node_dir.exists() {
+            std::fs::remove_dir_all(&node_dir)
+                .with_context(|| format!("failed to remove `{}`", node_dir.display()))?;
+        }
+        self.state.nodes = last - 1;
+        self.save()?;
+        self.keys().ensure(&topology::nodes(self.state.nodes))?;
+        changes.push(format!(
+            "removed `{node}`; the lab has {} nodes",
+            self.state.nodes
+        ));
+        Ok(Report {
+            changes,
+            unchanged_reason: None,
+            elapsed: started.elapsed(),
         })
     }
 

@@ -255,6 +255,25 @@ fn parse_blocked(neighbours: &str) -> Vec<Ipv4Addr> {
         .collect()
 }
 
+/// Delete one node's namespace and veth pair; true if anything was there.
+pub fn remove_node(node: &Node) -> Result<bool> {
+    let mut removed = false;
+    if namespace_exists(node) {
+        host::run(ip().args(["netns", "delete", &node.namespace()]))
+            .with_context(|| format!("failed to delete the network namespace of `{node}`"))?;
+        removed = true;
+    }
+    let veth = node.host_interface();
+    // Deleting the namespace removes the pair asynchronously.
+    if interface_exists(&veth)
+        && !host::succeeds(ip().args(["link", "delete", &veth]))
+        && interface_exists(&veth)
+    {
+        host::run(ip().args(["link", "delete", &veth]))?;
+    }
+    Ok(removed)
+}
+
 /// Delete every lab namespace (which deletes their veths) and the bridge.
 pub fn remove_all() -> Result<Vec<String>> {
     let mut removed = Vec::new();

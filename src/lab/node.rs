@@ -90,6 +90,14 @@ impl Cgroups {
         Ok(())
     }
 
+    /// Remove one node's cgroups (its processes must be gone).
+    pub fn remove_node(&self, node: &Node) -> Result<()> {
+        for dir in self.node_dirs(node) {
+            remove_tree(&dir, true)?;
+        }
+        Ok(())
+    }
+
     /// Remove every lab cgroup (processes must be gone).
     pub fn remove_all(&self) -> Result<()> {
         for root in self.hierarchies() {
