@@ -15,7 +15,8 @@
 //! - a hand-over announced by `pgha agent hold-writes LEADER` (a planned switchover) drains the
 //!   leader too, so that no new write reaches a primary about to stop; HAProxy holds new write
 //!   connections until the next leader is ready (its `pgha_hold` Lua action). The
-//!   announcement expires on its own, so a run cut off cannot keep writes away;
+//!   announcement expires on its own (60 s): from then on the leader is made ready again in
+//!   the next cycle in which the agent acts (etcd reachable, the leader's `/primary` confirmed);
 //! - no leader, or etcd unreachable: HAProxy is left as it is.
 
 use std::collections::{BTreeMap, BTreeSet};
