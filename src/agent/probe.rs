@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::patroni::Patroni;
+use crate::patroni::{MemberStatus, Patroni, Role};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
@@ -48,16 +48,7 @@ pub async fn is_primary(base: &str) -> Option<bool> {
 }
 
 fn takes_writes(status: u16, body: &str) -> bool {
-    status == 200
-        && serde_json::from_str::<serde_json::Value>(body)
-            .ok()
-            .and_then(|value| {
-                value
-                    .get("role")?
-                    .as_str()
-                    .map(|role| matches!(role, "primary" | "master"))
-            })
-            .unwrap_or(false)
+    status == 200 && MemberStatus::parse(body).is_ok_and(|member| member.role == Role::Leader)
 }
 
 /// This node holds `address` on `interface` (`ip -o addr show dev IFACE`).

@@ -184,6 +184,26 @@ fn patroni_timings_must_be_consistent() {
 }
 
 #[test]
+fn the_connection_hold_is_bounded() {
+    assert_eq!(
+        parse(GOOD).unwrap().cluster.haproxy.hold_connections_ms,
+        5000
+    );
+    let off = GOOD.replace("  vip:", "  haproxy: {hold_connections_ms: 0}\n  vip:");
+    assert_eq!(parse(&off).unwrap().cluster.haproxy.hold_connections_ms, 0);
+    let long = GOOD.replace("  vip:", "  haproxy: {hold_connections_ms: 30001}\n  vip:");
+    let message = problems(&long);
+    assert!(
+        message.contains("inv.yml:4:")
+            && message.contains(
+                "cluster.haproxy.hold_connections_ms: 30001 ms is longer than the 30000 ms"
+            )
+            && message.contains("0 refuses new connections at once"),
+        "{message}"
+    );
+}
+
+#[test]
 fn ports_must_be_distinct() {
     let text = GOOD.replace("  vip:", "  ports: {write: 5000, read: 5000}\n  vip:");
     let message = problems(&text);

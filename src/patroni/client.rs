@@ -200,6 +200,28 @@ impl Patroni {
             .map_err(|error| PatroniError::Json(format!("{base}/patroni"), error.to_string()))
     }
 
+    /// Ask the member at `base` until its `/primary` answers 200 (what HAProxy's write check
+    /// asks).
+    pub async fn wait_for_primary(
+        &self,
+        base: &str,
+        timeout: Duration,
+    ) -> Result<(), PatroniError> {
+        poll(
+            &format!("{base}/primary to answer 200"),
+            timeout,
+            Duration::from_millis(200),
+            || async {
+                self.call(base, "OPTIONS", "/primary", None)
+                    .await
+                    .map(|(status, _)| status)
+            },
+            |status| *status == 200,
+        )
+        .await
+        .map(drop)
+    }
+
     /// Maintenance mode on or off for the whole cluster (`PATCH /config` with `pause`). While
     /// paused Patroni changes nothing in PostgreSQL, and a Patroni that stops leaves PostgreSQL
     /// running (and a leader keeps its key).

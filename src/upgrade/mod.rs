@@ -627,19 +627,9 @@ impl Upgrade {
                 .await?;
             // What HAProxy's check asks, before its checks start again.
             if leads {
-                let started = Instant::now();
-                while patroni
-                    .call(&base, "OPTIONS", "/primary", None)
-                    .await
-                    .map(|(code, _)| code)
-                    .unwrap_or(0)
-                    != 200
-                {
-                    if started.elapsed() > Duration::from_secs(60) {
-                        bail!("{}'s `/primary` did not answer 200 within 60 s", node.name);
-                    }
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
+                patroni
+                    .wait_for_primary(&base, Duration::from_secs(60))
+                    .await?;
             }
             Ok::<_, anyhow::Error>(status)
         }
@@ -674,45 +664,24 @@ impl Upgrade {
         Ok(())
     }
 
-    /// Maintenance mode off (through the first member whose API accepts it), then the markers
+    /// Maintenance mode off (through the first member whose API answers), then the markers
     /// gone from every database node.
     async fn resume(&self) -> anyhow::Result<()> {
+        let resumed = async {
+            let (patroni, api) = self.patroni().await?;
+            patroni.set_pause(&api, false).await?;
+            Ok::<_, anyhow::Error>(())
+        }
+        .await;
+        resumed.context(
+            "maintenance mode could not be ended; hint: `patronictl resume` on a database node",
+        )?;
         let nodes: Vec<Node> = self
             .cluster
             .inventory
             .nodes_with(Role::Postgres)
             .cloned()
             .collect();
-        let mut last = None;
-        let mut resumed = false;
-        for node in &nodes {
-            let attempt = async {
-                let session = self.session(node).await?;
-                let patroni = Patroni::over_ssh(
-                    session,
-                    Some(crate::patroni::Credentials::pgha(
-                        &self.cluster.secrets.restapi_password,
-                    )),
-                );
-                patroni.set_pause(&self.api(node), false).await?;
-                Ok::<_, anyhow::Error>(())
-            }
-            .await;
-            match attempt {
-                Ok(()) => {
-                    resumed = true;
-                    break;
-                }
-                Err(error) => last = Some(error),
-            }
-        }
-        if !resumed {
-            return Err(last
-                .unwrap_or_else(|| anyhow::anyhow!("no database node"))
-                .context(
-                "maintenance mode could not be ended; hint: `patronictl resume` on a database node",
-            ));
-        }
         for node in &nodes {
             self.root(node, "rm -f /run/pgha-upgrade-paused").await?;
         }
@@ -796,9 +765,12 @@ impl Upgrade {
             )
         }
         .await;
-        // On every path: no hold left (the agents route the leader, whichever it is), and the
-        // candidate ready again in the reads (as the leader, the agents keep it out).
-        let unheld = self.cluster.hold_writes(None).await;
+        // On every path: no hold left (each answer above ended it; a failure may have left one)
+        // and the candidate ready again in the reads (as the leader, the agents keep it out).
+        let unheld = match &switched {
+            Ok(_) => Ok(false),
+            Err(_) => self.cluster.hold_writes(None).await,
+        };
         let released = self.read_server(&candidate, "ready").await;
         let new_leader = switched?;
         unheld?;
