@@ -200,7 +200,10 @@ pub async fn apply(
         Component::Postgres => "pg_dropcluster --stop \"$1\" main",
         Component::Etcd => "rm -rf -- /var/lib/etcd/default",
     };
-    let script = format!("{remove} && rm -f \"{}\"", claim(component));
+    let script = format!(
+        "{remove} && rm -f \"{claim}\" \"{claim}.pending\"",
+        claim = claim(component)
+    );
     checked(
         session,
         RemoteCommand::script(script).arg(version).as_root(),

@@ -858,18 +858,22 @@ done
 "#;
 
 /// After the install (whatever its outcome, but not after a signal): claim for pgha the noted
-/// default data that the install created. The note is dropped only when the data is claimed
-/// or the install succeeded without creating it: after a failed install (say apt-get cut off
-/// by the closed SSH channel while dpkg goes on) the data may still appear, or the next run's
-/// `dpkg --configure -a` may create it, and the note must still say it was not there before.
-const CLAIM_CREATED_DEFAULT_DATA: &str = r#"for claim in $absent; do
+/// default data that the install created, any part of it (the same paths the note looked at).
+/// The note is dropped only when the data is claimed or the install provably finished without
+/// creating it: apt succeeded and dpkg has nothing left half-done (`dpkg --audit` is silent).
+/// After an install cut off part-way (say apt-get killed by the closed SSH channel while dpkg
+/// goes on) the data may still appear, or the next run's `dpkg --configure -a` may create it,
+/// and the note must still say it was not there before.
+const CLAIM_CREATED_DEFAULT_DATA: &str = r#"settled=no
+[ "$status" = 0 ] && [ -z "$(dpkg --audit 2>&1)" ] && settled=yes
+for claim in $absent; do
   exists=no
   case "$claim" in
-    postgresql-*-main) version=${claim#postgresql-}; version=${version%-main}; [ -e "/etc/postgresql/$version/main" ] && exists=yes ;;
+    postgresql-*-main) version=${claim#postgresql-}; version=${version%-main}; { [ -e "/etc/postgresql/$version/main" ] || [ -e "/var/lib/postgresql/$version/main" ]; } && exists=yes ;;
     etcd-default) [ -e /var/lib/etcd/default ] && exists=yes ;;
   esac
   if [ "$exists" = yes ]; then : > "/var/lib/pgha/created/$claim"; rm -f "/var/lib/pgha/created/$claim.pending"
-  elif [ "$status" = 0 ]; then rm -f "/var/lib/pgha/created/$claim.pending"; fi
+  elif [ "$settled" = yes ]; then rm -f "/var/lib/pgha/created/$claim.pending"; fi
 done
 "#;
 
