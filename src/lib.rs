@@ -37,6 +37,7 @@ pub mod lab;
 pub mod patroni;
 pub mod render;
 pub mod ssh;
+pub mod tls;
 pub mod upgrade;
 pub mod wheels;
 pub mod yaml_position;

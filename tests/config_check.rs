@@ -85,6 +85,11 @@ mkdir -p /usr/local/lib/pgha
 if [ -f usr/local/lib/pgha/check-writes ]; then install -m 755 usr/local/lib/pgha/check-writes /usr/local/lib/pgha/check-writes; fi
 # HAProxy's server-state file as the unit's drop-in leaves it before a start.
 mkdir -p /var/lib/haproxy && mount -t tmpfs -o mode=755 tmpfs /var/lib/haproxy && echo 1 > /var/lib/haproxy/pgha-server-state
+# The node's TLS files, where the deploy puts them (issued by `pgha render` beside the secrets).
+mkdir -p /etc/pgha && mount -t tmpfs -o mode=755 tmpfs /etc/pgha && mkdir -p /etc/pgha/tls
+install -m 644 '{tls}/ca.crt' /etc/pgha/tls/ca.crt && install -m 644 '{tls}/{name}.crt' /etc/pgha/tls/node.crt
+for key in node postgres etcd; do install -m 600 '{tls}/{name}.key' /etc/pgha/tls/$key.key; done
+install -m 600 '{tls}/{name}.pem' /etc/pgha/tls/haproxy.pem
 # The Lua the configuration loads, where the deploy puts it.
 mkdir -p /etc/haproxy && mount -t tmpfs -o mode=755 tmpfs /etc/haproxy
 if [ -f etc/haproxy/pgha-hold.lua ]; then install -m 644 etc/haproxy/pgha-hold.lua /etc/haproxy/pgha-hold.lua; fi
@@ -95,6 +100,7 @@ echo '>> all accepted'
 ",
             node_dir = node_dir.display(),
             patroni = patroni.display(),
+            tls = inventory.with_extension("secrets.tls").display(),
         );
         let output = Command::new("unshare")
             .args(["--net", "--mount", "sh", "-c", &script])

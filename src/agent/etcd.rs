@@ -11,6 +11,21 @@ use tokio::sync::Notify;
 
 use super::decide::{ClusterView, Member};
 
+/// etcd wants the cluster CA's trust and the node's certificate (read at each connect, so a
+/// reconnect after a renewal presents the new one).
+fn tls_options() -> Result<etcd_client::TlsOptions, EtcdError> {
+    let files = crate::tls::ClientFiles::node();
+    let ca = files
+        .ca_pem()
+        .map_err(|error| EtcdError::Tls(format!("{error:#}")))?;
+    let (cert, key) = files
+        .identity_pem()
+        .map_err(|error| EtcdError::Tls(format!("{error:#}")))?;
+    Ok(etcd_client::TlsOptions::new()
+        .ca_certificate(etcd_client::Certificate::from_pem(ca))
+        .identity(etcd_client::Identity::from_pem(cert, key)))
+}
+
 /// How often the whole scope is read again, watch or not.
 const RESYNC: Duration = Duration::from_secs(5);
 
@@ -108,6 +123,8 @@ enum EtcdError {
     Client(#[from] etcd_client::Error),
     #[error("the watch was closed by etcd")]
     Closed,
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// Follow the scope until the process ends; `changed` is notified on every change.
@@ -161,7 +178,8 @@ async fn watch_session(
         .with_connect_timeout(Duration::from_secs(2))
         .with_timeout(Duration::from_secs(3))
         .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
-        .with_keep_alive_while_idle(true);
+        .with_keep_alive_while_idle(true)
+        .with_tls(tls_options()?);
     let mut client = Client::connect(endpoints, Some(options)).await?;
     let revision = resync(&mut client, prefix, state).await?;
     changed.notify_one();

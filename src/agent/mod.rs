@@ -132,7 +132,9 @@ async fn observe(config: &Config, cluster: &ClusterView) -> LocalView {
         .members
         .get(&config.node)
         .and_then(|member| probe::api_base(&member.api_url))
-        .unwrap_or_else(|| format!("http://{}:{}", config.listen.ip(), config.patroni_api_port));
+        .unwrap_or_else(|| {
+            crate::patroni::model::api_at(config.listen.ip(), config.patroni_api_port)
+        });
     let leader_base = cluster
         .leader
         .as_ref()

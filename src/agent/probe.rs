@@ -2,9 +2,21 @@
 //! through the one Patroni client), the VIP on its interface and a live keepalived.
 //! Probes only read; the one change they make is [`remove_vip`].
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::patroni::{MemberStatus, Patroni, Role};
+
+/// The node's TLS client for Patroni's API (the cluster CA, the node's certificate), read on
+/// first use and kept: a renewed certificate restarts the agent. A failed read is retried.
+pub fn node_tls() -> Option<Arc<rustls::ClientConfig>> {
+    static TLS: Mutex<Option<Arc<rustls::ClientConfig>>> = Mutex::new(None);
+    let mut tls = TLS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if tls.is_none() {
+        *tls = crate::tls::ClientFiles::node().rustls().ok();
+    }
+    tls.clone()
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
@@ -20,7 +32,7 @@ const PATRONI_TIMEOUT: Duration = Duration::from_millis(800);
 
 /// The local Patroni's role from `GET /patroni`.
 pub async fn patroni_role(base: &str) -> Option<String> {
-    let (status, body) = Patroni::anonymous(PATRONI_TIMEOUT)
+    let (status, body) = Patroni::anonymous(PATRONI_TIMEOUT, node_tls())
         .call(base, "GET", "/patroni", None)
         .await
         .ok()?;
@@ -40,7 +52,7 @@ pub async fn patroni_role(base: &str) -> Option<String> {
 /// sent held connections to a server still read-only ("cannot execute INSERT in a read-only
 /// transaction", 10 of them in one lab switchover).
 pub async fn is_primary(base: &str) -> Option<bool> {
-    Patroni::anonymous(PATRONI_TIMEOUT)
+    Patroni::anonymous(PATRONI_TIMEOUT, node_tls())
         .call(base, "GET", "/primary", None)
         .await
         .ok()
@@ -158,6 +170,10 @@ mod tests {
             api_base("http://10.231.0.12:8008/patroni").as_deref(),
             Some("http://10.231.0.12:8008")
         );
-        assert_eq!(api_base("https://x/patroni"), None);
+        assert_eq!(
+            api_base("https://10.231.0.12:8008/patroni").as_deref(),
+            Some("https://10.231.0.12:8008")
+        );
+        assert_eq!(api_base("ftp://x/patroni"), None);
     }
 }

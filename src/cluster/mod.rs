@@ -3,6 +3,7 @@
 //! [`observe`], judgement in [`verify`]; this module sequences them and runs the SQL probes.
 
 pub mod observe;
+pub mod tls_check;
 pub mod verify;
 
 use std::path::Path;
@@ -116,6 +117,12 @@ impl Cluster {
             .env("PGDATABASE", "postgres")
             .env("PGPASSWORD", &self.secrets.superuser_password)
             .env("PGCONNECT_TIMEOUT", "3")
+            // As applications should: TLS, the server's name checked against the cluster CA.
+            .env("PGSSLMODE", "verify-full")
+            .env(
+                "PGSSLROOTCERT",
+                crate::tls::ClientFiles::control(&self.inventory).ca,
+            )
             .output()
             .await
             .map_err(|error| {
@@ -243,6 +250,7 @@ pub async fn verify(cluster: &Cluster) -> Verification {
     let views = cluster.observe().await;
     let mut checks = assess(&cluster.inventory, &views);
     checks.extend(cluster.routing_checks(&views).await);
+    checks.extend(tls_check::checks(&cluster.inventory, &cluster.secrets.superuser_password).await);
     cluster.connections.close().await;
     Verification {
         success: checks.iter().all(|check| check.pass),
@@ -387,10 +395,9 @@ pub async fn switchover(cluster: &Cluster, to: Option<&str>) -> anyhow::Result<S
         .get(&leader_node, &reporter)
         .await
         .map_err(|reason| anyhow::anyhow!(reason))?;
-    let base = format!(
-        "http://{}:{}",
-        crate::render::url_host_of(&leader_node.address),
-        cluster.inventory.cluster.ports.patroni_api
+    let base = crate::patroni::model::api_at(
+        leader_node.address,
+        cluster.inventory.cluster.ports.patroni_api,
     );
     let patroni = Patroni::over_ssh(
         session,

@@ -57,20 +57,16 @@ pub struct NodeView {
 /// the role. The etcd endpoints and keys are passed as arguments.
 fn probe(inventory: &Inventory, node: &Node) -> RemoteCommand {
     let ports = &inventory.cluster.ports;
-    let api = format!(
-        "http://{}:{}",
-        crate::render::url_host_of(&node.address),
-        ports.patroni_api
-    );
-    let mut script =
-        String::from("api=\"$1\"; scope=\"$2\"; vip=\"$3\"; stats=\"$4\"; etcd_port=\"$5\"\n");
+    let api = crate::patroni::model::api_at(node.address, ports.patroni_api);
+    let mut script = String::from(crate::tls::SHELL_CLIENTS);
+    script.push_str("api=\"$1\"; scope=\"$2\"; vip=\"$3\"; stats=\"$4\"; etcd_port=\"$5\"\n");
     if node.has(Role::Postgres) {
         script.push_str(
-            r#"echo '### patroni'; curl -s --max-time 2 "$api/patroni"; echo
-echo '### primary_status'; curl -s -o /dev/null --max-time 2 -X OPTIONS -w '%{http_code}' "$api/primary"; echo
-echo '### cluster'; curl -s --max-time 2 "$api/cluster"; echo
-echo '### config'; curl -s --max-time 2 "$api/config"; echo
-echo '### unauthenticated_patch'; curl -s -o /dev/null --max-time 2 -X PATCH -w '%{http_code}' "$api/config"; echo
+            r#"echo '### patroni'; curl -s $CURL_TLS --max-time 2 "$api/patroni"; echo
+echo '### primary_status'; curl -s $CURL_TLS -o /dev/null --max-time 2 -X OPTIONS -w '%{http_code}' "$api/primary"; echo
+echo '### cluster'; curl -s $CURL_TLS --max-time 2 "$api/cluster"; echo
+echo '### config'; curl -s $CURL_TLS --max-time 2 "$api/config"; echo
+echo '### unauthenticated_patch'; curl -s $CURL_TLS -o /dev/null --max-time 2 -X PATCH -w '%{http_code}' "$api/config"; echo
 echo '### hba'; runuser -u postgres -- psql -XAtq -F ' ' -c "select type, array_to_string(database, ','), array_to_string(user_name, ','), coalesce(address, ''), coalesce(netmask, ''), auth_method from pg_hba_file_rules" 2>/dev/null
 echo '### not_in_effect'; runuser -u postgres -- psql -XAtq -c "select f.name || coalesce(': ' || f.error, ' ' || s.setting || ' → ' || f.setting) from pg_file_settings f join pg_settings s on s.name = f.name where (f.error is not null or not f.applied) and f.seqno = (select max(seqno) from pg_file_settings g where g.name = f.name)" 2>/dev/null && echo '-- asked'
 echo '### modes'; for file in /etc/patroni/patroni.yml /var/lib/postgresql/.pgpass_patroni; do [ -e "$file" ] && echo "$file $(stat -c %a:%U:%G "$file")"; done
@@ -79,7 +75,7 @@ echo '### modes'; for file in /etc/patroni/patroni.yml /var/lib/postgresql/.pgpa
     }
     if node.has(Role::Etcd) {
         script.push_str(
-            r#"endpoint="http://127.0.0.1:$etcd_port"
+            r#"endpoint="https://127.0.0.1:$etcd_port"
 echo '### etcd_health'; etcdctl --endpoints="$endpoint" --command-timeout=2s endpoint health >/dev/null 2>&1 && echo true || echo false
 echo '### etcd_status'; etcdctl --endpoints="$endpoint" --command-timeout=2s endpoint status -w json 2>/dev/null; echo
 echo '### etcd_members'; etcdctl --endpoints="$endpoint" --command-timeout=2s member list -w json 2>/dev/null; echo

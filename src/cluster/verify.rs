@@ -362,21 +362,15 @@ pub fn assess(inventory: &Inventory, views: &[NodeView]) -> Vec<Check> {
 
     // Security
     for view in reachable.iter().filter(|view| is(Role::Postgres, view)) {
-        let weak: Vec<&String> = view
-            .hba
-            .iter()
-            .filter(|rule| {
-                rule.contains(" md5")
-                    || rule.contains(" password")
-                    || rule.contains("0.0.0.0 0.0.0.0")
-                    || rule.contains(" trust")
-            })
-            .collect();
+        let weak = weak_hba_rules(&view.hba);
         checks.push(Check::new(
             format!("security.{}.pg_hba", view.name),
             weak.is_empty() && !view.hba.is_empty(),
             if weak.is_empty() {
-                format!("{} rules, scram-sha-256/peer only", view.hba.len())
+                format!(
+                    "{} rules: scram-sha-256/peer only, over the network TLS only (hostssl; hostnossl rejected)",
+                    view.hba.len()
+                )
             } else {
                 format!("weak rules: {weak:?}")
             },
@@ -408,6 +402,31 @@ pub fn assess(inventory: &Inventory, views: &[NodeView]) -> Vec<Check> {
     checks
 }
 
+/// The pg_hba rules (`type database user address netmask method`, as `pg_hba_file_rules`
+/// lists them) that let a client in too easily: a weak method, every address, or a network
+/// rule that does not require TLS (plain `host`, except on loopback).
+pub fn weak_hba_rules(rules: &[String]) -> Vec<&String> {
+    rules
+        .iter()
+        .filter(|rule| {
+            let fields: Vec<&str> = rule.split_whitespace().collect();
+            let (Some(kind), Some(method)) = (fields.first(), fields.last()) else {
+                return true;
+            };
+            if *method == "reject" {
+                return false;
+            }
+            let everyone = rule.contains("0.0.0.0 0.0.0.0") || rule.contains(":: ::");
+            let loopback = fields
+                .get(3)
+                .is_some_and(|address| *address == "127.0.0.1" || *address == "::1");
+            matches!(*method, "md5" | "password" | "trust")
+                || everyone
+                || (*kind == "host" && !loopback)
+        })
+        .collect()
+}
+
 /// A file holding secrets (`mode:owner:group`, octal mode) is private when no one but its
 /// owner can read it, or when root owns it and only the `postgres` group may also read it (the
 /// Patroni configuration: Patroni reads it, only root may change it).
@@ -426,6 +445,30 @@ fn secret_file_is_private(value: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pg_hba_rules_without_tls_or_with_weak_methods_are_named() {
+        let rules: Vec<String> = [
+            "local {all} {all}   peer",
+            "host {all} {all} 127.0.0.1 255.255.255.255 scram-sha-256",
+            "hostnossl {all} {all} 0.0.0.0 0.0.0.0 reject",
+            "hostssl {all} {all} 10.0.0.1 255.255.255.255 scram-sha-256",
+            "host {all} {all} 10.0.0.0 255.255.255.0 scram-sha-256",
+            "hostssl {all} {all} 10.0.0.0 255.255.255.0 md5",
+            "hostssl {all} {all} 0.0.0.0 0.0.0.0 scram-sha-256",
+        ]
+        .iter()
+        .map(|rule| rule.to_string())
+        .collect();
+        let weak: Vec<&str> = weak_hba_rules(&rules)
+            .iter()
+            .map(|rule| rule.as_str())
+            .collect();
+        assert_eq!(
+            weak,
+            [rules[4].as_str(), rules[5].as_str(), rules[6].as_str()]
+        );
+    }
     use serde_json::json;
 
     fn inventory() -> Inventory {

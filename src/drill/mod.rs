@@ -248,13 +248,9 @@ struct Drill {
 }
 
 impl Drill {
-    /// `http://host:port` of the REST API of the member at `address`.
+    /// `https://host:port` of the REST API of the member at `address`.
     fn api(&self, address: &std::net::IpAddr) -> String {
-        format!(
-            "http://{}:{}",
-            crate::render::url_host_of(address),
-            self.api_port
-        )
+        crate::patroni::model::api_at(*address, self.api_port)
     }
 }
 
@@ -288,12 +284,15 @@ pub async fn run(options: DrillOptions) -> anyhow::Result<DrillReport> {
             "the drill probes writes through the VIP and the inventory has none\nhint: set `cluster.vip`".into()
         ));
     };
+    let tls = crate::tls::ClientFiles::control(&inventory);
+    let postgres_tls = tls.postgres()?;
     let endpoint = |host: String, port: u16| Endpoint {
         host,
         port,
         user: "postgres".into(),
         password: secrets.superuser_password.clone(),
         inside: None,
+        tls: postgres_tls.clone(),
     };
     let expected = model::expected_outage(
         scenario,
@@ -302,7 +301,10 @@ pub async fn run(options: DrillOptions) -> anyhow::Result<DrillReport> {
     );
     let context = Drill {
         connections: Arc::new(Connections::new(inventory.clone(), false)),
-        rest: Patroni::direct(Credentials::pgha(&secrets.restapi_password)),
+        rest: Patroni::direct(
+            Credentials::pgha(&secrets.restapi_password),
+            Some(tls.rustls()?),
+        ),
         api_port: inventory.cluster.ports.patroni_api,
         vip: endpoint(vip.address.to_string(), inventory.cluster.ports.write),
         // On the lab each node is probed from inside its own network, so that a partitioned

@@ -20,7 +20,10 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::config::SslMode;
+use tokio_postgres::tls::MakeTlsConnect;
+use tokio_postgres::{Client, Config};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// Interval between two write attempts.
 pub const WRITE_INTERVAL: Duration = Duration::from_millis(100);
@@ -99,6 +102,9 @@ pub struct Endpoint {
     pub password: String,
     /// Connect from inside this lab node's network namespace instead of from here.
     pub inside: Option<String>,
+    /// TLS verifying the server's certificate and name against the cluster CA
+    /// (`sslmode=verify-full`; pg_hba refuses connections without TLS).
+    pub tls: MakeRustlsConnect,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -130,6 +136,7 @@ impl Endpoint {
             .password(&self.password)
             .dbname("postgres")
             .application_name("pgha-drill")
+            .ssl_mode(SslMode::Require)
             .connect_timeout(CONNECT_TIMEOUT);
         config
     }
@@ -138,7 +145,7 @@ impl Endpoint {
     pub async fn connect(&self) -> Result<Client, ConnectError> {
         let client = match &self.inside {
             None => {
-                let (client, connection) = self.config().connect(NoTls).await?;
+                let (client, connection) = self.config().connect(self.tls.clone()).await?;
                 tokio::spawn(connection);
                 client
             }
@@ -158,7 +165,12 @@ impl Endpoint {
                     .map_err(|error| ConnectError::Inside(error.into()))?;
                 let stream = tokio::net::TcpStream::from_std(stream)
                     .map_err(|error| ConnectError::Inside(error.into()))?;
-                let (client, connection) = self.config().connect_raw(stream, NoTls).await?;
+                let tls = MakeTlsConnect::<tokio::net::TcpStream>::make_tls_connect(
+                    &mut self.tls.clone(),
+                    &self.host,
+                )
+                .map_err(|error| ConnectError::Inside(anyhow::anyhow!("TLS: {error}")))?;
+                let (client, connection) = self.config().connect_raw(stream, tls).await?;
                 tokio::spawn(connection);
                 client
             }

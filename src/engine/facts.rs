@@ -110,11 +110,12 @@ impl Probe {
     /// words) first, then unit names, paths and quick paths as positional arguments (quoted by
     /// the transport), the three lists separated by `--`.
     pub fn command(&self) -> RemoteCommand {
-        let script = r#"
+        let script = crate::tls::SHELL_CLIENTS.to_string()
+            + r#"
 patroni_api="$1"; pg_port="$2"; shift 2
 if [ -n "$patroni_api" ]; then
-  echo '### patroni_config'; curl -s --max-time 3 "$patroni_api/config"; echo
-  echo '### patroni_cluster'; curl -s --max-time 3 "$patroni_api/cluster"; echo
+  echo '### patroni_config'; curl -s $CURL_TLS --max-time 3 "$patroni_api/config"; echo
+  echo '### patroni_cluster'; curl -s $CURL_TLS --max-time 3 "$patroni_api/cluster"; echo
   echo '### logged_limits'
   data=$(runuser -u postgres -- psql -XAtq -p "$pg_port" -c 'show data_directory' 2>/dev/null)
   bin=$(runuser -u postgres -- psql -XAtq -p "$pg_port" -c "select setting from pg_config where name = 'BINDIR'" 2>/dev/null)

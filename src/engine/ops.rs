@@ -43,6 +43,16 @@ pub async fn run_playbook(request: PlaybookRequest) -> anyhow::Result<RunResult>
     } else {
         String::new()
     };
+    // The cluster's CA and every node's certificate, (re)issued on this machine as needed.
+    let authority = crate::tls::Authority::open(&crate::tls::control_dir(&inventory))?;
+    for issued in authority.ensure(&inventory, std::time::SystemTime::now())? {
+        if !request.options.quiet {
+            eprintln!(
+                "  certificate of `{}` issued: {}",
+                issued.name, issued.reason
+            );
+        }
+    }
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
@@ -54,6 +64,7 @@ pub async fn run_playbook(request: PlaybookRequest) -> anyhow::Result<RunResult>
     };
     let control = minijinja::context! {
         time => now,
+        tls_dir => authority.dir().display().to_string(),
         wheels_archive => wheels_archive,
         pgha_binary => pgha_binary.display().to_string(),
         force_remove_stray_data => request.force_remove_stray_data,

@@ -71,7 +71,9 @@ impl Credentials {
 
 #[derive(Clone)]
 pub enum Transport {
-    Direct,
+    /// From this process; HTTPS calls present this client (the cluster CA's trust and a
+    /// certificate it issued).
+    Direct(Option<Arc<rustls::ClientConfig>>),
     Ssh(Arc<Session>),
 }
 
@@ -86,18 +88,18 @@ pub struct Patroni {
 }
 
 impl Patroni {
-    pub fn direct(credentials: Credentials) -> Patroni {
+    pub fn direct(credentials: Credentials, tls: Option<Arc<rustls::ClientConfig>>) -> Patroni {
         Patroni {
-            transport: Transport::Direct,
+            transport: Transport::Direct(tls),
             credentials: Some(credentials),
             timeout: REQUEST_TIMEOUT,
         }
     }
 
     /// Direct and without credentials: for the read-only endpoints (the agent's probes).
-    pub fn anonymous(timeout: Duration) -> Patroni {
+    pub fn anonymous(timeout: Duration, tls: Option<Arc<rustls::ClientConfig>>) -> Patroni {
         Patroni {
-            transport: Transport::Direct,
+            transport: Transport::Direct(tls),
             credentials: None,
             timeout,
         }
@@ -122,8 +124,9 @@ impl Patroni {
         let url = format!("{base}{path}");
         let body = body.map(Value::to_string);
         match &self.transport {
-            Transport::Direct => {
+            Transport::Direct(tls) => {
                 direct(
+                    tls.as_ref(),
                     self.credentials.as_ref(),
                     self.timeout,
                     &url,
@@ -350,6 +353,7 @@ async fn poll<T: std::fmt::Debug, F: std::future::Future<Output = Result<T, Patr
 
 /// One HTTP/1.0 exchange from this process.
 async fn direct(
+    tls: Option<&Arc<rustls::ClientConfig>>,
     credentials: Option<&Credentials>,
     timeout: Duration,
     url: &str,
@@ -357,15 +361,30 @@ async fn direct(
     body: Option<&str>,
 ) -> Result<(u16, String), PatroniError> {
     let unreachable = |reason: String| PatroniError::Unreachable(url.to_string(), reason);
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| unreachable("only http:// is supported".into()))?;
+    let (rest, secure) = match (url.strip_prefix("https://"), url.strip_prefix("http://")) {
+        (Some(rest), _) => (rest, true),
+        (None, Some(rest)) => (rest, false),
+        _ => {
+            return Err(unreachable(
+                "only http:// and https:// are supported".into(),
+            ))
+        }
+    };
+    let tls = match (secure, tls) {
+        (true, Some(tls)) => Some(tls.clone()),
+        (true, None) => {
+            return Err(unreachable(
+                "no TLS client certificate to call it with".into(),
+            ))
+        }
+        (false, _) => None,
+    };
     let (authority, path) = match rest.find('/') {
         Some(slash) => (&rest[..slash], &rest[slash..]),
         None => (rest, "/"),
     };
     let exchange = async {
-        let mut stream =
+        let stream =
             tokio::time::timeout(CONNECT_TIMEOUT.min(timeout), TcpStream::connect(authority))
                 .await
                 .map_err(|_| unreachable("connect timed out".into()))?
@@ -384,21 +403,44 @@ async fn direct(
              Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         );
-        stream
-            .write_all(request.as_bytes())
-            .await
-            .map_err(|error| unreachable(error.to_string()))?;
-        let mut response = Vec::new();
-        stream
-            .read_to_end(&mut response)
-            .await
-            .map_err(|error| unreachable(error.to_string()))?;
-        Ok::<_, PatroniError>(response)
+        let response = match tls {
+            Some(tls) => {
+                let host = authority
+                    .rsplit_once(':')
+                    .map_or(authority, |(host, _)| host)
+                    .trim_start_matches('[')
+                    .trim_end_matches(']');
+                let stream = crate::tls::connect(tls, host, stream)
+                    .await
+                    .map_err(|error| unreachable(format!("TLS: {error}")))?;
+                exchange(stream, request.as_bytes()).await
+            }
+            None => exchange(stream, request.as_bytes()).await,
+        };
+        response.map_err(|error| unreachable(error.to_string()))
     };
     let response = tokio::time::timeout(timeout, exchange)
         .await
         .map_err(|_| unreachable(format!("no answer within {} ms", timeout.as_millis())))??;
     parse_response(url, &response)
+}
+
+/// Send `request` and read the answer until the server closes. A TLS server that closes
+/// without `close_notify` (Python's `ssl` does) ends the answer too.
+async fn exchange<S>(mut stream: S, request: &[u8]) -> std::io::Result<Vec<u8>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    stream.write_all(request).await?;
+    stream.flush().await?;
+    let mut response = Vec::new();
+    match stream.read_to_end(&mut response).await {
+        Ok(_) => Ok(response),
+        Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof && !response.is_empty() => {
+            Ok(response)
+        }
+        Err(error) => Err(error),
+    }
 }
 
 /// One exchange by `curl` on the node behind `session`: the body in argv (never secret), the
@@ -419,9 +461,13 @@ async fn over_ssh(
             )
         })
         .unwrap_or_default();
-    let script = "if [ -n \"$3\" ]; then set -- \"$1\" \"$2\" -H 'Content-Type: application/json' --data-binary \"$3\"; else set -- \"$1\" \"$2\"; fi
+    let script = format!("if [ -n \"$3\" ]; then set -- \"$1\" \"$2\" -H 'Content-Type: application/json' --data-binary \"$3\"; else set -- \"$1\" \"$2\"; fi
 method=\"$1\"; url=\"$2\"; shift 2
-curl -s -K - --max-time 150 -X \"$method\" \"$@\" -w '\\n%{http_code}' \"$url\"";
+curl -s -K - --max-time 150 --cacert {ca} --cert {cert} --key {key} -X \"$method\" \"$@\" -w '\\n%{{http_code}}' \"$url\"",
+        ca = crate::tls::NODE_CA,
+        cert = crate::tls::NODE_CERT,
+        key = crate::tls::NODE_KEY
+    );
     let command = RemoteCommand::script(script)
         .arg(method)
         .arg(url)
@@ -492,7 +538,7 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = listener.local_addr().expect("address").port();
         drop(listener);
-        let patroni = Patroni::direct(Credentials::pgha("x"));
+        let patroni = Patroni::direct(Credentials::pgha("x"), None);
         let error = patroni
             .cluster(&format!("http://127.0.0.1:{port}"))
             .await

@@ -181,15 +181,25 @@ impl MemberStatus {
     }
 }
 
-/// `http://host:port` of an `api_url` such as `http://host:port/patroni` (only `http://`: the
-/// clients speak plain HTTP today).
+/// `https://host:port` of an `api_url` such as `https://host:port/patroni` (`http://` too).
 pub fn api_base(url: &str) -> Option<String> {
-    let rest = url.strip_prefix("http://")?;
+    let (scheme, rest) = url.split_once("://")?;
+    if scheme != "http" && scheme != "https" {
+        return None;
+    }
     let authority = rest
         .split('/')
         .next()
         .filter(|authority| !authority.is_empty())?;
-    Some(format!("http://{authority}"))
+    Some(format!("{scheme}://{authority}"))
+}
+
+/// The REST API of the member at `address` (`https://host:port`): Patroni serves HTTPS only.
+pub fn api_at(address: std::net::IpAddr, port: u16) -> String {
+    match address {
+        std::net::IpAddr::V4(v4) => format!("https://{v4}:{port}"),
+        std::net::IpAddr::V6(v6) => format!("https://[{v6}]:{port}"),
+    }
 }
 
 /// The topology `GET /cluster` reports.

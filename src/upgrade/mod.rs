@@ -135,10 +135,10 @@ done
 pid=$(head -n 1 "$data/postmaster.pid" 2>/dev/null)
 if [ -n "$pid" ] && readlink "/proc/$pid/exe" 2>/dev/null | grep -q '(deleted)'; then echo postgresql; fi
 echo '### patroni'
-if [ -n "$api" ]; then curl -s --max-time 3 "$api/patroni"; echo; fi
+if [ -n "$api" ]; then curl -s $CURL_TLS --max-time 3 "$api/patroni"; echo; fi
 echo '### etcd_leader'
 if command -v etcdctl >/dev/null && systemctl -q is-active etcd; then
-  etcdctl --endpoints="http://127.0.0.1:$etcd_port" --command-timeout=3s endpoint status 2>/dev/null | awk -F', ' '{ print $5 }'
+  etcdctl --endpoints="https://127.0.0.1:$etcd_port" --command-timeout=3s endpoint status 2>/dev/null | awk -F', ' '{ print $5 }'
 fi
 echo '### vip'
 if [ -n "$vip" ] && ip -o addr show 2>/dev/null | grep -q " $vip/"; then echo true; else echo false; fi
@@ -176,10 +176,9 @@ impl Upgrade {
     }
 
     fn api(&self, node: &Node) -> String {
-        format!(
-            "http://{}:{}",
-            crate::render::url_host_of(&node.address),
-            self.cluster.inventory.cluster.ports.patroni_api
+        crate::patroni::model::api_at(
+            node.address,
+            self.cluster.inventory.cluster.ports.patroni_api,
         )
     }
 
@@ -229,17 +228,18 @@ impl Upgrade {
         // the slow part).
         let mut handles = Vec::new();
         for node in inventory.nodes.iter().cloned() {
-            let mut command = RemoteCommand::script(FACTS)
-                .as_root()
-                .arg(data.clone())
-                .arg(cluster.ports.etcd_client.to_string())
-                .arg(vip.clone())
-                .arg(if refresh { "yes" } else { "no" })
-                .arg(if node.has(Role::Postgres) {
-                    self.api(&node)
-                } else {
-                    String::new()
-                });
+            let mut command =
+                RemoteCommand::script(format!("{}{FACTS}", crate::tls::SHELL_CLIENTS))
+                    .as_root()
+                    .arg(data.clone())
+                    .arg(cluster.ports.etcd_client.to_string())
+                    .arg(vip.clone())
+                    .arg(if refresh { "yes" } else { "no" })
+                    .arg(if node.has(Role::Postgres) {
+                        self.api(&node)
+                    } else {
+                        String::new()
+                    });
             for name in package_names(cluster.postgres_version) {
                 command = command.arg(name);
             }
@@ -467,7 +467,8 @@ impl Upgrade {
         self.wait_remote(
             &node,
             &format!(
-                "etcdctl --endpoints=http://127.0.0.1:{port} --command-timeout=2s endpoint health >/dev/null 2>&1 && [ \"$(etcdctl --endpoints=http://127.0.0.1:{port} --command-timeout=2s member list 2>/dev/null | grep -c started)\" -eq {members} ]"
+                "{env}etcdctl --endpoints=https://127.0.0.1:{port} --command-timeout=2s endpoint health >/dev/null 2>&1 && [ \"$(etcdctl --endpoints=https://127.0.0.1:{port} --command-timeout=2s member list 2>/dev/null | grep -c started)\" -eq {members} ]",
+                env = crate::tls::SHELL_CLIENTS
             ),
             Duration::from_secs(90),
             "etcd healthy with every member",
@@ -878,7 +879,7 @@ impl Upgrade {
             .nodes_with(Role::Etcd)
             .map(|node| {
                 format!(
-                    "http://{}:{port}",
+                    "https://{}:{port}",
                     crate::render::url_host_of(&node.address)
                 )
             })
@@ -888,7 +889,8 @@ impl Upgrade {
                 .root(
                     node,
                     &format!(
-                        "etcdctl --endpoints={} --command-timeout=3s endpoint health 2>&1",
+                        "{}etcdctl --endpoints={} --command-timeout=3s endpoint health 2>&1",
+                        crate::tls::SHELL_CLIENTS,
                         endpoints.join(",")
                     ),
                 )
@@ -970,12 +972,14 @@ async fn start_probes(upgrade: &Upgrade) -> anyhow::Result<(Probes, Endpoint, St
             "`--measure` probes through the VIP and the inventory has none".into()
         ));
     };
+    let tls = crate::tls::ClientFiles::control(&upgrade.cluster.inventory).postgres()?;
     let endpoint = |port: u16| Endpoint {
         host: vip.address.to_string(),
         port,
         user: "postgres".into(),
         password: upgrade.cluster.secrets.superuser_password.clone(),
         inside: None,
+        tls: tls.clone(),
     };
     let write = endpoint(cluster.ports.write);
     write
