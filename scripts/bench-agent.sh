@@ -23,7 +23,8 @@ import json, socket, subprocess, sys, threading, time
 candidate, deadline = sys.argv[1], time.time() + float(sys.argv[2])
 result = {"key": None, "routed": None}
 def watch():
-    process = subprocess.Popen(["etcdctl", "--endpoints=http://127.0.0.1:2379", "watch", "/service/lab/leader"],
+    process = subprocess.Popen(["etcdctl", "--endpoints=https://127.0.0.1:2379", "--cacert=/etc/pgha/tls/ca.crt",
+                                "--cert=/etc/pgha/tls/node.crt", "--key=/etc/pgha/tls/node.key", "watch", "/service/lab/leader"],
                                stdout=subprocess.PIPE, text=True)
     for line in process.stdout:
         if line.strip() == candidate and result["key"] is None:
@@ -64,7 +65,10 @@ while time.time() < deadline:
 print(f"{worst:.2f}")
 PY
 
-cluster() { curl -fsS --max-time 3 http://10.231.0.11:8008/cluster; }
+# Patroni's API wants the control machine's certificate from the cluster CA.
+tls_dir="${secrets%.yml}.tls"
+tls=(--cacert "$tls_dir/ca.crt" --cert "$tls_dir/control.crt" --key "$tls_dir/control.key")
+cluster() { curl -fsS "${tls[@]}" --max-time 3 https://10.231.0.11:8008/cluster; }
 role_of() { python3 -c "import json,sys; c=json.load(sys.stdin); print(next(m['name'] for m in c['members'] if m['role']=='$1'))"; }
 address_of() { echo "10.231.0.1${1#node}"; }
 
@@ -90,8 +94,8 @@ round() {
     PGPASSWORD=$superuser python3 "$work/writer.py" 20 > "$work/outage" &
     writer=$!
     sleep 3
-    curl -sS --max-time 30 -K "$work/auth" -X POST -H 'Content-Type: application/json' \
-        -d "{\"leader\": \"$leader\", \"candidate\": \"$candidate\"}" "http://$(address_of "$leader"):8008/switchover" > /dev/null
+    curl -sS "${tls[@]}" --max-time 30 -K "$work/auth" -X POST -H 'Content-Type: application/json' \
+        -d "{\"leader\": \"$leader\", \"candidate\": \"$candidate\"}" "https://$(address_of "$leader"):8008/switchover" > /dev/null
     wait "$writer"
     sleep 5
     "$pgha" exec -i "$inventory" --json -- "tail -n 1 /tmp/pgha-bench.out" > "$work/monitors.json"

@@ -11,7 +11,9 @@ pgha="${CARGO_TARGET_DIR:-target}/debug/pgha"
 "$pgha" deploy -i inventories/lab.yml
 cat <<TEXT
 
-The cluster \`lab\` is up ($(( $(date +%s) - started )) s in all). Connect through the virtual IP:
+The cluster \`lab\` is up ($(( $(date +%s) - started )) s in all). Connect through the virtual IP
+over TLS, checking the server against the cluster's CA:
+  export PGSSLMODE=verify-full PGSSLROOTCERT=inventories/lab.secrets.tls/ca.crt
   writes (primary):  PGPASSWORD=\$(awk '/superuser_password/ {print \$2}' inventories/lab.secrets.yml) psql -h 10.231.0.100 -p 5000 -U postgres
   reads (replicas):  PGPASSWORD=\$(awk '/superuser_password/ {print \$2}' inventories/lab.secrets.yml) psql -h 10.231.0.100 -p 5001 -U postgres
 Run \`$pgha deploy -i inventories/lab.yml\` again: it changes nothing.

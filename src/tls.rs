@@ -142,6 +142,14 @@ pub fn inspect_der(der: &[u8]) -> anyhow::Result<CertInfo> {
     Ok(CertInfo { not_after, names })
 }
 
+/// The first 8 bytes of a DER certificate's SHA-256, in hex (as `pgha verify` shows it).
+pub fn fingerprint(der: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, der).as_ref()[..8]
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
 /// Why a certificate must be (re)issued, or `None` when the one there does.
 pub fn renewal_reason(existing: Option<&CertInfo>, wanted: &[String], now: u64) -> Option<String> {
     let Some(existing) = existing else {

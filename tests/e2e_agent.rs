@@ -212,10 +212,29 @@ fn agent_routes_a_switchover_and_keeps_the_vip_honest() {
             metrics.contains("pgha_cluster_has_leader{node=\""),
             "{metrics}"
         );
+        // The node certificate's expiry, about 90 days ahead.
+        let not_after: u64 = metrics
+            .lines()
+            .find(|line| line.starts_with("pgha_tls_certificate_not_after_seconds{"))
+            .and_then(|line| line.rsplit(' ').next())
+            .and_then(|value| value.parse().ok())
+            .unwrap_or_else(|| panic!("no certificate expiry in the metrics:\n{metrics}"));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let days = (not_after as i64 - now as i64) / 86_400;
+        assert!(
+            (80..=90).contains(&days),
+            "{node}'s certificate ends in {days} days"
+        );
     }
 
     // 2. A planned switchover: writes are routed to the new primary by the agents.
-    let cluster = json(&curl(&["http://10.231.0.11:8008/cluster"]).unwrap()).unwrap();
+    let tls = common::control_curl_tls(&inventory);
+    let tls: Vec<&str> = tls.iter().map(String::as_str).collect();
+    let cluster =
+        json(&curl(&[&tls[..], &["https://10.231.0.11:8008/cluster"]].concat()).unwrap()).unwrap();
     let members = cluster["members"].as_array().unwrap();
     let leader = members
         .iter()
@@ -249,19 +268,26 @@ fn agent_routes_a_switchover_and_keeps_the_vip_honest() {
     }
     let leader_address = NODES.iter().find(|(name, _)| *name == leader).unwrap().1;
     let body = format!(r#"{{"leader": "{leader}", "candidate": "{candidate}"}}"#);
-    let answer = curl(&[
-        "-K",
-        config.to_str().unwrap(),
-        "-X",
-        "POST",
-        "-H",
-        "Content-Type: application/json",
-        "-d",
-        &body,
-        "-w",
-        " %{http_code}",
-        &format!("http://{leader_address}:8008/switchover"),
-    ])
+    let url = format!("https://{leader_address}:8008/switchover");
+    let answer = curl(
+        &[
+            &tls[..],
+            &[
+                "-K",
+                config.to_str().unwrap(),
+                "-X",
+                "POST",
+                "-H",
+                "Content-Type: application/json",
+                "-d",
+                &body,
+                "-w",
+                " %{http_code}",
+                &url,
+            ],
+        ]
+        .concat(),
+    )
     .unwrap();
     assert!(answer.ends_with(" 200"), "switchover refused: {answer}");
 

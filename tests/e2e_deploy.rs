@@ -20,6 +20,8 @@
 //!    `max_connections` is rolled out replicas first, the primary via switchover, and a lowered
 //!    one primary first, in place, until every member runs it;
 //! 5. the same inventory deployed as the non-root `deploy` user (sudo) also changes nothing;
+//!    certificates removed from the CA folder are renewed by a deploy, served on every TLS
+//!    port, with no restart of etcd, Patroni or PostgreSQL;
 //! 6. a node killed with `pgha lab kill` makes the deploy fail on that node only, and after
 //!    `pgha lab start` a re-run converges with every member streaming again;
 //! 7. a foreign `initialize` key in etcd is refused by the DCS preflight, changing nothing;
@@ -34,6 +36,7 @@ use common::{
     eventually, exec_everywhere, is_root, lab_inventory, pgha, pgha_ok, superuser_password, Lab,
 };
 
+use rustls::pki_types::pem::PemObject;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -87,6 +90,21 @@ fn changed(result: &serde_json::Value) -> u64 {
         .sum()
 }
 
+/// curl from this machine with no certificate of the cluster; the body, or why it failed
+/// (an HTTP error status counts as a failure).
+fn curl_outsider(args: &[&str]) -> Result<String, String> {
+    let output = std::process::Command::new("curl")
+        .args(["-sS", "--fail", "--max-time", "5"])
+        .args(args)
+        .output()
+        .map_err(|error| error.to_string())?;
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).into_owned())
+    }
+}
+
 /// Run SQL through `VIP:port` with psql.
 fn psql(port: u16, password: &str, sql: &str) -> Result<String, String> {
     psql_at(VIP, port, password, sql)
@@ -122,6 +140,28 @@ fn verify_eventually(inventory: &Path, what: &str, timeout: Duration) {
             Err(format!("{:?}", failed_checks(&result)))
         }
     });
+}
+
+/// The certificate each `tls.*` check of a verify result saw (its fingerprint).
+fn served_fingerprints(result: &serde_json::Value) -> BTreeMap<String, String> {
+    result["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|check| check["name"].as_str().unwrap().starts_with("tls."))
+        .map(|check| {
+            let evidence = check["evidence"].as_str().unwrap();
+            let fingerprint = evidence
+                .split("certificate ")
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next())
+                .unwrap_or_else(|| panic!("no certificate in {evidence}"));
+            (
+                check["name"].as_str().unwrap().to_string(),
+                fingerprint.to_string(),
+            )
+        })
+        .collect()
 }
 
 fn failed_checks(result: &serde_json::Value) -> Vec<String> {
@@ -648,8 +688,100 @@ fn deploy_converges_routes_and_is_idempotent() {
             "{host}:{port} let a client outside client_cidrs through: {through:?}"
         );
     }
+    // From outside `client_cidrs` (this machine, now) the control plane answers no one
+    // without the cluster's certificate: etcd neither in plain HTTP nor over TLS without a
+    // client certificate, Patroni's API not in plain HTTP, PostgreSQL not without TLS.
+    for address in ["10.231.0.11", "10.231.0.12", "10.231.0.13"] {
+        for url in [
+            format!("http://{address}:2379/v3/kv/put"),
+            format!("https://{address}:2379/v3/kv/put"),
+        ] {
+            let written = curl_outsider(&[
+                "-k",
+                "-X",
+                "POST",
+                "-d",
+                r#"{"key": "L3NlcnZpY2UvbGFiL2xlYWRlcg==", "value": "aW50cnVkZXI="}"#,
+                &url,
+            ]);
+            assert!(
+                written.is_err(),
+                "{url} took a write from an outsider: {written:?}"
+            );
+        }
+        let deleted = curl_outsider(&[
+            "-k",
+            "-X",
+            "POST",
+            "-d",
+            r#"{"key": "L3NlcnZpY2UvbGFiL2xlYWRlcg=="}"#,
+            &format!("https://{address}:2379/v3/kv/deleterange"),
+        ]);
+        assert!(
+            deleted.is_err(),
+            "{address}: etcd deleted for an outsider: {deleted:?}"
+        );
+        let plain = curl_outsider(&[&format!("http://{address}:8008/cluster")]);
+        assert!(
+            plain.is_err(),
+            "{address}: Patroni answered plain HTTP: {plain:?}"
+        );
+        let anonymous = curl_outsider(&["-k", &format!("https://{address}:8008/cluster")]);
+        assert!(
+            anonymous.is_err(),
+            "{address}: Patroni answered without a certificate: {anonymous:?}"
+        );
+        let output = std::process::Command::new("psql")
+            .args(["-XAtq", "-c", "select 1"])
+            .env("PGHOST", address)
+            .env("PGUSER", "postgres")
+            .env("PGDATABASE", "postgres")
+            .env("PGPASSWORD", &password)
+            .env("PGSSLMODE", "disable")
+            .env("PGCONNECT_TIMEOUT", "3")
+            .output()
+            .unwrap();
+        let refused = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !output.status.success() && refused.contains("no encryption"),
+            "{address}: sslmode=disable was not refused: {refused}"
+        );
+    }
     let widened = deploy_json(&inventory);
     assert_eq!(widened["success"], true, "{widened:#}");
+    // Inside `client_cidrs`, an application connects with `verify-full` and the cluster CA
+    // (`<secrets>.tls/ca.crt`): through the VIP, whichever node serves it; a client that does
+    // not trust the cluster CA is refused by its own TLS check.
+    let ca = inventory.parent().unwrap().join("lab.secrets.tls/ca.crt");
+    for port in [5000, 5001] {
+        for (root, works) in [
+            (ca.display().to_string(), true),
+            ("/etc/ssl/certs/ca-certificates.crt".to_string(), false),
+        ] {
+            let output = std::process::Command::new("psql")
+                .args(["-XAtq", "-c", "select 1"])
+                .env("PGHOST", VIP)
+                .env("PGPORT", port.to_string())
+                .env("PGUSER", "postgres")
+                .env("PGDATABASE", "postgres")
+                .env("PGPASSWORD", &password)
+                .env("PGSSLMODE", "verify-full")
+                .env("PGSSLROOTCERT", &root)
+                .env("PGCONNECT_TIMEOUT", "3")
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert_eq!(
+                output.status.success(),
+                works,
+                "VIP:{port} with verify-full and sslrootcert={root}: {stderr}"
+            );
+            assert!(
+                works || stderr.contains("certificate verify failed"),
+                "VIP:{port} refused for another reason than the server's certificate: {stderr}"
+            );
+        }
+    }
     for address in ["10.231.0.11", "10.231.0.12", "10.231.0.13"] {
         assert_eq!(
             psql_at(address, 5432, &password, "select 1").as_deref(),
@@ -853,9 +985,76 @@ fn deploy_converges_routes_and_is_idempotent() {
         dir.path().join("lab-as-deploy.secrets.yml"),
     )
     .unwrap();
+    // The same cluster: the same CA and certificates.
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(dir.path().join("lab.secrets.tls"))
+        .arg(dir.path().join("lab-as-deploy.secrets.tls"))
+        .status()
+        .unwrap();
+    assert!(copied.success());
     let via_sudo = deploy_json(&as_deploy);
     assert_eq!(via_sudo["success"], true, "{via_sudo:#}");
     assert_eq!(changed(&via_sudo), 0, "{:#}", via_sudo["changes"]);
+
+    // 4b. Certificate rotation: certificates gone from the control machine's CA folder are
+    //     issued anew, and the deploy puts them in force with reloads only: every TLS port
+    //     (etcd client and peer, Patroni, PostgreSQL) serves the new certificate while no
+    //     PostgreSQL, etcd or Patroni restarted.
+    let tls_dir = dir.path().join("lab.secrets.tls");
+    let served_before = served_fingerprints(&verify(&inventory));
+    let units_before = exec_everywhere(
+        &inventory,
+        "systemctl show -p Id,ActiveEnterTimestampMonotonic,MainPID etcd patroni",
+    );
+    let postmasters = "runuser -u postgres -- psql -XAtc 'select pg_postmaster_start_time()'";
+    let postmasters_before = exec_everywhere(&inventory, postmasters);
+    for node in ["node1", "node2", "node3"] {
+        std::fs::remove_file(tls_dir.join(format!("{node}.crt"))).unwrap();
+    }
+    let rotated = deploy_json(&inventory);
+    assert_eq!(rotated["success"], true, "{rotated:#}");
+    assert!(changed(&rotated) > 0, "{rotated:#}");
+    verify_eventually(
+        &inventory,
+        "verify passes with the renewed certificates",
+        Duration::from_secs(60),
+    );
+    let served_after = served_fingerprints(&verify(&inventory));
+    assert_eq!(
+        served_before.keys().collect::<Vec<_>>(),
+        served_after.keys().collect::<Vec<_>>()
+    );
+    for node in ["node1", "node2", "node3"] {
+        let pem = std::fs::read(tls_dir.join(format!("{node}.crt"))).unwrap();
+        let der = rustls::pki_types::CertificateDer::from_pem_slice(&pem).unwrap();
+        let new = pgha::tls::fingerprint(&der);
+        for (check, fingerprint) in &served_after {
+            if check.starts_with(&format!("tls.{node}.")) {
+                assert_eq!(
+                    fingerprint, &new,
+                    "{check} serves another certificate than the new one"
+                );
+                assert_ne!(
+                    fingerprint, &served_before[check],
+                    "{check} still serves the old one"
+                );
+            }
+        }
+    }
+    assert_eq!(
+        exec_everywhere(
+            &inventory,
+            "systemctl show -p Id,ActiveEnterTimestampMonotonic,MainPID etcd patroni",
+        ),
+        units_before,
+        "a certificate rotation restarted etcd or Patroni"
+    );
+    assert_eq!(
+        exec_everywhere(&inventory, postmasters),
+        postmasters_before,
+        "a certificate rotation restarted PostgreSQL"
+    );
 
     // 5. A node lost mid-way: the deploy fails on that node only; once it is back, a re-run
     //    converges and every member streams again.
@@ -885,7 +1084,10 @@ fn deploy_converges_routes_and_is_idempotent() {
     exec(
         &inventory,
         "node1",
-        "etcdctl put /service/lab/initialize 1234567890 >/dev/null",
+        &format!(
+            "{}etcdctl --endpoints=https://127.0.0.1:2379 put /service/lab/initialize 1234567890 >/dev/null",
+            common::NODE_TLS_ENV
+        ),
     );
     let refused = deploy_json(&inventory);
     assert_eq!(refused["success"], false);

@@ -20,14 +20,13 @@
 
 mod common;
 
+use common::clients::Clients;
 use common::{exec_everywhere, is_root, lab_inventory, pgha, pgha_ok, superuser_password, Lab};
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 const VIP: &str = "10.231.0.100";
 const OLD: (&str, &str, &str) = ("15.18-0+deb12u1", "2.6.12-1+deb12u3", "4.0.11");
@@ -77,89 +76,6 @@ fn installed(inventory: &Path) -> Vec<(String, String)> {
         inventory,
         "dpkg-query -W -f='${Version} ' postgresql-15 haproxy",
     )
-}
-
-/// What the clients saw while the upgrade ran.
-#[derive(Default)]
-struct Seen {
-    acknowledged: Vec<u64>,
-    failed_writes: Vec<String>,
-    ack_times: Vec<Instant>,
-    reads: u64,
-    failed_reads: Vec<String>,
-}
-
-/// A writer (a new connection per INSERT through VIP:5000, `PGCONNECT_TIMEOUT=2`) and a reader
-/// (VIP:5001), each every 50 ms after the previous answer, until [`Clients::stop`].
-struct Clients {
-    seen: Arc<Mutex<Seen>>,
-    stop: Arc<AtomicBool>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl Clients {
-    fn start(password: &str) -> Clients {
-        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let seen = Arc::new(Mutex::new(Seen::default()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let writer = {
-            let (seen, stop, password) = (seen.clone(), stop.clone(), password.to_string());
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed) + 1;
-                    let result = psql(
-                        5000,
-                        &password,
-                        &format!("insert into upgrade_probe values ({id})"),
-                    );
-                    let mut seen = seen.lock().unwrap();
-                    match result {
-                        Ok(_) => {
-                            seen.acknowledged.push(id);
-                            seen.ack_times.push(Instant::now());
-                        }
-                        Err(error) => seen.failed_writes.push(error),
-                    }
-                    drop(seen);
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-            })
-        };
-        let reader = {
-            let (seen, stop, password) = (seen.clone(), stop.clone(), password.to_string());
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    let result = psql(5001, &password, "select pg_is_in_recovery()");
-                    let mut seen = seen.lock().unwrap();
-                    seen.reads += 1;
-                    match result {
-                        Ok(answer) if answer == "t" => {}
-                        Ok(answer) => seen.failed_reads.push(format!("answered {answer}")),
-                        Err(error) => seen.failed_reads.push(error),
-                    }
-                    drop(seen);
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-            })
-        };
-        // Both have answered before anything changes.
-        std::thread::sleep(Duration::from_secs(3));
-        Clients {
-            seen,
-            stop,
-            threads: vec![writer, reader],
-        }
-    }
-
-    /// A moment more, then stop both; what they saw.
-    fn stop(self) -> Seen {
-        std::thread::sleep(Duration::from_secs(3));
-        self.stop.store(true, Ordering::Relaxed);
-        for thread in self.threads {
-            thread.join().unwrap();
-        }
-        std::mem::take(&mut *self.seen.lock().unwrap())
-    }
 }
 
 #[test]
@@ -218,7 +134,7 @@ fn upgrade_moves_a_live_cluster_to_the_pinned_versions() {
     let postmasters = "runuser -u postgres -- psql -XAtc 'select pg_postmaster_start_time()'";
     let started_before = everywhere(&inventory, postmasters);
     pin(&inventory, (OLD.0, OLD.1, NEW.2));
-    let clients = Clients::start(&password);
+    let clients = Clients::start(&password, "require", "upgrade_probe");
     let patroni_only: serde_json::Value =
         serde_json::from_str(&pgha_ok(&["upgrade", "-i", inventory_arg, "--json"])).unwrap();
     let seen = clients.stop();
@@ -236,7 +152,10 @@ fn upgrade_moves_a_live_cluster_to_the_pinned_versions() {
     );
     for (node, status) in everywhere(
         &inventory,
-        "curl -s http://$(hostname -I | cut -d' ' -f1):8008/patroni",
+        &format!(
+            "{}curl -s $CURL_TLS https://$(hostname -I | cut -d' ' -f1):8008/patroni",
+            common::NODE_TLS_ENV
+        ),
     ) {
         assert!(
             status.contains("\"version\": \"4.1.5\""),
@@ -322,7 +241,7 @@ fn upgrade_moves_a_live_cluster_to_the_pinned_versions() {
     .unwrap()
     .parse::<u64>()
     .unwrap();
-    let clients = Clients::start(&password);
+    let clients = Clients::start(&password, "require", "upgrade_probe");
 
     let started = Instant::now();
     let mut first = Command::new(env!("CARGO_BIN_EXE_pgha"))
@@ -369,7 +288,7 @@ fn upgrade_moves_a_live_cluster_to_the_pinned_versions() {
     }
     for (node, running) in everywhere(
         &inventory,
-        "runuser -u postgres -- psql -XAtc 'show server_version'; curl -s http://$(hostname -I | cut -d' ' -f1):8008/patroni; readlink /proc/$(systemctl show -p MainPID --value haproxy)/exe",
+        &format!("{}runuser -u postgres -- psql -XAtc 'show server_version'; curl -s $CURL_TLS https://$(hostname -I | cut -d' ' -f1):8008/patroni; readlink /proc/$(systemctl show -p MainPID --value haproxy)/exe", common::NODE_TLS_ENV),
     ) {
         assert!(running.contains("15.20"), "{node} runs {running}");
         assert!(running.contains("\"version\": \"4.1.5\""), "{node} runs {running}");
@@ -408,12 +327,7 @@ fn upgrade_moves_a_live_cluster_to_the_pinned_versions() {
         seen.acknowledged.len() as u64,
         "acknowledged writes were lost"
     );
-    let longest_gap = seen
-        .ack_times
-        .windows(2)
-        .map(|pair| pair[1] - pair[0])
-        .max()
-        .unwrap_or_default();
+    let longest_gap = seen.longest_gap();
     eprintln!(
         "upgrade: {upgrade_seconds:.1} s (two runs); writes: {} acknowledged, {} failed, longest gap {:.2} s; reads: {} answered, {} failed",
         seen.acknowledged.len(),

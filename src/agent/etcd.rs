@@ -178,8 +178,16 @@ async fn watch_session(
         .with_connect_timeout(Duration::from_secs(2))
         .with_timeout(Duration::from_secs(3))
         .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
-        .with_keep_alive_while_idle(true)
-        .with_tls(tls_options()?);
+        .with_keep_alive_while_idle(true);
+    // Plain endpoints exist only on a cluster deployed before TLS, until `pgha deploy` moves it.
+    let options = if endpoints
+        .iter()
+        .any(|endpoint| endpoint.starts_with("https://"))
+    {
+        options.with_tls(tls_options()?)
+    } else {
+        options
+    };
     let mut client = Client::connect(endpoints, Some(options)).await?;
     let revision = resync(&mut client, prefix, state).await?;
     changed.notify_one();

@@ -74,7 +74,16 @@ async fn answer(mut stream: TcpStream, status: Arc<Mutex<Status>>) -> std::io::R
             "application/json",
             serde_json::to_string_pretty(&snapshot).unwrap_or_else(|_| "{}".into()),
         ),
-        ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4", metrics(&snapshot)),
+        ("GET", "/metrics") => {
+            // Read at each scrape: a renewed certificate shows at once.
+            let not_after = std::fs::read_to_string(crate::tls::NODE_CERT)
+                .ok()
+                .and_then(|pem| crate::tls::inspect_pem(&pem).ok())
+                .map(|info| info.not_after);
+            let mut body = metrics(&snapshot);
+            body.push_str(&certificate_metrics(&snapshot.node, not_after));
+            ("200 OK", "text/plain; version=0.0.4", body)
+        }
         ("GET", _) => (
             "404 Not Found",
             "text/plain",
@@ -92,6 +101,17 @@ async fn answer(mut stream: TcpStream, status: Arc<Mutex<Status>>) -> std::io::R
 
 fn flag(value: bool) -> u8 {
     u8::from(value)
+}
+
+/// The node certificate's end of validity (`/etc/pgha/tls/node.crt`), when it can be read.
+pub fn certificate_metrics(node: &str, not_after: Option<u64>) -> String {
+    match not_after {
+        Some(seconds) => format!(
+            "# HELP pgha_tls_certificate_not_after_seconds end of validity of this node's certificate (Unix time); pgha deploy renews it 30 days before\n# TYPE pgha_tls_certificate_not_after_seconds gauge\npgha_tls_certificate_not_after_seconds{{node=\"{node}\",file=\"{}\"}} {seconds}\n",
+            crate::tls::NODE_CERT
+        ),
+        None => String::new(),
+    }
 }
 
 /// The Prometheus text exposition of a snapshot.

@@ -28,6 +28,8 @@ const TIMEOUT: Duration = Duration::from_secs(3);
 pub struct Served {
     pub version: String,
     pub days_left: i64,
+    /// The first 8 bytes of the certificate's SHA-256, in hex: tells a renewed one apart.
+    pub fingerprint: String,
     /// The first line of the HTTP answer (or the PostgreSQL answer), when there is one.
     pub answer: Option<String>,
 }
@@ -145,6 +147,7 @@ fn served(connection: &rustls::ClientConnection) -> Result<Served, String> {
         .and_then(|certs| certs.first())
         .ok_or("no server certificate")?;
     let info = inspect_der(leaf).map_err(|error| error.to_string())?;
+    let fingerprint = crate::tls::fingerprint(leaf);
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
@@ -152,6 +155,7 @@ fn served(connection: &rustls::ClientConnection) -> Result<Served, String> {
     Ok(Served {
         version,
         days_left: info.days_left(now),
+        fingerprint,
         answer: None,
     })
 }
@@ -235,8 +239,9 @@ fn judge_port(served: &Result<Served, String>, refusals: &[(&str, &Refusal)]) ->
             let fresh = served.days_left >= MIN_DAYS;
             pass &= fresh;
             format!(
-                "{}, certificate from the cluster CA, {} days left{}",
+                "{}, certificate {} from the cluster CA, {} days left{}",
                 served.version,
+                served.fingerprint,
                 served.days_left,
                 if fresh {
                     ""
@@ -344,6 +349,7 @@ mod tests {
         let served = Ok(Served {
             version: "TLSv1.3".into(),
             days_left: 89,
+            fingerprint: "00aa".into(),
             answer: Some("HTTP/1.1 200 OK".into()),
         });
         let refused = Refusal::Refused("closed".into());

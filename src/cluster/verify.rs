@@ -515,7 +515,7 @@ mod tests {
                     .into_iter()
                     .collect(),
                 );
-                view.hba = vec!["host all all 10.231.0.11 255.255.255.255 scram-sha-256".into()];
+                view.hba = vec!["hostssl all all 10.231.0.11 255.255.255.255 scram-sha-256".into()];
                 view.secret_file_modes.insert(
                     "/etc/patroni/patroni.yml".into(),
                     "640:root:postgres".into(),

@@ -8,6 +8,7 @@
 //! the deploy itself (`pgha deploy --limit NODE`) for files, Patroni's virtualenv and the agent.
 
 pub mod plan;
+pub mod tls;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -2,6 +2,8 @@
 //! Each test binary uses a subset, hence `dead_code` is allowed here.
 #![allow(dead_code)]
 
+pub mod clients;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -107,6 +109,19 @@ pub fn psql_at(
     connect_timeout: u32,
     sql: &str,
 ) -> Result<String, String> {
+    // pg_hba admits network clients over TLS only.
+    psql_with(host, port, password, connect_timeout, "require", sql)
+}
+
+/// `psql` from this machine with libpq's `sslmode`.
+pub fn psql_with(
+    host: &str,
+    port: u16,
+    password: &str,
+    connect_timeout: u32,
+    sslmode: &str,
+    sql: &str,
+) -> Result<String, String> {
     let output = Command::new("psql")
         .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-c", sql])
         .env("PGHOST", host)
@@ -115,6 +130,7 @@ pub fn psql_at(
         .env("PGDATABASE", "postgres")
         .env("PGPASSWORD", password)
         .env("PGCONNECT_TIMEOUT", connect_timeout.to_string())
+        .env("PGSSLMODE", sslmode)
         .output()
         .map_err(|error| error.to_string())?;
     if output.status.success() {
@@ -136,3 +152,25 @@ pub fn exec_everywhere(inventory: &Path, command: &str) -> serde_json::Value {
     ]);
     serde_json::from_str(&stdout).expect("`pgha exec --json` prints JSON")
 }
+
+/// The curl options of the control machine's client certificate for a lab inventory's cluster
+/// (`<inventory dir>/lab.secrets.tls`): Patroni's API wants a certificate from the cluster CA.
+pub fn control_curl_tls(inventory: &Path) -> Vec<String> {
+    let dir = inventory
+        .parent()
+        .expect("the inventory's folder")
+        .join("lab.secrets.tls");
+    let path = |file: &str| dir.join(file).display().to_string();
+    vec![
+        "--cacert".into(),
+        path("ca.crt"),
+        "--cert".into(),
+        path("control.crt"),
+        "--key".into(),
+        path("control.key"),
+    ]
+}
+
+/// Shell words that give `etcdctl` and `curl` on a lab node its certificate (as pgha's own
+/// scripts do).
+pub const NODE_TLS_ENV: &str = "export ETCDCTL_CACERT=/etc/pgha/tls/ca.crt ETCDCTL_CERT=/etc/pgha/tls/node.crt ETCDCTL_KEY=/etc/pgha/tls/node.key; CURL_TLS='--cacert /etc/pgha/tls/ca.crt --cert /etc/pgha/tls/node.crt --key /etc/pgha/tls/node.key';";

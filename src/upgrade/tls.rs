@@ -1,0 +1,526 @@
+//! Moving a cluster deployed before TLS onto TLS, online. `pgha deploy` runs this when an
+//! etcd member's configuration still serves plain HTTP, then converges as always.
+//!
+//! Every step keeps the cluster available; each is decided from the node, so a run cut off
+//! part-way is finished by the next one:
+//! 1. the TLS files on every node;
+//! 2. etcd, one member at a time: TLS clients served beside plain ones on the same port, and
+//!    the certificates for peers, the peer URL still plain;
+//! 3. etcd, one member at a time: its peer URL moved to `https://` (`member update`, then the
+//!    restart that listens on it; every peer already has a certificate to dial it with);
+//! 4. Patroni, in maintenance mode and with HAProxy's health checks of every server stopped
+//!    (servers keep their state): the new configuration (HTTPS API, TLS to etcd and between
+//!    PostgreSQL servers, `ssl = on`, hostssl-only pg_hba), a Patroni restart per node (it
+//!    reads its etcd settings only at start; PostgreSQL keeps running), then HAProxy's
+//!    configuration checking over TLS, the agents on `https://` etcd, checks and Patroni back;
+//! 5. etcd, one member at a time: plain clients no longer served.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+
+use super::PatroniState;
+use super::{say, Upgrade, UpgradeOptions};
+use crate::cluster::Cluster;
+use crate::engine::modules::{self, Action};
+use crate::engine::report::Reporter;
+use crate::inventory::{Node, Role};
+use crate::patroni::{Credentials, Patroni};
+use crate::render::{self, Renderer};
+use crate::ssh::Upload;
+use crate::tls::SHELL_CLIENTS;
+
+/// How one etcd member's configuration on disk serves clients and peers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum EtcdTls {
+    /// Deployed before TLS: plain clients and peers.
+    Plain,
+    /// Step 2 done: TLS and plain clients, plain peer URL.
+    BothClientsPlainPeers,
+    /// Step 3 done: TLS and plain clients, TLS peers.
+    BothClients,
+    /// TLS only.
+    Tls,
+}
+
+/// Read `listen-client-urls` and `listen-peer-urls` of an etcd configuration file.
+pub fn etcd_tls(config: &str) -> Option<EtcdTls> {
+    let value = |key: &str| {
+        config
+            .lines()
+            .find_map(|line| line.strip_prefix(key))
+            .map(str::trim)
+    };
+    let clients = value("listen-client-urls:")?;
+    let peers = value("listen-peer-urls:")?;
+    let plain_clients = clients.contains("http://");
+    let tls_clients = clients.contains("https://");
+    let tls_peers = peers.starts_with("https://");
+    Some(match (plain_clients, tls_clients, tls_peers) {
+        (true, false, _) => EtcdTls::Plain,
+        (true, true, false) => EtcdTls::BothClientsPlainPeers,
+        (true, true, true) => EtcdTls::BothClients,
+        (false, _, _) => EtcdTls::Tls,
+    })
+}
+
+/// The etcd members' states, read from their configuration files (absent: not deployed).
+async fn etcd_states(upgrade: &Upgrade) -> anyhow::Result<Vec<(Node, Option<EtcdTls>)>> {
+    let mut states = Vec::new();
+    for node in upgrade.cluster.inventory.nodes_with(Role::Etcd) {
+        let text = upgrade
+            .root(node, "cat /etc/etcd/pgha.conf.yml 2>/dev/null || true")
+            .await?;
+        states.push((node.clone(), etcd_tls(&text)));
+    }
+    Ok(states)
+}
+
+/// Whether any etcd member of the inventory still serves plain HTTP (a cluster deployed before
+/// TLS, or a move onto TLS cut off part-way).
+pub async fn needed(inventory: &std::path::Path) -> anyhow::Result<bool> {
+    let upgrade = open(inventory, false)?;
+    let states = etcd_states(&upgrade).await;
+    upgrade.cluster.connections.close().await;
+    Ok(states?
+        .iter()
+        .any(|(_, state)| state.is_some_and(|state| state != EtcdTls::Tls)))
+}
+
+fn open(inventory: &std::path::Path, progress: bool) -> anyhow::Result<Upgrade> {
+    Ok(Upgrade {
+        cluster: Cluster::open(inventory, false)?,
+        reporter: Reporter::new(true, Vec::new(), Vec::new()),
+        options: UpgradeOptions {
+            inventory: inventory.to_path_buf(),
+            check: false,
+            // Unused: the move onto TLS checks no upgrade preconditions.
+            limits: super::plan::Limits {
+                max_lag_bytes: 0,
+                max_transaction_seconds: 0,
+            },
+            progress,
+            measure: false,
+        },
+    })
+}
+
+/// Move the cluster of `inventory` onto TLS (see the module's steps).
+pub async fn migrate(inventory: &std::path::Path, progress: bool) -> anyhow::Result<()> {
+    let upgrade = open(inventory, progress)?;
+    let result = migrate_with(&upgrade).await;
+    upgrade.cluster.connections.close().await;
+    result.context("moving the cluster onto TLS")
+}
+
+async fn migrate_with(upgrade: &Upgrade) -> anyhow::Result<()> {
+    let inventory = upgrade.cluster.inventory.clone();
+    let renderer = Renderer::new(None)?;
+    say(
+        &upgrade.options,
+        "TLS: the cluster was deployed before TLS; moving it, online",
+    );
+    // 1. Files.
+    for node in &inventory.nodes {
+        upgrade.install_tls_files(node).await?;
+    }
+    // 2. and 3. etcd, one member at a time per pass.
+    for (wanted, peer_scheme) in [
+        (EtcdTls::BothClientsPlainPeers, "http"),
+        (EtcdTls::BothClients, "https"),
+    ] {
+        for (node, state) in etcd_states(upgrade).await? {
+            let Some(state) = state else {
+                bail!("{} has no etcd configuration; deploy it first", node.name)
+            };
+            if state >= wanted {
+                continue;
+            }
+            if wanted == EtcdTls::BothClients {
+                upgrade.move_peer_url(&node).await?;
+            }
+            let text = upgrade.render_etcd(&renderer, &node, Some(peer_scheme))?;
+            upgrade.restart_etcd_with(&node, text).await?;
+            say(
+                &upgrade.options,
+                &format!(
+                    "TLS: etcd on {} serves TLS clients, peers over {peer_scheme}",
+                    node.name
+                ),
+            );
+        }
+    }
+    // 4. Patroni, HAProxy, the agents.
+    upgrade.patroni_onto_tls(&renderer).await?;
+    // 5. etcd: TLS only.
+    for (node, state) in etcd_states(upgrade).await? {
+        if state == Some(EtcdTls::Tls) {
+            continue;
+        }
+        let text = upgrade.render_etcd(&renderer, &node, None)?;
+        upgrade.restart_etcd_with(&node, text).await?;
+        say(
+            &upgrade.options,
+            &format!("TLS: etcd on {} serves TLS only", node.name),
+        );
+    }
+    Ok(())
+}
+
+/// Where the deploy writes a template's file, and its owner, group and mode.
+fn destination(template: &str) -> (&'static str, (&'static str, &'static str, u32)) {
+    let (path, owner, group, mode, _) =
+        render::destination(template).expect("a built-in template with a standard destination");
+    (path, (owner, group, mode))
+}
+
+impl Upgrade {
+    /// Write `contents` to `path` on `node` the way the deploy writes files (atomically, the
+    /// owner and mode set before it appears), never showing the contents.
+    async fn put(
+        &self,
+        node: &Node,
+        path: &str,
+        contents: Vec<u8>,
+        owner_group_mode: (&str, &str, u32),
+    ) -> anyhow::Result<()> {
+        let (owner, group, mode) = owner_group_mode;
+        let session = self.session(node).await?;
+        modules::apply(
+            &session,
+            &Action::WriteFile {
+                upload: Upload {
+                    path: path.to_string(),
+                    contents,
+                    owner: owner.to_string(),
+                    group: group.to_string(),
+                    mode,
+                    mtime: None,
+                },
+                secret: true,
+                validate: None,
+            },
+        )
+        .await
+        .with_context(|| format!("writing {path} on {}", node.name))?;
+        Ok(())
+    }
+
+    /// The CA, the node's certificate and its keys, where the deploy's `tls` play puts them.
+    async fn install_tls_files(&self, node: &Node) -> anyhow::Result<()> {
+        let dir = crate::tls::control_dir(&self.cluster.inventory);
+        let read = |file: String| {
+            std::fs::read(dir.join(&file)).with_context(|| format!("cannot read {file}"))
+        };
+        self.root(
+            node,
+            "mkdir -p /etc/pgha/tls && chmod 755 /etc/pgha /etc/pgha/tls",
+        )
+        .await?;
+        let name = &node.name;
+        let mut files = vec![
+            (
+                "ca.crt".to_string(),
+                "/etc/pgha/tls/ca.crt",
+                ("root", "root", 0o644),
+            ),
+            (
+                format!("{name}.crt"),
+                "/etc/pgha/tls/node.crt",
+                ("root", "root", 0o644),
+            ),
+            (
+                format!("{name}.key"),
+                "/etc/pgha/tls/node.key",
+                ("root", "root", 0o600),
+            ),
+        ];
+        if node.has(Role::Postgres) {
+            files.push((
+                format!("{name}.key"),
+                "/etc/pgha/tls/postgres.key",
+                ("root", "postgres", 0o640),
+            ));
+        }
+        if node.has(Role::Etcd) {
+            files.push((
+                format!("{name}.key"),
+                "/etc/pgha/tls/etcd.key",
+                ("root", "etcd", 0o640),
+            ));
+        }
+        if node.has(Role::Haproxy) {
+            files.push((
+                format!("{name}.pem"),
+                "/etc/pgha/tls/haproxy.pem",
+                ("root", "root", 0o600),
+            ));
+        }
+        for (source, path, owner_group_mode) in files {
+            self.put(node, path, read(source)?, owner_group_mode)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// A template as the deploy renders it for `node`.
+    fn render_for(
+        &self,
+        renderer: &Renderer,
+        template: &str,
+        node: &Node,
+        extra: minijinja::Value,
+    ) -> anyhow::Result<Vec<u8>> {
+        let base = render::context(&self.cluster.inventory, &self.cluster.secrets, node);
+        let context = minijinja::context! { ..extra, ..base };
+        Ok(renderer.render_template(template, &context)?.into_bytes())
+    }
+
+    fn render_etcd(
+        &self,
+        renderer: &Renderer,
+        node: &Node,
+        peer_scheme: Option<&str>,
+    ) -> anyhow::Result<Vec<u8>> {
+        let extra = match peer_scheme {
+            Some(scheme) => {
+                minijinja::context! { etcd_transition => minijinja::context! { peer_scheme => scheme } }
+            }
+            None => minijinja::context! {},
+        };
+        self.render_for(renderer, "etcd.conf.yml.j2", node, extra)
+    }
+
+    /// Write the member's configuration, restart it, and wait until it is healthy with every
+    /// member started (asked over TLS, which every step from 2 on serves).
+    async fn restart_etcd_with(&self, node: &Node, text: Vec<u8>) -> anyhow::Result<()> {
+        let (path, owner_group_mode) = destination("etcd.conf.yml.j2");
+        self.put(node, path, text, owner_group_mode).await?;
+        self.root(node, "systemctl restart etcd").await?;
+        let port = self.cluster.inventory.cluster.ports.etcd_client;
+        let members = self.cluster.inventory.nodes_with(Role::Etcd).count();
+        self.wait_remote(
+            node,
+            &format!(
+                "{SHELL_CLIENTS}etcdctl --endpoints=https://127.0.0.1:{port} --command-timeout=2s endpoint health >/dev/null 2>&1 && [ \"$(etcdctl --endpoints=https://127.0.0.1:{port} --command-timeout=2s member list 2>/dev/null | grep -c started)\" -eq {members} ]"
+            ),
+            Duration::from_secs(90),
+            "etcd healthy with every member",
+        )
+        .await
+    }
+
+    /// `etcdctl member update`: the cluster knows the member by its `https://` peer URL (its
+    /// peers dial it over TLS from now on; it listens there once restarted).
+    async fn move_peer_url(&self, node: &Node) -> anyhow::Result<()> {
+        let port = self.cluster.inventory.cluster.ports.etcd_client;
+        let peer = format!(
+            "https://{}:{}",
+            render::url_host_of(&node.address),
+            self.cluster.inventory.cluster.ports.etcd_peer
+        );
+        self.root(
+            node,
+            &format!(
+                "{SHELL_CLIENTS}id=$(etcdctl --endpoints=https://127.0.0.1:{port} member list | awk -F', ' '$3 == \"{name}\" {{ print $1 }}')
+[ -n \"$id\" ] || {{ echo 'no etcd member named {name}' >&2; exit 1; }}
+etcdctl --endpoints=https://127.0.0.1:{port} member update \"$id\" --peer-urls={peer} >/dev/null",
+                name = node.name
+            ),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Step 4 (see the module): everything that calls Patroni's API or etcd moves to TLS.
+    async fn patroni_onto_tls(&self, renderer: &Renderer) -> anyhow::Result<()> {
+        let inventory = self.cluster.inventory.clone();
+        let ports = inventory.cluster.ports;
+        let postgres: Vec<Node> = inventory.nodes_with(Role::Postgres).cloned().collect();
+        let plain_api = |node: &Node| {
+            format!(
+                "http://{}:{}",
+                render::url_host_of(&node.address),
+                ports.patroni_api
+            )
+        };
+        // Which members still serve plain HTTP (a restarted one serves HTTPS).
+        let mut plain = Vec::new();
+        for node in &postgres {
+            let text = self
+                .root(
+                    node,
+                    "grep -c '^  certfile:' /etc/patroni/patroni.yml || true",
+                )
+                .await?;
+            if text.trim() == "0" {
+                plain.push(node.clone());
+            }
+        }
+        let credentials = Credentials::pgha(&self.cluster.secrets.restapi_password);
+        // Maintenance mode through any member, in whichever scheme it serves.
+        let mut entry = None;
+        for node in &postgres {
+            let session = self.session(node).await?;
+            let patroni = Patroni::over_ssh(session, Some(credentials.clone()));
+            for api in [self.api(node), plain_api(node)] {
+                if patroni.cluster(&api).await.is_ok() {
+                    entry = Some((patroni.clone(), api));
+                    break;
+                }
+            }
+            if entry.is_some() {
+                break;
+            }
+        }
+        let Some((patroni, api)) = entry else {
+            bail!("no Patroni API answers, in HTTP or HTTPS");
+        };
+        // Maintenance mode while any Patroni is to restart, or when a run cut off left its own.
+        let paused = patroni.status(&api).await?.paused;
+        let ours = self
+            .root(
+                &postgres[0],
+                "test -e /run/pgha-upgrade-paused && echo yes || true",
+            )
+            .await?
+            .trim()
+            == "yes";
+        if paused && !ours {
+            bail!("the cluster is in maintenance mode, and not by pgha; hint: resume it (`patronictl resume`) and deploy again");
+        }
+        let pausing = !plain.is_empty() || ours;
+        if pausing {
+            for node in &postgres {
+                self.root(node, "touch /run/pgha-upgrade-paused").await?;
+            }
+            patroni.set_pause(&api, true).await?;
+        }
+        let result = async {
+            for node in &postgres {
+                self.server_checks(&node.name, false).await?;
+            }
+            for node in &plain {
+                let text = self.render_for(renderer, "patroni.yml.j2", node, minijinja::context! {})?;
+                let (path, owner_group_mode) = destination("patroni.yml.j2");
+                self.put(node, path, text, owner_group_mode).await?;
+                self.root(node, "systemctl restart patroni").await?;
+                let session = self.session(node).await?;
+                Patroni::over_ssh(session, None)
+                    .wait_for_status(
+                        &self.api(node),
+                        "Patroni over HTTPS running PostgreSQL",
+                        Duration::from_secs(60),
+                        |status| status.state == PatroniState::Running,
+                    )
+                    .await?;
+                // Patroni writes PostgreSQL's files and reloads it on SIGHUP: `ssl`, the
+                // certificate and the hostssl-only pg_hba take effect without a restart.
+                self.root(node, "systemctl reload patroni").await?;
+                self.wait_remote(
+                    node,
+                    &format!(
+                        "[ \"$(runuser -u postgres -- psql -p {} -XAtc 'show ssl' 2>/dev/null)\" = on ]",
+                        ports.postgres
+                    ),
+                    Duration::from_secs(60),
+                    "PostgreSQL serving TLS",
+                )
+                .await?;
+                say(&self.options, &format!("TLS: Patroni on {} serves HTTPS, talks TLS to etcd", node.name));
+            }
+            for node in inventory.nodes_with(Role::Haproxy) {
+                let text = self.render_for(renderer, "haproxy.cfg.j2", node, minijinja::context! {})?;
+                let (_, owner_group_mode) = destination("haproxy.cfg.j2");
+                self.put(node, "/etc/haproxy/haproxy.cfg.pgha-new", text, owner_group_mode)
+                    .await?;
+                self.root(
+                    node,
+                    "haproxy -c -q -f /etc/haproxy/haproxy.cfg.pgha-new && mv /etc/haproxy/haproxy.cfg.pgha-new /etc/haproxy/haproxy.cfg && systemctl reload haproxy",
+                )
+                .await?;
+            }
+            for node in &inventory.nodes {
+                let text = self.render_for(renderer, "agent.yml.j2", node, minijinja::context! {})?;
+                let (path, owner_group_mode) = destination("agent.yml.j2");
+                self.put(node, path, text, owner_group_mode).await?;
+                self.root(node, "systemctl restart pgha-agent").await?;
+            }
+            Ok::<_, anyhow::Error>(())
+        }
+        .await;
+        // Checks and Patroni back on every path.
+        let mut back = Ok(());
+        for node in &postgres {
+            if let Err(error) = self.server_checks(&node.name, true).await {
+                back = Err(error);
+            }
+        }
+        let resumed = if pausing { self.resume().await } else { Ok(()) };
+        result?;
+        back?;
+        resumed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_etcd_configuration_tells_how_far_its_move_onto_tls_got() {
+        let config = |clients: &str, peers: &str| {
+            format!("name: a\nlisten-client-urls: {clients}\nlisten-peer-urls: {peers}\n")
+        };
+        assert_eq!(
+            etcd_tls(&config(
+                "http://a:2379,http://127.0.0.1:2379",
+                "http://a:2380"
+            )),
+            Some(EtcdTls::Plain)
+        );
+        assert_eq!(
+            etcd_tls(&config("https://a:2379,http://a:2379", "http://a:2380")),
+            Some(EtcdTls::BothClientsPlainPeers)
+        );
+        assert_eq!(
+            etcd_tls(&config("https://a:2379,http://a:2379", "https://a:2380")),
+            Some(EtcdTls::BothClients)
+        );
+        assert_eq!(
+            etcd_tls(&config(
+                "https://a:2379,https://127.0.0.1:2379",
+                "https://a:2380"
+            )),
+            Some(EtcdTls::Tls)
+        );
+        assert_eq!(etcd_tls(""), None);
+    }
+
+    #[test]
+    fn the_transitional_etcd_configuration_serves_both_kinds_of_client_on_one_port() {
+        let inventory = crate::inventory::Inventory::load(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("inventories/lab.yml"),
+        )
+        .unwrap();
+        let secrets = crate::inventory::Secrets::generate().unwrap();
+        let renderer = Renderer::new(None).unwrap();
+        let node = &inventory.nodes[0];
+        let base = render::context(&inventory, &secrets, node);
+        let transition = minijinja::context! { etcd_transition => minijinja::context! { peer_scheme => "http" }, ..base.clone() };
+        let text = renderer
+            .render_template("etcd.conf.yml.j2", &transition)
+            .unwrap();
+        assert_eq!(
+            etcd_tls(&text),
+            Some(EtcdTls::BothClientsPlainPeers),
+            "{text}"
+        );
+        assert!(
+            text.contains("advertise-client-urls: http://10.231.0.11:2379"),
+            "{text}"
+        );
+        let last = renderer.render_template("etcd.conf.yml.j2", &base).unwrap();
+        assert_eq!(etcd_tls(&last), Some(EtcdTls::Tls), "{last}");
+    }
+}

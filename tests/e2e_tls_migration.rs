@@ -1,0 +1,155 @@
+//! End-to-end on the local lab: a cluster deployed before TLS moves onto TLS with `pgha
+//! deploy`, online.
+//!
+//! The "before" cluster is deployed by this pgha with the playbook and templates of the last
+//! release before TLS (`tests/fixtures/pre-tls/`, copied from git), and without the CA folder
+//! that release never made. Then, under a writer and a reader through the VIP (`sslmode=prefer`,
+//! libpq's default, as applications of the old cluster connect):
+//! - `pgha deploy` succeeds, and a second one changes nothing;
+//! - `pgha verify` passes, its TLS checks included (plain ports closed, certificates from the
+//!   cluster CA);
+//! - no acknowledged write is lost, and no PostgreSQL restarted (postmaster start times);
+//! - the longest write gap and the failed attempts are printed (BENCHMARKS.md records them).
+
+mod common;
+
+use common::clients::Clients;
+use common::{exec_everywhere, is_root, lab_inventory, pgha, pgha_ok, superuser_password, Lab};
+use std::path::Path;
+use std::time::Instant;
+
+fn deploy_json(inventory: &Path, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["deploy", "-i", inventory.to_str().unwrap(), "--json"];
+    args.extend_from_slice(extra);
+    let output = pgha(&args);
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
+        panic!(
+            "deploy printed no JSON ({error}): {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}
+
+fn changed(result: &serde_json::Value) -> u64 {
+    result["hosts"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|host| host["changed"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+#[test]
+fn a_cluster_deployed_before_tls_moves_onto_it_online() {
+    assert!(
+        is_root(),
+        "the end-to-end test needs root (it runs the lab)"
+    );
+    let (dir, inventory) = lab_inventory();
+    let inventory_arg = inventory.to_str().unwrap();
+    let _lab = Lab;
+    pgha(&["lab", "down"]);
+    pgha_ok(&["lab", "up", "--nodes", "3"]);
+
+    // The cluster as the release before TLS deployed it.
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pre-tls");
+    let fixtures = fixtures.to_str().unwrap();
+    let before = deploy_json(
+        &inventory,
+        &["--playbooks", fixtures, "--templates", fixtures],
+    );
+    assert_eq!(before["success"], true, "{before:#}");
+    std::fs::remove_dir_all(dir.path().join("lab.secrets.tls")).unwrap();
+    let plain = std::process::Command::new("curl")
+        .args(["-fsS", "--max-time", "3", "http://10.231.0.11:8008/patroni"])
+        .output()
+        .unwrap();
+    assert!(
+        plain.status.success(),
+        "the cluster before TLS answers plain HTTP: {}",
+        String::from_utf8_lossy(&plain.stderr)
+    );
+    let password = superuser_password(&inventory);
+    common::psql_with(
+        "10.231.0.100",
+        5000,
+        &password,
+        3,
+        "prefer",
+        "create table if not exists tls_probe (id bigint primary key)",
+    )
+    .unwrap();
+    let postmasters = "runuser -u postgres -- psql -XAtc 'select pg_postmaster_start_time()'";
+    let started_before = exec_everywhere(&inventory, postmasters);
+
+    // The move.
+    let clients = Clients::start(&password, "prefer", "tls_probe");
+    let started = Instant::now();
+    let moved = deploy_json(&inventory, &[]);
+    let seconds = started.elapsed().as_secs_f64();
+    let seen = clients.stop();
+    assert_eq!(moved["success"], true, "{moved:#}");
+
+    let again = deploy_json(&inventory, &[]);
+    assert_eq!(again["success"], true, "{again:#}");
+    assert_eq!(changed(&again), 0, "{:#}", again["changes"]);
+    let verified = pgha(&["verify", "-i", inventory_arg, "--json"]);
+    let result: serde_json::Value = serde_json::from_slice(&verified.stdout).unwrap();
+    let failed: Vec<&serde_json::Value> = result["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|check| check["pass"] == false)
+        .collect();
+    assert!(failed.is_empty(), "verify after the move: {failed:#?}");
+    assert!(
+        result["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|check| check["name"] == "tls.node1.etcd_peer"),
+        "verify checks the TLS ports"
+    );
+    assert_eq!(
+        exec_everywhere(&inventory, postmasters),
+        started_before,
+        "PostgreSQL restarted during the move onto TLS"
+    );
+    let stored: u64 = common::psql_at(
+        "10.231.0.100",
+        5000,
+        &password,
+        3,
+        &format!(
+            "select count(*) from tls_probe where id = any('{{{}}}'::bigint[])",
+            seen.acknowledged
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+    )
+    .unwrap()
+    .parse()
+    .unwrap();
+    assert_eq!(
+        stored,
+        seen.acknowledged.len() as u64,
+        "acknowledged writes were lost"
+    );
+    assert!(
+        seen.acknowledged.len() > 20,
+        "the writer barely wrote: {:?}",
+        seen.failed_writes
+    );
+    eprintln!(
+        "move onto TLS: {seconds:.1} s; writes: {} acknowledged, {} failed, longest gap {:.2} s; reads: {} answered, {} failed; failures: {:?} {:?}",
+        seen.acknowledged.len(),
+        seen.failed_writes.len(),
+        seen.longest_gap().as_secs_f64(),
+        seen.reads,
+        seen.failed_reads.len(),
+        seen.failed_writes.iter().take(5).collect::<Vec<_>>(),
+        seen.failed_reads.iter().take(5).collect::<Vec<_>>(),
+    );
+}
