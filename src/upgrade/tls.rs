@@ -1,26 +1,34 @@
 //! Moving a cluster deployed before TLS onto TLS, online. `pgha deploy` runs this when an
 //! etcd member's configuration still serves plain HTTP, then converges as always.
 //!
-//! Every step keeps the cluster available; each is decided from the node, so a run cut off
-//! part-way is finished by the next one:
+//! PostgreSQL keeps running and keeps its routing throughout; each step is decided from the
+//! nodes, so a run cut off part-way is finished by the next one:
 //! 1. the TLS files on every node;
-//! 2. etcd, one member at a time: TLS clients served beside plain ones on the same port, and
-//!    the certificates for peers, the peer URL still plain;
-//! 3. etcd, one member at a time: its peer URL moved to `https://` (`member update`, then the
-//!    restart that listens on it; every peer already has a certificate to dial it with);
-//! 4. Patroni, in maintenance mode and with HAProxy's health checks of every server stopped
-//!    (servers keep their state): the new configuration (HTTPS API, TLS to etcd and between
-//!    PostgreSQL servers, `ssl = on`, hostssl-only pg_hba), a Patroni restart per node (it
-//!    reads its etcd settings only at start; PostgreSQL keeps running), then HAProxy's
-//!    configuration checking over TLS, the agents on `https://` etcd, checks and Patroni back;
-//! 5. etcd, one member at a time: plain clients no longer served.
+//! 2. Patroni in maintenance mode (marked `/run/pgha-upgrade-paused`, as the upgrade does) and
+//!    HAProxy's health checks of every server stopped (servers keep their state): from here
+//!    on, a Patroni cut off from etcd does not demote its primary, and HAProxy routes as
+//!    before whatever the API answers;
+//! 3. etcd, one member at a time: TLS to clients, and certificates for peers, its peer URL
+//!    still plain (the old Patroni and agents lose etcd meanwhile: Patroni is paused, the
+//!    agents leave HAProxy as it is);
+//! 4. etcd, one member at a time: its peer URL moved to `https://` (`member update`, then the
+//!    restart that listens there; every peer can already dial it with a certificate);
+//! 5. per database node, the new `patroni.yml` and a Patroni restart (it reads its etcd
+//!    settings only at start, and finds etcd and the pause at once), then a Patroni reload
+//!    (PostgreSQL's `ssl`, certificate and hostssl-only pg_hba, by SIGHUP); HAProxy's
+//!    configuration checking over TLS; every agent on `https://` etcd;
+//! 6. checks and Patroni back, on every path.
+//!
+//! Plain clients of etcd cannot be served beside TLS ones on one port during the move: etcd
+//! 3.4 accepts both URLs but its gRPC gateway and gRPC then refuse plain requests ("first
+//! record does not look like a TLS handshake"), which is why step 2 comes first.
 
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 
-use super::PatroniState;
 use super::{say, Upgrade, UpgradeOptions};
+use super::{PatroniRole, PatroniState};
 use crate::cluster::Cluster;
 use crate::engine::modules::{self, Action};
 use crate::engine::report::Reporter;
@@ -35,10 +43,10 @@ use crate::tls::SHELL_CLIENTS;
 pub enum EtcdTls {
     /// Deployed before TLS: plain clients and peers.
     Plain,
-    /// Step 2 done: TLS and plain clients, plain peer URL.
-    BothClientsPlainPeers,
-    /// Step 3 done: TLS and plain clients, TLS peers.
-    BothClients,
+    /// Plain clients, TLS peers (left by an earlier attempt at the move).
+    PlainClients,
+    /// Step 3 done: TLS clients, plain peer URL.
+    PlainPeers,
     /// TLS only.
     Tls,
 }
@@ -53,15 +61,14 @@ pub fn etcd_tls(config: &str) -> Option<EtcdTls> {
     };
     let clients = value("listen-client-urls:")?;
     let peers = value("listen-peer-urls:")?;
-    let plain_clients = clients.contains("http://");
-    let tls_clients = clients.contains("https://");
-    let tls_peers = peers.starts_with("https://");
-    Some(match (plain_clients, tls_clients, tls_peers) {
-        (true, false, _) => EtcdTls::Plain,
-        (true, true, false) => EtcdTls::BothClientsPlainPeers,
-        (true, true, true) => EtcdTls::BothClients,
-        (false, _, _) => EtcdTls::Tls,
-    })
+    Some(
+        match (clients.contains("http://"), peers.starts_with("https://")) {
+            (true, false) => EtcdTls::Plain,
+            (true, true) => EtcdTls::PlainClients,
+            (false, false) => EtcdTls::PlainPeers,
+            (false, true) => EtcdTls::Tls,
+        },
+    )
 }
 
 /// The etcd members' states, read from their configuration files (absent: not deployed).
@@ -80,11 +87,24 @@ async fn etcd_states(upgrade: &Upgrade) -> anyhow::Result<Vec<(Node, Option<Etcd
 /// TLS, or a move onto TLS cut off part-way).
 pub async fn needed(inventory: &std::path::Path) -> anyhow::Result<bool> {
     let upgrade = open(inventory, false)?;
-    let states = etcd_states(&upgrade).await;
+    let needed = async {
+        let etcd = etcd_states(&upgrade).await?;
+        if etcd
+            .iter()
+            .any(|(_, state)| state.is_some_and(|state| state != EtcdTls::Tls))
+        {
+            return Ok(true);
+        }
+        for node in upgrade.cluster.inventory.nodes_with(Role::Postgres) {
+            if upgrade.plain_patroni(node).await? || upgrade.paused_by_pgha(node).await? {
+                return Ok(true);
+            }
+        }
+        Ok::<_, anyhow::Error>(false)
+    }
+    .await;
     upgrade.cluster.connections.close().await;
-    Ok(states?
-        .iter()
-        .any(|(_, state)| state.is_some_and(|state| state != EtcdTls::Tls)))
+    needed
 }
 
 fn open(inventory: &std::path::Path, progress: bool) -> anyhow::Result<Upgrade> {
@@ -120,51 +140,10 @@ async fn migrate_with(upgrade: &Upgrade) -> anyhow::Result<()> {
         &upgrade.options,
         "TLS: the cluster was deployed before TLS; moving it, online",
     );
-    // 1. Files.
     for node in &inventory.nodes {
         upgrade.install_tls_files(node).await?;
     }
-    // 2. and 3. etcd, one member at a time per pass.
-    for (wanted, peer_scheme) in [
-        (EtcdTls::BothClientsPlainPeers, "http"),
-        (EtcdTls::BothClients, "https"),
-    ] {
-        for (node, state) in etcd_states(upgrade).await? {
-            let Some(state) = state else {
-                bail!("{} has no etcd configuration; deploy it first", node.name)
-            };
-            if state >= wanted {
-                continue;
-            }
-            if wanted == EtcdTls::BothClients {
-                upgrade.move_peer_url(&node).await?;
-            }
-            let text = upgrade.render_etcd(&renderer, &node, Some(peer_scheme))?;
-            upgrade.restart_etcd_with(&node, text).await?;
-            say(
-                &upgrade.options,
-                &format!(
-                    "TLS: etcd on {} serves TLS clients, peers over {peer_scheme}",
-                    node.name
-                ),
-            );
-        }
-    }
-    // 4. Patroni, HAProxy, the agents.
-    upgrade.patroni_onto_tls(&renderer).await?;
-    // 5. etcd: TLS only.
-    for (node, state) in etcd_states(upgrade).await? {
-        if state == Some(EtcdTls::Tls) {
-            continue;
-        }
-        let text = upgrade.render_etcd(&renderer, &node, None)?;
-        upgrade.restart_etcd_with(&node, text).await?;
-        say(
-            &upgrade.options,
-            &format!("TLS: etcd on {} serves TLS only", node.name),
-        );
-    }
-    Ok(())
+    upgrade.paused_and_unchecked(&renderer).await
 }
 
 /// Where the deploy writes a template's file, and its owner, group and mode.
@@ -175,6 +154,25 @@ fn destination(template: &str) -> (&'static str, (&'static str, &'static str, u3
 }
 
 impl Upgrade {
+    /// Patroni's configuration on `node` is from before TLS (no API certificate).
+    async fn plain_patroni(&self, node: &Node) -> anyhow::Result<bool> {
+        let text = self
+            .root(
+                node,
+                "grep -c '^  certfile:' /etc/patroni/patroni.yml || true",
+            )
+            .await?;
+        Ok(text.trim() == "0")
+    }
+
+    /// pgha's maintenance-mode marker is on `node` (a run cut off left the cluster paused).
+    async fn paused_by_pgha(&self, node: &Node) -> anyhow::Result<bool> {
+        let text = self
+            .root(node, "test -e /run/pgha-upgrade-paused && echo yes || true")
+            .await?;
+        Ok(text.trim() == "yes")
+    }
+
     /// Write `contents` to `path` on `node` the way the deploy writes files (atomically, the
     /// owner and mode set before it appears), never showing the contents.
     async fn put(
@@ -276,23 +274,22 @@ impl Upgrade {
         Ok(renderer.render_template(template, &context)?.into_bytes())
     }
 
+    /// The member's configuration with its peer URL in `peer_scheme` (`https`: the final one).
     fn render_etcd(
         &self,
         renderer: &Renderer,
         node: &Node,
-        peer_scheme: Option<&str>,
+        peer_scheme: &str,
     ) -> anyhow::Result<Vec<u8>> {
         let extra = match peer_scheme {
-            Some(scheme) => {
-                minijinja::context! { etcd_transition => minijinja::context! { peer_scheme => scheme } }
-            }
-            None => minijinja::context! {},
+            "https" => minijinja::context! {},
+            scheme => minijinja::context! { etcd_peer_scheme => scheme },
         };
         self.render_for(renderer, "etcd.conf.yml.j2", node, extra)
     }
 
     /// Write the member's configuration, restart it, and wait until it is healthy with every
-    /// member started (asked over TLS, which every step from 2 on serves).
+    /// member started (asked over TLS, which the member serves from step 3 on).
     async fn restart_etcd_with(&self, node: &Node, text: Vec<u8>) -> anyhow::Result<()> {
         let (path, owner_group_mode) = destination("etcd.conf.yml.j2");
         self.put(node, path, text, owner_group_mode).await?;
@@ -332,8 +329,8 @@ etcdctl --endpoints=https://127.0.0.1:{port} member update \"$id\" --peer-urls={
         .map(drop)
     }
 
-    /// Step 4 (see the module): everything that calls Patroni's API or etcd moves to TLS.
-    async fn patroni_onto_tls(&self, renderer: &Renderer) -> anyhow::Result<()> {
+    /// Steps 2 to 6 (see the module).
+    async fn paused_and_unchecked(&self, renderer: &Renderer) -> anyhow::Result<()> {
         let inventory = self.cluster.inventory.clone();
         let ports = inventory.cluster.ports;
         let postgres: Vec<Node> = inventory.nodes_with(Role::Postgres).cloned().collect();
@@ -344,16 +341,10 @@ etcdctl --endpoints=https://127.0.0.1:{port} member update \"$id\" --peer-urls={
                 ports.patroni_api
             )
         };
-        // Which members still serve plain HTTP (a restarted one serves HTTPS).
+        // Which members run a configuration from before TLS (a restarted one serves HTTPS).
         let mut plain = Vec::new();
         for node in &postgres {
-            let text = self
-                .root(
-                    node,
-                    "grep -c '^  certfile:' /etc/patroni/patroni.yml || true",
-                )
-                .await?;
-            if text.trim() == "0" {
+            if self.plain_patroni(node).await? {
                 plain.push(node.clone());
             }
         }
@@ -364,7 +355,7 @@ etcdctl --endpoints=https://127.0.0.1:{port} member update \"$id\" --peer-urls={
             let session = self.session(node).await?;
             let patroni = Patroni::over_ssh(session, Some(credentials.clone()));
             for api in [self.api(node), plain_api(node)] {
-                if patroni.cluster(&api).await.is_ok() {
+                if patroni.status(&api).await.is_ok() {
                     entry = Some((patroni.clone(), api));
                     break;
                 }
@@ -378,30 +369,76 @@ etcdctl --endpoints=https://127.0.0.1:{port} member update \"$id\" --peer-urls={
         };
         // Maintenance mode while any Patroni is to restart, or when a run cut off left its own.
         let paused = patroni.status(&api).await?.paused;
-        let ours = self
-            .root(
-                &postgres[0],
-                "test -e /run/pgha-upgrade-paused && echo yes || true",
-            )
-            .await?
-            .trim()
-            == "yes";
+        let ours = self.paused_by_pgha(&postgres[0]).await?;
         if paused && !ours {
             bail!("the cluster is in maintenance mode, and not by pgha; hint: resume it (`patronictl resume`) and deploy again");
         }
-        let pausing = !plain.is_empty() || ours;
+        let etcd = etcd_states(self).await?;
+        let pausing =
+            !plain.is_empty() || ours || etcd.iter().any(|(_, state)| *state != Some(EtcdTls::Tls));
         if pausing {
             for node in &postgres {
                 self.root(node, "touch /run/pgha-upgrade-paused").await?;
             }
-            patroni.set_pause(&api, true).await?;
+            // Already paused (a run cut off): a Patroni that lost etcd could not answer anyway.
+            if !paused {
+                patroni.set_pause(&api, true).await?;
+            }
         }
         let result = async {
             for node in &postgres {
                 self.server_checks(&node.name, false).await?;
             }
-            for node in &plain {
+            // Steps 3 and 4, one member at a time per pass.
+            for (wanted, peer_scheme) in [(EtcdTls::PlainPeers, "http"), (EtcdTls::Tls, "https")] {
+                for (node, state) in etcd_states(self).await? {
+                    let Some(state) = state else {
+                        bail!("{} has no etcd configuration; deploy it first", node.name)
+                    };
+                    if state >= wanted {
+                        continue;
+                    }
+                    if wanted == EtcdTls::Tls {
+                        self.move_peer_url(&node).await?;
+                    }
+                    // A peer URL already moved stays moved.
+                    let peer_scheme = if state == EtcdTls::PlainClients { "https" } else { peer_scheme };
+                    let text = self.render_etcd(renderer, &node, peer_scheme)?;
+                    self.restart_etcd_with(&node, text).await?;
+                    say(
+                        &self.options,
+                        &format!("TLS: etcd on {} serves TLS clients, peers over {peer_scheme}", node.name),
+                    );
+                }
+            }
+            // Step 5: the primary first (its PostgreSQL serves TLS before the replicas'
+            // replication connections ask for it); a member whose configuration is already
+            // the new one and whose Patroni runs is left alone.
+            let mut members = Vec::new();
+            for node in &postgres {
+                let session = self.session(node).await?;
+                let asked = Patroni::over_ssh(session, None);
+                let mut leads = false;
+                for api in [self.api(node), plain_api(node)] {
+                    if let Ok(status) = asked.status(&api).await {
+                        leads = status.role == PatroniRole::Leader;
+                        break;
+                    }
+                }
+                members.push((!leads, node.clone()));
+            }
+            members.sort_by_key(|(replica, _)| *replica);
+            for (_, node) in &members {
                 let text = self.render_for(renderer, "patroni.yml.j2", node, minijinja::context! {})?;
+                let current = self
+                    .root(node, "cat /etc/patroni/patroni.yml 2>/dev/null || true")
+                    .await?;
+                let active = self
+                    .root(node, "systemctl is-active patroni || true")
+                    .await?;
+                if current.as_bytes() == text.as_slice() && active.trim() == "active" {
+                    continue;
+                }
                 let (path, owner_group_mode) = destination("patroni.yml.j2");
                 self.put(node, path, text, owner_group_mode).await?;
                 self.root(node, "systemctl restart patroni").await?;
@@ -480,12 +517,11 @@ mod tests {
             Some(EtcdTls::Plain)
         );
         assert_eq!(
-            etcd_tls(&config("https://a:2379,http://a:2379", "http://a:2380")),
-            Some(EtcdTls::BothClientsPlainPeers)
-        );
-        assert_eq!(
-            etcd_tls(&config("https://a:2379,http://a:2379", "https://a:2380")),
-            Some(EtcdTls::BothClients)
+            etcd_tls(&config(
+                "https://a:2379,https://127.0.0.1:2379",
+                "http://a:2380"
+            )),
+            Some(EtcdTls::PlainPeers)
         );
         assert_eq!(
             etcd_tls(&config(
@@ -494,33 +530,46 @@ mod tests {
             )),
             Some(EtcdTls::Tls)
         );
+        assert_eq!(
+            etcd_tls(&config("http://a:2379,https://a:2379", "https://a:2380")),
+            Some(EtcdTls::PlainClients)
+        );
         assert_eq!(etcd_tls(""), None);
     }
 
     #[test]
-    fn the_transitional_etcd_configuration_serves_both_kinds_of_client_on_one_port() {
+    fn the_etcd_configuration_of_the_move_keeps_the_peer_url_plain_and_nothing_else() {
         let inventory = crate::inventory::Inventory::load(
             &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("inventories/lab.yml"),
         )
         .unwrap();
         let secrets = crate::inventory::Secrets::generate().unwrap();
         let renderer = Renderer::new(None).unwrap();
-        let node = &inventory.nodes[0];
-        let base = render::context(&inventory, &secrets, node);
-        let transition = minijinja::context! { etcd_transition => minijinja::context! { peer_scheme => "http" }, ..base.clone() };
-        let text = renderer
-            .render_template("etcd.conf.yml.j2", &transition)
+        let base = render::context(&inventory, &secrets, &inventory.nodes[0]);
+        let moving = minijinja::context! { etcd_peer_scheme => "http", ..base.clone() };
+        let during = renderer
+            .render_template("etcd.conf.yml.j2", &moving)
             .unwrap();
-        assert_eq!(
-            etcd_tls(&text),
-            Some(EtcdTls::BothClientsPlainPeers),
-            "{text}"
-        );
-        assert!(
-            text.contains("advertise-client-urls: http://10.231.0.11:2379"),
-            "{text}"
-        );
         let last = renderer.render_template("etcd.conf.yml.j2", &base).unwrap();
+        assert_eq!(etcd_tls(&during), Some(EtcdTls::PlainPeers), "{during}");
         assert_eq!(etcd_tls(&last), Some(EtcdTls::Tls), "{last}");
+        let differing: Vec<(&str, &str)> = during
+            .lines()
+            .zip(last.lines())
+            .filter(|(a, b)| a != b)
+            .collect();
+        assert_eq!(
+            differing,
+            [
+                (
+                    "listen-peer-urls: http://10.231.0.11:2380",
+                    "listen-peer-urls: https://10.231.0.11:2380"
+                ),
+                (
+                    "initial-advertise-peer-urls: http://10.231.0.11:2380",
+                    "initial-advertise-peer-urls: https://10.231.0.11:2380"
+                ),
+            ]
+        );
     }
 }
