@@ -468,11 +468,13 @@ curl -s -K - --max-time 150 --cacert {ca} --cert {cert} --key {key} -X \"$method
         cert = crate::tls::NODE_CERT,
         key = crate::tls::NODE_KEY
     );
+    // As root: the node's TLS key, which Patroni's API asks of every caller, is root's alone.
     let command = RemoteCommand::script(script)
         .arg(method)
         .arg(url)
         .arg(body.unwrap_or(""))
-        .stdin(config.into_bytes());
+        .stdin(config.into_bytes())
+        .as_root();
     let output = session
         .run(&command)
         .await

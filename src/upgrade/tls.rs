@@ -429,7 +429,16 @@ etcdctl --endpoints=https://127.0.0.1:{port} member update \"$id\" --peer-urls={
             }
             members.sort_by_key(|(replica, _)| *replica);
             for (_, node) in &members {
-                let text = self.render_for(renderer, "patroni.yml.j2", node, minijinja::context! {})?;
+                let text =
+                    self.render_for(renderer, "patroni.yml.j2", node, minijinja::context! {})?;
+                // First with pg_hba still admitting clients without TLS: its clients (libpq's
+                // default `prefer`) move to TLS once it is on, before the next reload requires it.
+                let before_tls = self.render_for(
+                    renderer,
+                    "patroni.yml.j2",
+                    node,
+                    minijinja::context! { hba_before_tls => true },
+                )?;
                 let current = self
                     .root(node, "cat /etc/patroni/patroni.yml 2>/dev/null || true")
                     .await?;
@@ -440,7 +449,7 @@ etcdctl --endpoints=https://127.0.0.1:{port} member update \"$id\" --peer-urls={
                     continue;
                 }
                 let (path, owner_group_mode) = destination("patroni.yml.j2");
-                self.put(node, path, text, owner_group_mode).await?;
+                self.put(node, path, before_tls, owner_group_mode).await?;
                 self.root(node, "systemctl restart patroni").await?;
                 let session = self.session(node).await?;
                 Patroni::over_ssh(session, None)
@@ -462,6 +471,18 @@ etcdctl --endpoints=https://127.0.0.1:{port} member update \"$id\" --peer-urls={
                     ),
                     Duration::from_secs(60),
                     "PostgreSQL serving TLS",
+                )
+                .await?;
+                self.put(node, path, text, owner_group_mode).await?;
+                self.root(node, "systemctl reload patroni").await?;
+                self.wait_remote(
+                    node,
+                    &format!(
+                        "[ \"$(runuser -u postgres -- psql -p {} -XAtc \"select count(*) from pg_hba_file_rules where type = 'hostnossl'\" 2>/dev/null)\" -gt 0 ]",
+                        ports.postgres
+                    ),
+                    Duration::from_secs(60),
+                    "PostgreSQL refusing clients without TLS",
                 )
                 .await?;
                 say(&self.options, &format!("TLS: Patroni on {} serves HTTPS, talks TLS to etcd", node.name));
