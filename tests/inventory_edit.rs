@@ -99,7 +99,7 @@ fn edits_keep_every_other_byte_and_bad_edits_change_nothing() {
     // Refused: the edit would leave 2 etcd members (validation), an unknown value, no such
     // node. Exit 2, the place named, the file untouched.
     for (args, says) in [
-        (vec!["remove-node", "pg-a"], "etcd needs an odd number"),
+        (vec!["remove-node", "pg-a"], "etcd needs at least 3"),
         (
             vec!["set", "cluster.failover_profile", "warp"],
             ":17:21: cluster.failover_profile",

@@ -104,7 +104,15 @@ pub fn assess(inventory: &Inventory, views: &[NodeView]) -> Vec<Check> {
                 .as_array()
                 .map(|list| {
                     list.iter()
-                        .filter_map(|member| member["name"].as_str().map(str::to_string))
+                        .filter_map(|member| {
+                            let name = member["name"].as_str()?;
+                            // A learner (a member still joining) is not a voter yet.
+                            Some(if member["isLearner"] == true {
+                                format!("{name} (learner)")
+                            } else {
+                                name.to_string()
+                            })
+                        })
                         .collect()
                 })
                 .unwrap_or_default()
@@ -113,7 +121,7 @@ pub fn assess(inventory: &Inventory, views: &[NodeView]) -> Vec<Check> {
         "etcd.member_list",
         listed.as_ref() == Some(&expected),
         format!(
-            "members: {:?}, inventory: {expected:?}",
+            "voting members: {:?}, inventory: {expected:?}",
             listed.unwrap_or_default()
         ),
     ));

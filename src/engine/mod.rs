@@ -9,6 +9,7 @@
 //! - [`report`]: the only place that prints a run.
 
 pub mod default_data;
+pub mod etcd_join;
 pub mod facts;
 pub mod modules;
 pub mod ops;

@@ -93,6 +93,7 @@ pub enum Action {
         member: String,
         timeout: u64,
     },
+    EtcdJoin(super::etcd_join::Join),
 }
 
 /// The rendered arguments a task needs and the facts it reads.
@@ -151,6 +152,11 @@ impl Planner<'_> {
             }
             Module::PatroniConfig(args) | Module::PatroniRestart(args) => {
                 probe.patroni = Some((self.text(&args.api)?, self.port(&args.postgres_port)?));
+            }
+            Module::EtcdJoin(args) => {
+                probe
+                    .paths
+                    .insert(format!("{}/member", self.text(&args.data_dir)?));
             }
             Module::WaitFor(_) | Module::User(_) | Module::PatroniWait(_) => {}
         }
@@ -612,6 +618,35 @@ impl Planner<'_> {
                 self.text(&args.member)?,
                 args.timeout,
             ),
+            Module::EtcdJoin(args) => {
+                let member = format!("{}/member", self.text(&args.data_dir)?);
+                if !matches!(facts.files.get(&member), None | Some(FileFact::Absent)) {
+                    Plan::NoChange(format!("`{member}` exists: a member of its cluster"))
+                } else {
+                    let (config_path, ..) = render::destination("etcd.conf.yml.j2")
+                        .context("the etcd template has no destination")?;
+                    let node = self
+                        .context
+                        .get_attr("node")
+                        .ok()
+                        .and_then(|node| node.get_attr("name").ok())
+                        .map(|name| name.to_string())
+                        .unwrap_or_default();
+                    Plan::Act {
+                        summary: "join a running etcd cluster as a learner and be promoted (a new cluster: nothing)".into(),
+                        action: Action::EtcdJoin(super::etcd_join::Join {
+                            name: node,
+                            peer_url: self.text(&args.peer_url)?,
+                            endpoints: self.text(&args.endpoints)?,
+                            config: self
+                                .renderer
+                                .render_template("etcd.conf.yml.j2", self.context)?,
+                            config_path: config_path.to_string(),
+                        }),
+                        changes: true,
+                    }
+                }
+            }
             Module::User(args) => {
                 let name = self.text(&args.name)?;
                 if facts.users.contains(&name) {
@@ -1111,6 +1146,7 @@ pub async fn apply(session: &Arc<Session>, action: &Action) -> anyhow::Result<Ap
             member,
             timeout,
         } => super::patroni_tasks::apply_wait(session, api, *until, member, *timeout).await,
+        Action::EtcdJoin(join) => super::etcd_join::apply(session, join).await,
         Action::User {
             name,
             system,

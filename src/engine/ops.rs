@@ -53,6 +53,14 @@ pub async fn run_playbook(request: PlaybookRequest) -> anyhow::Result<RunResult>
             );
         }
     }
+    let etcd_members = inventory.nodes_with(Role::Etcd).count();
+    if request.playbook == "deploy" && etcd_members % 2 == 0 && !request.options.quiet {
+        eprintln!(
+            "  note: {etcd_members} etcd members: an even count survives no more failures than {} would (quorum {}); add or remove one (growing 3 → 5 passes through 4)",
+            etcd_members - 1,
+            etcd_members / 2 + 1
+        );
+    }
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()

@@ -68,6 +68,7 @@ pub enum Module {
     PatroniConfig(PatroniArgs),
     PatroniRestart(PatroniArgs),
     PatroniWait(PatroniWaitArgs),
+    EtcdJoin(EtcdJoinArgs),
 }
 
 impl Module {
@@ -85,6 +86,7 @@ impl Module {
             Module::PatroniConfig(_) => "patroni_config",
             Module::PatroniRestart(_) => "patroni_restart",
             Module::PatroniWait(_) => "patroni_wait",
+            Module::EtcdJoin(_) => "etcd_join",
         }
     }
 }
@@ -102,6 +104,7 @@ const MODULES: &[&str] = &[
     "patroni_config",
     "patroni_restart",
     "patroni_wait",
+    "etcd_join",
 ];
 const TASK_KEYS: &[&str] = &["name", "when", "notify", "register"];
 
@@ -345,6 +348,17 @@ pub struct PatroniArgs {
     /// (one HA loop) before the run goes on.
     #[serde(default)]
     pub settle: String,
+}
+
+/// `etcd_join`: a new member of a running etcd cluster joins it as a learner and is promoted
+/// (see `engine::etcd_join`). All templates: this member's peer URL, the other members'
+/// client URLs (comma-separated) and its data directory (a member with data is in already).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdJoinArgs {
+    pub peer_url: String,
+    pub endpoints: String,
+    pub data_dir: String,
 }
 
 /// `patroni_wait`: wait until the cluster, as the local member's API reports it, has a running
@@ -667,6 +681,7 @@ fn parse_module(name: &str, arguments: Value) -> Result<Module, String> {
             Module::PatroniConfig(patroni)
         }
         "patroni_restart" => Module::PatroniRestart(args(arguments)?),
+        "etcd_join" => Module::EtcdJoin(args(arguments)?),
         "patroni_wait" => {
             let wait: PatroniWaitArgs = args(arguments)?;
             if wait.until == WaitUntil::MemberStreams && wait.member.is_empty() {

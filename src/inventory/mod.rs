@@ -929,16 +929,18 @@ fn check_roles(
 ) {
     let count = |role: Role| nodes.iter().filter(|node| node.has(role)).count();
     let etcd = count(Role::Etcd);
+    // An even count of 4 or more is allowed, and `pgha deploy` says what it costs: growing
+    // from 3 to 5 members goes through 4, one `add-node` at a time.
     let etcd_ok = if single_node_trial {
-        etcd == 1 || (etcd >= 3 && etcd % 2 == 1)
+        etcd == 1 || etcd >= 3
     } else {
-        etcd >= 3 && etcd % 2 == 1
+        etcd >= 3
     };
     if !etcd_ok && !nodes.is_empty() {
         problems.add(
             "nodes",
             format!(
-                "{etcd} etcd member{} listed; etcd needs an odd number, at least 3",
+                "{etcd} etcd member{} listed; etcd needs at least 3 (an odd number)",
                 if etcd == 1 { " is" } else { "s are" }
             ),
             Some(if etcd == 1 {

@@ -107,7 +107,7 @@ fn invalid_addresses_are_refused() {
 }
 
 #[test]
-fn etcd_needs_an_odd_count_of_at_least_three() {
+fn etcd_needs_at_least_three_members() {
     let two = GOOD.replace(
         "tags: {nofailover: true}",
         "roles: [postgres, haproxy, keepalived]",

@@ -1,0 +1,206 @@
+//! The `etcd_join` module: a new etcd member of a running cluster joins it as a **learner**
+//! (a non-voting member that cannot change the quorum while it catches up), and is promoted to
+//! a voter once etcd says it has caught up.
+//!
+//! Planned from the member's data directory: a member with data is already in its cluster.
+//! Without data, the apply asks the other members: when none answers, the cluster is new and
+//! its members bootstrap together from `initial-cluster` (nothing to do here); when they
+//! answer, the member is added (`member add --learner`, or found added by a run cut off
+//! before it started), its configuration is written with the cluster's current members as
+//! `initial-cluster` and `initial-cluster-state: existing`, etcd is started, and the learner
+//! promoted (`member promote`, retried while etcd says it is not in sync).
+//!
+//! Once promoted, the member has data and ignores `initial-*`: its configuration becomes the
+//! template's again and is recorded as the applied one (`<config>.applied`, which the
+//! deploy's restart check compares without the bootstrap-only `initial-*` lines), so later
+//! deploys change and restart nothing.
+
+use anyhow::{bail, Context};
+
+use super::modules::Applied;
+use crate::ssh::{RemoteCommand, Session, Upload};
+use crate::tls::SHELL_CLIENTS;
+
+/// What a join needs, rendered at plan time.
+#[derive(Debug, Clone)]
+pub struct Join {
+    pub name: String,
+    /// This member's peer URL (`https://host:port`).
+    pub peer_url: String,
+    /// The other members' client URLs, comma-separated.
+    pub endpoints: String,
+    /// The member's configuration as the template renders it.
+    pub config: String,
+    /// Where the configuration lives.
+    pub config_path: String,
+}
+
+/// What the other members said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found {
+    /// No member answered: a new cluster.
+    NoCluster,
+    /// The member is (now) added; its ID and the cluster's `initial-cluster`.
+    Added { id: String, initial_cluster: String },
+}
+
+/// Read the script's `key=value` lines.
+pub fn parse(text: &str) -> anyhow::Result<Found> {
+    let value = |key: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(key))
+            .map(str::to_string)
+    };
+    if value("cluster=").as_deref() == Some("none") {
+        return Ok(Found::NoCluster);
+    }
+    match (value("id="), value("initial=")) {
+        (Some(id), Some(initial_cluster)) if !id.is_empty() && !initial_cluster.is_empty() => {
+            Ok(Found::Added {
+                id,
+                initial_cluster,
+            })
+        }
+        _ => bail!("etcd's answer to the join names no member: {}", text.trim()),
+    }
+}
+
+/// The configuration with the cluster's current members and `existing`.
+pub fn joining_config(config: &str, initial_cluster: &str) -> String {
+    let mut out = String::new();
+    for line in config.lines() {
+        if line.starts_with("initial-cluster:") {
+            out.push_str(&format!("initial-cluster: {initial_cluster}\n"));
+        } else if line.starts_with("initial-cluster-state:") {
+            out.push_str("initial-cluster-state: existing\n");
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// Ask the other members; add this one as a learner unless it is added already. `$1` the
+/// endpoints, `$2` the name, `$3` the peer URL.
+const ADD: &str = r#"endpoints="$1"; name="$2"; peer="$3"
+list=$(etcdctl --endpoints="$endpoints" --command-timeout=3s member list 2>/dev/null) || { echo cluster=none; exit 0; }
+line=$(printf '%s\n' "$list" | awk -F', ' -v peer="$peer" '$4 == peer')
+case "$line" in
+  *", started, "*) echo "etcd lists a started member with this node's peer URL $peer, but this node has no etcd data; hint: if the data was lost, remove that member (etcdctl member remove ${line%%,*}) and deploy again" >&2; exit 1 ;;
+  "")
+    out=$(etcdctl --endpoints="$endpoints" --command-timeout=5s member add "$name" --learner --peer-urls="$peer") || exit 1
+    echo "id=$(printf '%s\n' "$out" | sed -n 's/^Member \([0-9a-f]*\) added.*/\1/p')"
+    echo "initial=$(printf '%s\n' "$out" | sed -n 's/^ETCD_INITIAL_CLUSTER="\(.*\)"$/\1/p')" ;;
+  *)
+    # Added by a run cut off before it started: the started members, and this one.
+    echo "id=${line%%,*}"
+    echo "initial=$(printf '%s\n' "$list" | awk -F', ' -v name="$name" -v peer="$peer" '$3 != "" { printf "%s%s=%s", sep, $3, $4; sep = "," } END { printf "%s%s=%s", sep, name, peer }')" ;;
+esac
+"#;
+
+/// Start the member and promote it once in sync (`$1` endpoints, `$2` the member ID).
+const START_AND_PROMOTE: &str = r#"systemctl daemon-reload && systemctl enable --now etcd >/dev/null 2>&1 || exit 1
+for attempt in $(seq 240); do
+  if answer=$(etcdctl --endpoints="$1" --command-timeout=3s member promote "$2" 2>&1); then exit 0; fi
+  case "$answer" in *"not a learner"*) exit 0 ;; esac
+  sleep 0.5
+done
+echo "the learner did not catch up within 120 s: $answer" >&2
+exit 1
+"#;
+
+/// Write the member's configuration as the template's destination has it (root:etcd 0640).
+async fn upload(session: &Session, path: &str, text: String) -> anyhow::Result<()> {
+    session
+        .upload(&Upload {
+            path: path.to_string(),
+            contents: text.into_bytes(),
+            owner: "root".into(),
+            group: "etcd".into(),
+            mode: 0o640,
+            mtime: None,
+        })
+        .await
+        .with_context(|| format!("cannot write {path}"))?;
+    Ok(())
+}
+
+pub async fn apply(session: &Session, join: &Join) -> anyhow::Result<Applied> {
+    let output = super::modules::checked(
+        session,
+        RemoteCommand::script(format!("{SHELL_CLIENTS}{ADD}"))
+            .arg(join.endpoints.clone())
+            .arg(join.name.clone())
+            .arg(join.peer_url.clone())
+            .as_root(),
+    )
+    .await
+    .context("cannot ask the running etcd members")?;
+    let (id, initial_cluster) = match parse(&output.stdout_text())? {
+        Found::NoCluster => {
+            return Ok(Applied::AlreadyThere(
+                "no member answers: a new cluster, its members start together".into(),
+            ))
+        }
+        Found::Added {
+            id,
+            initial_cluster,
+        } => (id, initial_cluster),
+    };
+    upload(
+        session,
+        &join.config_path,
+        joining_config(&join.config, &initial_cluster),
+    )
+    .await?;
+    super::modules::checked(
+        session,
+        RemoteCommand::script(format!("{SHELL_CLIENTS}{START_AND_PROMOTE}"))
+            .arg(join.endpoints.clone())
+            .arg(id.clone())
+            .as_root(),
+    )
+    .await
+    .context("the new member did not become a voter")?;
+    // From now on the member has data and ignores `initial-*`: the file becomes the
+    // template's, recorded as applied, so later deploys find nothing to change or restart.
+    upload(session, &join.config_path, join.config.clone()).await?;
+    super::modules::checked(
+        session,
+        RemoteCommand::script("cp \"$1\" \"$1.applied\"")
+            .arg(join.config_path.clone())
+            .as_root(),
+    )
+    .await?;
+    Ok(Applied::DoneBecause(format!(
+        "joined as learner {id} with {initial_cluster}, caught up and promoted"
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_answer_names_the_member_or_a_new_cluster() {
+        assert_eq!(parse("cluster=none\n").unwrap(), Found::NoCluster);
+        assert_eq!(
+            parse("id=8e9e05c52164694d\ninitial=a=https://1:2380,d=https://4:2380\n").unwrap(),
+            Found::Added {
+                id: "8e9e05c52164694d".into(),
+                initial_cluster: "a=https://1:2380,d=https://4:2380".into()
+            }
+        );
+        assert!(parse("id=\ninitial=\n").is_err());
+    }
+
+    #[test]
+    fn the_joining_configuration_names_the_current_members_and_existing() {
+        let config = "name: d\ninitial-cluster: a=https://1:2380,b=https://2:2380,d=https://4:2380,e=https://5:2380\ninitial-cluster-token: pgha-lab\ninitial-cluster-state: new\npre-vote: true\n";
+        assert_eq!(
+            joining_config(config, "a=https://1:2380,b=https://2:2380,d=https://4:2380"),
+            "name: d\ninitial-cluster: a=https://1:2380,b=https://2:2380,d=https://4:2380\ninitial-cluster-token: pgha-lab\ninitial-cluster-state: existing\npre-vote: true\n"
+        );
+    }
+}

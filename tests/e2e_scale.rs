@@ -1,0 +1,199 @@
+//! End-to-end on the local lab: scaling a live cluster out with `pgha inventory add-node` and
+//! `pgha deploy`, under a writer and a reader through the VIP.
+//!
+//! 1. node4 (etcd, postgres, haproxy) on a grown lab: it is cloned as a replica, joins etcd as
+//!    a learner and is promoted, every HAProxy routes to it;
+//! 2. node5 (etcd only): the fifth etcd member, again as a learner first;
+//!
+//! after each: `pgha verify` passes with the new member in every check (etcd's member list is
+//! the inventory's), no PostgreSQL, etcd or Patroni of the existing members restarted
+//! (postmaster start times, the units' main PIDs), and the next deploy changes nothing. At
+//! the end no acknowledged write is lost; the longest write gap and the failed attempts of
+//! each step are printed (BENCHMARKS.md records them).
+
+mod common;
+
+use common::clients::Clients;
+use common::{
+    eventually, exec_everywhere, is_root, lab_inventory, pgha, pgha_ok, superuser_password, Lab,
+};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+fn deploy_json(inventory: &Path) -> serde_json::Value {
+    let output = pgha(&["deploy", "-i", inventory.to_str().unwrap(), "--json"]);
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
+        panic!(
+            "deploy printed no JSON ({error}): {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}
+
+fn changed(result: &serde_json::Value) -> u64 {
+    result["hosts"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|host| host["changed"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+/// `pgha verify` passes (eventually: a new replica needs a moment to stream).
+fn verified(inventory: &Path) -> serde_json::Value {
+    let mut last = serde_json::Value::Null;
+    eventually("pgha verify passes", Duration::from_secs(90), || {
+        let output = pgha(&["verify", "-i", inventory.to_str().unwrap(), "--json"]);
+        last = serde_json::from_slice(&output.stdout).map_err(|error| error.to_string())?;
+        if last["success"] == true {
+            Ok(())
+        } else {
+            Err(format!(
+                "{:?}",
+                last["checks"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|check| check["pass"] == false)
+                    .map(|check| format!("{}: {}", check["name"], check["evidence"]))
+                    .collect::<Vec<_>>()
+            ))
+        }
+    });
+    last
+}
+
+/// Postmaster start times and etcd/Patroni main PIDs of `nodes`, by node.
+fn running_since(inventory: &Path, nodes: &[&str]) -> Vec<(String, String)> {
+    let hosts = exec_everywhere(
+        inventory,
+        "runuser -u postgres -- psql -XAtc 'select pg_postmaster_start_time()' 2>/dev/null; systemctl show -p MainPID etcd patroni",
+    );
+    hosts
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|host| nodes.contains(&host["host"].as_str().unwrap_or("")))
+        .map(|host| {
+            (
+                host["host"].as_str().unwrap().to_string(),
+                host["stdout"].as_str().unwrap_or("").trim().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_live_cluster_scales_out_without_restarting_its_members() {
+    assert!(
+        is_root(),
+        "the end-to-end test needs root (it runs the lab)"
+    );
+    let (_dir, inventory) = lab_inventory();
+    let inventory_arg = inventory.to_str().unwrap();
+    let _lab = Lab;
+    pgha(&["lab", "down"]);
+    pgha_ok(&["lab", "up", "--nodes", "3"]);
+    let first = deploy_json(&inventory);
+    assert_eq!(first["success"], true, "{first:#}");
+    let password = superuser_password(&inventory);
+    common::psql_at(
+        "10.231.0.100",
+        5000,
+        &password,
+        3,
+        "create table if not exists scale_probe (id bigint primary key)",
+    )
+    .unwrap();
+    let existing = ["node1", "node2", "node3"];
+    let before = running_since(&inventory, &existing);
+
+    let clients = Clients::start(&password, "require", "scale_probe");
+    let mut report = Vec::new();
+    for (node, address, roles, etcd_members) in [
+        ("node4", "10.231.0.14", "etcd,postgres,haproxy", 4),
+        ("node5", "10.231.0.15", "etcd", 5),
+    ] {
+        // 4 etcd members on the way to 5: allowed, and the deploy says what it costs.
+        let count = node.trim_start_matches("node");
+        pgha_ok(&["lab", "up", "--nodes", count]);
+        pgha_ok(&[
+            "inventory",
+            "add-node",
+            "-i",
+            inventory_arg,
+            node,
+            address,
+            "--roles",
+            roles,
+        ]);
+        let started = Instant::now();
+        let grown = deploy_json(&inventory);
+        let seconds = started.elapsed().as_secs_f64();
+        assert_eq!(grown["success"], true, "adding {node}: {grown:#}");
+        let result = verified(&inventory);
+        let members = result["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|check| check["name"] == "etcd.member_list")
+            .map(|check| check["evidence"].to_string())
+            .unwrap_or_default();
+        assert!(
+            members.contains(node),
+            "etcd's member list does not name {node}: {members}"
+        );
+        assert_eq!(
+            running_since(&inventory, &existing),
+            before,
+            "adding {node} restarted an existing member's PostgreSQL, etcd or Patroni"
+        );
+        let again = deploy_json(&inventory);
+        assert_eq!(again["success"], true, "{again:#}");
+        assert_eq!(
+            changed(&again),
+            0,
+            "after adding {node}: {:#}",
+            again["changes"]
+        );
+        report.push(format!(
+            "{node} ({roles}, {etcd_members} etcd members): deploy {seconds:.1} s, {} changed, no-op after it {} ms",
+            changed(&grown),
+            again["duration_ms"]
+        ));
+    }
+    let seen = clients.stop();
+    let stored: u64 = common::psql_at(
+        "10.231.0.100",
+        5000,
+        &password,
+        3,
+        &format!(
+            "select count(*) from scale_probe where id = any('{{{}}}'::bigint[])",
+            seen.acknowledged
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+    )
+    .unwrap()
+    .parse()
+    .unwrap();
+    assert_eq!(
+        stored,
+        seen.acknowledged.len() as u64,
+        "acknowledged writes were lost"
+    );
+    eprintln!(
+        "scale-out: {}; writes: {} acknowledged, {} failed, longest gap {:.2} s; reads: {} answered, {} failed; failures: {:?} {:?}",
+        report.join("; "),
+        seen.acknowledged.len(),
+        seen.failed_writes.len(),
+        seen.longest_gap().as_secs_f64(),
+        seen.reads,
+        seen.failed_reads.len(),
+        seen.failed_writes.iter().take(3).collect::<Vec<_>>(),
+        seen.failed_reads.iter().take(3).collect::<Vec<_>>(),
+    );
+}
