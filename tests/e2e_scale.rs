@@ -163,28 +163,7 @@ fn a_live_cluster_scales_out_without_restarting_its_members() {
         ));
     }
     let seen = clients.stop();
-    let stored: u64 = common::psql_at(
-        "10.231.0.100",
-        5000,
-        &password,
-        3,
-        &format!(
-            "select count(*) from scale_probe where id = any('{{{}}}'::bigint[])",
-            seen.acknowledged
-                .iter()
-                .map(u64::to_string)
-                .collect::<Vec<_>>()
-                .join(",")
-        ),
-    )
-    .unwrap()
-    .parse()
-    .unwrap();
-    assert_eq!(
-        stored,
-        seen.acknowledged.len() as u64,
-        "acknowledged writes were lost"
-    );
+    seen.assert_none_lost(&password, "scale_probe");
     eprintln!(
         "scale-out: {}; writes: {} acknowledged, {} failed, longest gap {:.2} s; reads: {} answered, {} failed; failures: {:?} {:?}",
         report.join("; "),

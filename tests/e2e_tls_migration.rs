@@ -115,28 +115,7 @@ fn a_cluster_deployed_before_tls_moves_onto_it_online() {
         started_before,
         "PostgreSQL restarted during the move onto TLS"
     );
-    let stored: u64 = common::psql_at(
-        "10.231.0.100",
-        5000,
-        &password,
-        3,
-        &format!(
-            "select count(*) from tls_probe where id = any('{{{}}}'::bigint[])",
-            seen.acknowledged
-                .iter()
-                .map(u64::to_string)
-                .collect::<Vec<_>>()
-                .join(",")
-        ),
-    )
-    .unwrap()
-    .parse()
-    .unwrap();
-    assert_eq!(
-        stored,
-        seen.acknowledged.len() as u64,
-        "acknowledged writes were lost"
-    );
+    seen.assert_none_lost(&password, "tls_probe");
     assert!(
         seen.acknowledged.len() > 20,
         "the writer barely wrote: {:?}",

@@ -307,26 +307,7 @@ fn upgrade_moves_a_live_cluster_to_the_pinned_versions() {
         timeline_before + 1,
         "the planned upgrade holds exactly one switchover (timeline {timeline_before} → {timeline_after})"
     );
-    let stored: u64 = psql(
-        5000,
-        &password,
-        &format!(
-            "select count(*) from upgrade_probe where id = any('{{{}}}'::bigint[])",
-            seen.acknowledged
-                .iter()
-                .map(u64::to_string)
-                .collect::<Vec<_>>()
-                .join(",")
-        ),
-    )
-    .unwrap()
-    .parse()
-    .unwrap();
-    assert_eq!(
-        stored,
-        seen.acknowledged.len() as u64,
-        "acknowledged writes were lost"
-    );
+    seen.assert_none_lost(&password, "upgrade_probe");
     let longest_gap = seen.longest_gap();
     eprintln!(
         "upgrade: {upgrade_seconds:.1} s (two runs); writes: {} acknowledged, {} failed, longest gap {:.2} s; reads: {} answered, {} failed",

@@ -102,6 +102,30 @@ impl Clients {
 }
 
 impl Seen {
+    /// Fail the test when a write the writer saw acknowledged is not in `table` (read back
+    /// through VIP:5000 over TLS).
+    pub fn assert_none_lost(&self, password: &str, table: &str) {
+        let ids: Vec<String> = self.acknowledged.iter().map(u64::to_string).collect();
+        let stored: u64 = super::psql_at(
+            VIP,
+            5000,
+            password,
+            3,
+            &format!(
+                "select count(*) from {table} where id = any('{{{}}}'::bigint[])",
+                ids.join(",")
+            ),
+        )
+        .expect("the acknowledged writes can be read back")
+        .parse()
+        .expect("a count");
+        assert_eq!(
+            stored,
+            self.acknowledged.len() as u64,
+            "acknowledged writes were lost"
+        );
+    }
+
     /// The longest time between two acknowledged writes.
     pub fn longest_gap(&self) -> Duration {
         self.ack_times
