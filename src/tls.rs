@@ -69,6 +69,13 @@ pub fn control_dir(inventory: &Inventory) -> PathBuf {
     inventory.cluster.secrets_file.with_extension("tls")
 }
 
+/// Beside the CA while a cluster deployed before TLS is to be moved onto it: written when the
+/// CA is made for a cluster that already had its secrets file, removed by the deploy that
+/// finished the move (or found nothing to move).
+pub fn moving_marker(inventory: &Inventory) -> PathBuf {
+    control_dir(inventory).join("moving-onto-tls")
+}
+
 /// The names a node's certificate carries: its name and address, loopback (local clients),
 /// the VIP, and every HAProxy node's address: a client of the write or read port of any
 /// HAProxy (or of the VIP) reaches PostgreSQL through it, and verifies the name it dialled.
@@ -188,6 +195,23 @@ pub struct Issued {
 }
 
 impl Authority {
+    /// The cluster's CA, made the first time. A CA made for a cluster that already has its
+    /// secrets file (deployed before TLS, most likely) leaves [`moving_marker`]: whichever
+    /// command makes it (`deploy --check`, `render`, `run`), the next deploy moves the cluster.
+    pub fn for_cluster(inventory: &Inventory) -> anyhow::Result<Authority> {
+        let dir = control_dir(inventory);
+        let first = !dir.join("ca.key").exists();
+        let secrets_before = inventory.cluster.secrets_file.exists();
+        let authority = Authority::open(&dir)?;
+        if first && secrets_before {
+            std::fs::write(
+                moving_marker(inventory),
+                "pgha deploy moves this cluster onto TLS (it had secrets before it had a CA)\n",
+            )?;
+        }
+        Ok(authority)
+    }
+
     /// Open the CA in `dir`, creating the directory and the CA the first time.
     pub fn open(dir: &Path) -> anyhow::Result<Authority> {
         let key_path = dir.join("ca.key");
@@ -264,11 +288,16 @@ impl Authority {
         seconds: u64,
     ) -> anyhow::Result<Option<String>> {
         let cert_path = self.dir.join(format!("{name}.crt"));
-        let existing = std::fs::read_to_string(&cert_path)
-            .ok()
-            .and_then(|pem| inspect_pem(&pem).ok());
-        let Some(reason) = renewal_reason(existing.as_ref(), names, seconds) else {
-            return Ok(None);
+        let cert_pem = std::fs::read_to_string(&cert_path).ok();
+        let existing = cert_pem.as_deref().and_then(|pem| inspect_pem(pem).ok());
+        let reason = match renewal_reason(existing.as_ref(), names, seconds) {
+            Some(reason) => reason,
+            // An issuance cut off between its files leaves a new key beside the old
+            // certificate (the certificate is written last): issue again.
+            None if !self.matching_files(name, cert_pem.as_deref().unwrap_or("")) => {
+                "its key or combined file does not match the certificate".to_string()
+            }
+            None => return Ok(None),
         };
         let key = KeyPair::generate().context("cannot generate a key")?;
         let mut params = CertificateParams::default();
@@ -310,6 +339,41 @@ impl Authority {
         )?;
         write_public(&cert_path, cert.pem().as_bytes())?;
         Ok(Some(reason))
+    }
+}
+
+impl Authority {
+    /// `<name>.key` holds the private key of `cert_pem`, and `<name>.pem` (certificate and
+    /// key for HAProxy and etcd, if issued) holds both.
+    fn matching_files(&self, name: &str, cert_pem: &str) -> bool {
+        let Ok(cert) = CertificateDer::from_pem_slice(cert_pem.as_bytes()) else {
+            return false;
+        };
+        let Ok(parsed) = x509_cert::Certificate::from_der(&cert) else {
+            return false;
+        };
+        let public = parsed
+            .tbs_certificate
+            .subject_public_key_info
+            .subject_public_key
+            .raw_bytes()
+            .to_vec();
+        // The key's block (in the combined file it follows the certificate).
+        let key_matches = |path: PathBuf| {
+            std::fs::read_to_string(path)
+                .ok()
+                .and_then(|text| {
+                    let start = text.find("-----BEGIN PRIVATE KEY-----")?;
+                    KeyPair::from_pem(&text[start..]).ok()
+                })
+                .is_some_and(|key| key.public_key_raw() == public.as_slice())
+        };
+        let combined = self.dir.join(format!("{name}.pem"));
+        let combined_matches = !combined.exists()
+            || (key_matches(combined.clone())
+                && std::fs::read_to_string(&combined)
+                    .is_ok_and(|text| text.contains(cert_pem.trim())));
+        key_matches(self.dir.join(format!("{name}.key"))) && combined_matches
     }
 }
 
@@ -566,6 +630,12 @@ mod tests {
             &rustls::pki_types::ServerName::try_from("10.0.0.100").unwrap(),
         )
         .unwrap();
+        // A key that does not belong to the certificate (an issuance cut off) is reissued.
+        std::fs::copy(ca_dir.join("b.key"), ca_dir.join("a.key")).unwrap();
+        let fixed = again.ensure(&inventory, now).unwrap();
+        assert_eq!(fixed.len(), 1, "{fixed:?}");
+        assert!(fixed[0].reason.contains("does not match"), "{fixed:?}");
+        assert!(again.ensure(&inventory, now).unwrap().is_empty());
         // Nine days before the end of the renewal window, it is renewed.
         let later = now + DAY * (NODE_DAYS - RENEW_DAYS + 9) as u32;
         let renewed = again.ensure(&inventory, later).unwrap();

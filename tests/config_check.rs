@@ -88,8 +88,8 @@ mkdir -p /var/lib/haproxy && mount -t tmpfs -o mode=755 tmpfs /var/lib/haproxy &
 # The node's TLS files, where the deploy puts them (issued by `pgha render` beside the secrets).
 mkdir -p /etc/pgha && mount -t tmpfs -o mode=755 tmpfs /etc/pgha && mkdir -p /etc/pgha/tls
 install -m 644 '{tls}/ca.crt' /etc/pgha/tls/ca.crt && install -m 644 '{tls}/{name}.crt' /etc/pgha/tls/node.crt
-for key in node postgres etcd; do install -m 600 '{tls}/{name}.key' /etc/pgha/tls/$key.key; done
-install -m 600 '{tls}/{name}.pem' /etc/pgha/tls/haproxy.pem
+for key in node postgres; do install -m 600 '{tls}/{name}.key' /etc/pgha/tls/$key.key; done
+for pem in haproxy etcd; do install -m 600 '{tls}/{name}.pem' /etc/pgha/tls/$pem.pem; done
 # The Lua the configuration loads, where the deploy puts it.
 mkdir -p /etc/haproxy && mount -t tmpfs -o mode=755 tmpfs /etc/haproxy
 if [ -f etc/haproxy/pgha-hold.lua ]; then install -m 644 etc/haproxy/pgha-hold.lua /etc/haproxy/pgha-hold.lua; fi

@@ -57,6 +57,12 @@ fn secret_values(inventory: &Path) -> Vec<String> {
 }
 
 fn assert_no_secret(inventory: &Path, output: &Output) {
+    for stream in [&output.stdout, &output.stderr] {
+        assert!(
+            !String::from_utf8_lossy(stream).contains("PRIVATE KEY"),
+            "a private key was printed"
+        );
+    }
     for secret in secret_values(inventory) {
         assert!(
             !String::from_utf8_lossy(&output.stdout).contains(&secret),
@@ -99,10 +105,16 @@ fn curl_outsider(args: &[&str]) -> Result<String, String> {
         .output()
         .map_err(|error| error.to_string())?;
     if output.status.success() {
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-    } else {
-        Err(String::from_utf8_lossy(&output.stderr).into_owned())
+        return Ok(String::from_utf8_lossy(&output.stdout).into_owned());
     }
+    let error = String::from_utf8_lossy(&output.stderr).into_owned();
+    // A refusal is the service's own answer; a port nothing listens on, or no answer at all,
+    // would prove nothing about it.
+    assert!(
+        !error.contains("Failed to connect") && !error.contains("timed out"),
+        "curl {args:?} reached no service: {error}"
+    );
+    Err(error)
 }
 
 /// Run SQL through `VIP:port` with psql.
@@ -1012,6 +1024,13 @@ fn deploy_converges_routes_and_is_idempotent() {
     for node in ["node1", "node2", "node3"] {
         std::fs::remove_file(tls_dir.join(format!("{node}.crt"))).unwrap();
     }
+    // The new keys are named by --diff, never shown.
+    let planned = pgha(&["deploy", "-i", inventory_arg, "--check", "--diff", "--json"]);
+    assert_no_secret(&inventory, &planned);
+    assert!(
+        String::from_utf8_lossy(&planned.stdout).contains("/etc/pgha/tls/node.key"),
+        "the rotation's check run names the new key"
+    );
     let rotated = deploy_json(&inventory);
     assert_eq!(rotated["success"], true, "{rotated:#}");
     assert!(changed(&rotated) > 0, "{rotated:#}");

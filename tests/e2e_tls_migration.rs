@@ -82,6 +82,17 @@ fn a_cluster_deployed_before_tls_moves_onto_it_online() {
     let postmasters = "runuser -u postgres -- psql -XAtc 'select pg_postmaster_start_time()'";
     let started_before = exec_everywhere(&inventory, postmasters);
 
+    // A check run first makes the CA (as `render` or `run` would): the move must still come.
+    let checked = pgha(&["deploy", "-i", inventory_arg, "--check"]);
+    assert!(
+        !String::from_utf8_lossy(&checked.stdout).contains("PRIVATE KEY")
+            && !String::from_utf8_lossy(&checked.stderr).contains("PRIVATE KEY")
+    );
+    assert!(
+        dir.path().join("lab.secrets.tls/moving-onto-tls").exists(),
+        "the CA made for a cluster with secrets notes the move"
+    );
+
     // The move.
     let clients = Clients::start(&password, "prefer", "tls_probe");
     let started = Instant::now();
@@ -89,6 +100,10 @@ fn a_cluster_deployed_before_tls_moves_onto_it_online() {
     let seconds = started.elapsed().as_secs_f64();
     let seen = clients.stop();
     assert_eq!(moved["success"], true, "{moved:#}");
+    assert!(
+        !dir.path().join("lab.secrets.tls/moving-onto-tls").exists(),
+        "the finished move leaves no marker"
+    );
 
     let again = deploy_json(&inventory, &[]);
     assert_eq!(again["success"], true, "{again:#}");

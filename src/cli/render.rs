@@ -26,7 +26,7 @@ pub fn run(args: RenderArgs) -> anyhow::Result<()> {
     let renderer = Renderer::new(args.templates.as_deref())?;
     let secrets = Secrets::load_or_create(&inventory.cluster.secrets_file)?;
     // The files name the node certificates the deploy would install; issue them as it would.
-    crate::tls::Authority::open(&crate::tls::control_dir(&inventory))?
+    crate::tls::Authority::for_cluster(&inventory)?
         .ensure(&inventory, std::time::SystemTime::now())?;
     let written = render_to_dir(
         &inventory,

@@ -80,21 +80,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
 
 pub fn deploy(args: PlaybookArgs) -> anyhow::Result<()> {
     // A cluster deployed before TLS is moved onto it first, online, step by step (see
-    // `upgrade::tls`); the deploy then converges as always. A fresh cluster has no etcd
-    // configuration yet, and one on TLS needs nothing.
-    //
-    // Known without asking the hosts (a no-op deploy opens one SSH connection per host): a
-    // cluster with a secrets file and no CA was deployed before TLS. The move is noted beside
-    // the CA until it is done, so a run cut off part-way is finished by the next one.
+    // `upgrade::tls`); the deploy then converges as always. Known without asking the hosts
+    // (a no-op deploy opens one SSH connection per host): the CA was made for a cluster that
+    // already had secrets (`tls::moving_marker`). The marker stays until a deploy finishes the
+    // move, so a run cut off part-way is finished by the next one.
     if !args.check {
         let inventory = crate::inventory::Inventory::load(&args.inventory)?;
-        let dir = crate::tls::control_dir(&inventory);
-        let moving = dir.join("moving-onto-tls");
-        let before_tls = inventory.cluster.secrets_file.exists() && !dir.join("ca.key").exists();
-        crate::tls::Authority::open(&dir)?.ensure(&inventory, std::time::SystemTime::now())?;
-        if before_tls {
-            std::fs::write(&moving, "pgha deploy is moving this cluster onto TLS\n")?;
-        }
+        crate::tls::Authority::for_cluster(&inventory)?
+            .ensure(&inventory, std::time::SystemTime::now())?;
+        let moving = crate::tls::moving_marker(&inventory);
         if moving.exists() {
             let runtime = runtime()?;
             if runtime.block_on(crate::upgrade::tls::needed(&args.inventory))? {

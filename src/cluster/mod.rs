@@ -250,7 +250,7 @@ pub async fn verify(cluster: &Cluster) -> Verification {
     let views = cluster.observe().await;
     let mut checks = assess(&cluster.inventory, &views);
     checks.extend(cluster.routing_checks(&views).await);
-    checks.extend(tls_check::checks(&cluster.inventory, &cluster.secrets.superuser_password).await);
+    checks.extend(tls_check::checks(&cluster.inventory).await);
     cluster.connections.close().await;
     Verification {
         success: checks.iter().all(|check| check.pass),

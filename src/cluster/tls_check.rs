@@ -209,8 +209,11 @@ async fn postgres_tls(
     served(stream.get_ref().1)
 }
 
-/// A login without TLS (`sslmode=disable`) must be refused by pg_hba.
-async fn postgres_plain(address: IpAddr, port: u16, password: &str) -> Refusal {
+/// A login without TLS (`sslmode=disable`) must be refused by pg_hba. The password offered is
+/// a made-up one, never a real one over a connection without TLS: pg_hba refuses before any
+/// password is asked, and a server that asks for one instead counts as admitting the client.
+async fn postgres_plain(address: IpAddr, port: u16) -> Refusal {
+    let password = "pgha-verify-not-a-password";
     let mut config = tokio_postgres::Config::new();
     config
         .host(address.to_string())
@@ -222,12 +225,20 @@ async fn postgres_plain(address: IpAddr, port: u16, password: &str) -> Refusal {
         .connect_timeout(TIMEOUT);
     match config.connect(tokio_postgres::NoTls).await {
         Ok(_) => Refusal::Served("a login without TLS succeeded".into()),
-        Err(error) => Refusal::Refused(
-            error
-                .as_db_error()
-                .map(|db| db.message().to_string())
-                .unwrap_or_else(|| error.to_string()),
-        ),
+        Err(error) => match error.as_db_error() {
+            // pg_hba's refusal (`invalid_authorization_specification`).
+            Some(db)
+                if *db.code()
+                    == tokio_postgres::error::SqlState::INVALID_AUTHORIZATION_SPECIFICATION =>
+            {
+                Refusal::Refused(db.message().to_string())
+            }
+            Some(db) => Refusal::Served(format!(
+                "it went on to authentication without TLS: {}",
+                db.message()
+            )),
+            None => Refusal::Refused(error.to_string()),
+        },
     }
 }
 
@@ -267,7 +278,7 @@ fn judge_port(served: &Result<Served, String>, refusals: &[(&str, &Refusal)]) ->
 }
 
 /// Every node's TLS ports, as seen from here.
-pub async fn checks(inventory: &Inventory, superuser_password: &str) -> Vec<Check> {
+pub async fn checks(inventory: &Inventory) -> Vec<Check> {
     let files = ClientFiles::control(inventory);
     let (with_cert, without_cert) = match (files.rustls(), files.anonymous()) {
         (Ok(with), Ok(without)) => (with, without),
@@ -313,7 +324,7 @@ pub async fn checks(inventory: &Inventory, superuser_password: &str) -> Vec<Chec
         if node.has(Role::Postgres) {
             let (served, plain) = tokio::join!(
                 postgres_tls(without_cert.clone(), address, ports.postgres),
-                postgres_plain(address, ports.postgres, superuser_password),
+                postgres_plain(address, ports.postgres),
             );
             let (pass, evidence) = judge_port(&served, &[("sslmode=disable", &plain)]);
             checks.push(Check::new(

@@ -3,9 +3,9 @@
 //! a voter once etcd says it has caught up.
 //!
 //! Planned from the member's data directory: a member with data is already in its cluster.
-//! Without data, the apply asks the other members: when none answers, the cluster is new and
-//! its members bootstrap together from `initial-cluster` (nothing to do here); when they
-//! answer, the member is added (`member add --learner`, or found added by a run cut off
+//! Without data, the apply asks the other members: when none has a raft leader, the cluster is
+//! new and its members bootstrap together from `initial-cluster` (nothing to do here); a
+//! cluster with a leader that does not list its members fails the task; when they answer, the member is added (`member add --learner`, or found added by a run cut off
 //! before it started), its configuration is written with the cluster's current members as
 //! `initial-cluster` and `initial-cluster-state: existing`, etcd is started, and the learner
 //! promoted (`member promote`, retried while etcd says it is not in sync).
@@ -84,7 +84,14 @@ pub fn joining_config(config: &str, initial_cluster: &str) -> String {
 /// Ask the other members; add this one as a learner unless it is added already. `$1` the
 /// endpoints, `$2` the name, `$3` the peer URL.
 const ADD: &str = r#"endpoints="$1"; name="$2"; peer="$3"
-list=$(etcdctl --endpoints="$endpoints" --command-timeout=3s member list 2>/dev/null) || { echo cluster=none; exit 0; }
+if ! list=$(etcdctl --endpoints="$endpoints" --command-timeout=3s member list 2>&1); then
+  # A new cluster has no raft leader yet (its members wait for each other); a running one has,
+  # and then its member list must answer.
+  if etcdctl --endpoints="$endpoints" --command-timeout=3s endpoint status -w json 2>/dev/null | grep -q '"leader":[1-9]'; then
+    echo "the running etcd cluster did not list its members: $list" >&2; exit 1
+  fi
+  echo cluster=none; exit 0
+fi
 line=$(printf '%s\n' "$list" | awk -F', ' -v peer="$peer" '$4 == peer')
 case "$line" in
   *", started, "*) echo "etcd lists a started member with this node's peer URL $peer, but this node has no etcd data; hint: if the data was lost, remove that member (etcdctl member remove ${line%%,*}) and deploy again" >&2; exit 1 ;;

@@ -321,9 +321,12 @@ impl Planner<'_> {
                     mtime: None,
                 };
                 match (&args.content, &args.src) {
-                    (Some(content), _) => {
-                        file_plan(upload(self.text(content)?.into_bytes()), false, None, facts)
-                    }
+                    (Some(content), _) => file_plan(
+                        upload(self.text(content)?.into_bytes()),
+                        args.secret,
+                        None,
+                        facts,
+                    ),
                     (None, Some(src)) => {
                         let src = self.text(src)?;
                         let (size, mtime) = local_size_and_time(&src)?;
@@ -334,7 +337,7 @@ impl Planner<'_> {
                         match compare_file(
                             upload,
                             Content::SizeAndTime { size, mtime },
-                            false,
+                            args.secret,
                             None,
                             facts,
                         ) {

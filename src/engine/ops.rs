@@ -44,7 +44,7 @@ pub async fn run_playbook(request: PlaybookRequest) -> anyhow::Result<RunResult>
         String::new()
     };
     // The cluster's CA and every node's certificate, (re)issued on this machine as needed.
-    let authority = crate::tls::Authority::open(&crate::tls::control_dir(&inventory))?;
+    let authority = crate::tls::Authority::for_cluster(&inventory)?;
     for issued in authority.ensure(&inventory, std::time::SystemTime::now())? {
         if !request.options.quiet {
             eprintln!(

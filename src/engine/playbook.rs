@@ -204,6 +204,9 @@ pub struct CopyArgs {
     #[serde(default = "root")]
     pub group: String,
     pub mode: Option<Mode>,
+    /// The file holds a secret (a private key): a diff names it and never shows it.
+    #[serde(default)]
+    pub secret: bool,
 }
 
 fn root() -> String {

@@ -242,8 +242,8 @@ impl Upgrade {
         }
         if node.has(Role::Etcd) {
             files.push((
-                format!("{name}.key"),
-                "/etc/pgha/tls/etcd.key",
+                format!("{name}.pem"),
+                "/etc/pgha/tls/etcd.pem",
                 ("root", "etcd", 0o640),
             ));
         }
@@ -442,10 +442,21 @@ etcdctl --endpoints=https://127.0.0.1:{port} member update \"$id\" --peer-urls={
                 let current = self
                     .root(node, "cat /etc/patroni/patroni.yml 2>/dev/null || true")
                     .await?;
-                let active = self
-                    .root(node, "systemctl is-active patroni || true")
+                // Done only when PostgreSQL runs it too: TLS on, and clients without it refused
+                // (a run cut off between writing the file and the reload is finished here).
+                let in_force = self
+                    .root(
+                        node,
+                        &format!(
+                            "systemctl is-active patroni; runuser -u postgres -- psql -p {} -XAtc \"select current_setting('ssl'), count(*) from pg_hba_file_rules where type = 'hostnossl'\" 2>/dev/null || true",
+                            ports.postgres
+                        ),
+                    )
                     .await?;
-                if current.as_bytes() == text.as_slice() && active.trim() == "active" {
+                let in_force = in_force.lines().map(str::trim).collect::<Vec<_>>();
+                let done = in_force.first() == Some(&"active")
+                    && in_force.get(1).is_some_and(|line| line.starts_with("on|") && line != &"on|0");
+                if current.as_bytes() == text.as_slice() && done {
                     continue;
                 }
                 let (path, owner_group_mode) = destination("patroni.yml.j2");
