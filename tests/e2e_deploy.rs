@@ -599,12 +599,13 @@ fn deploy_converges_routes_and_is_idempotent() {
     );
     assert_eq!(changed(&deploy_json(&inventory)), 0);
 
-    // A changed etcd configuration restarts the members one at a time: each member stops
-    // only after the one before it is running again (systemd's monotonic timestamps, one
-    // kernel clock for every lab node).
+    // A member running another configuration than the deploy's is restarted, one at a time:
+    // each member stops only after the one before it is running again (systemd's monotonic
+    // timestamps, one kernel clock for every lab node). Here every member's record of what it
+    // started with says `heartbeat-interval: 120` (as an older template would have had it).
     exec_everywhere(
         &inventory,
-        "echo '# changed by the test' >> /etc/etcd/pgha.conf.yml",
+        "sed -i 's/^heartbeat-interval: 100$/heartbeat-interval: 120/' /etc/etcd/pgha.conf.yml /etc/etcd/pgha.conf.yml.applied",
     );
     let rolled = deploy_json(&inventory);
     assert_eq!(rolled["success"], true, "{rolled:#}");
