@@ -20,25 +20,6 @@ use common::{
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-fn deploy_json(inventory: &Path) -> serde_json::Value {
-    let output = pgha(&["deploy", "-i", inventory.to_str().unwrap(), "--json"]);
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
-        panic!(
-            "deploy printed no JSON ({error}): {}",
-            String::from_utf8_lossy(&output.stderr)
-        )
-    })
-}
-
-fn changed(result: &serde_json::Value) -> u64 {
-    result["hosts"]
-        .as_object()
-        .unwrap()
-        .values()
-        .map(|host| host["changed"].as_u64().unwrap_or(0))
-        .sum()
-}
-
 /// `pgha verify` passes (eventually: a new replica needs a moment to stream).
 fn verified(inventory: &Path) -> serde_json::Value {
     let mut last = serde_json::Value::Null;
@@ -94,7 +75,7 @@ fn a_live_cluster_scales_out_without_restarting_its_members() {
     let _lab = Lab;
     pgha(&["lab", "down"]);
     pgha_ok(&["lab", "up", "--nodes", "3"]);
-    let first = deploy_json(&inventory);
+    let first = common::deploy_result(&inventory, &[]);
     assert_eq!(first["success"], true, "{first:#}");
     let password = superuser_password(&inventory);
     common::psql_at(
@@ -128,7 +109,7 @@ fn a_live_cluster_scales_out_without_restarting_its_members() {
             roles,
         ]);
         let started = Instant::now();
-        let grown = deploy_json(&inventory);
+        let grown = common::deploy_result(&inventory, &[]);
         let seconds = started.elapsed().as_secs_f64();
         assert_eq!(grown["success"], true, "adding {node}: {grown:#}");
         let result = verified(&inventory);
@@ -153,17 +134,17 @@ fn a_live_cluster_scales_out_without_restarting_its_members() {
             before,
             "adding {node} restarted an existing member's PostgreSQL, etcd or Patroni"
         );
-        let again = deploy_json(&inventory);
+        let again = common::deploy_result(&inventory, &[]);
         assert_eq!(again["success"], true, "{again:#}");
         assert_eq!(
-            changed(&again),
+            common::changed_tasks(&again),
             0,
             "after adding {node}: {:#}",
             again["changes"]
         );
         report.push(format!(
             "{node} ({roles}, {etcd_members} etcd members): deploy {seconds:.1} s, {} changed, no-op after it {} ms",
-            changed(&grown),
+            common::changed_tasks(&grown),
             again["duration_ms"]
         ));
     }

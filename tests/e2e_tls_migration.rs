@@ -18,27 +18,6 @@ use common::{exec_everywhere, is_root, lab_inventory, pgha, pgha_ok, superuser_p
 use std::path::Path;
 use std::time::Instant;
 
-fn deploy_json(inventory: &Path, extra: &[&str]) -> serde_json::Value {
-    let mut args = vec!["deploy", "-i", inventory.to_str().unwrap(), "--json"];
-    args.extend_from_slice(extra);
-    let output = pgha(&args);
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
-        panic!(
-            "deploy printed no JSON ({error}): {}",
-            String::from_utf8_lossy(&output.stderr)
-        )
-    })
-}
-
-fn changed(result: &serde_json::Value) -> u64 {
-    result["hosts"]
-        .as_object()
-        .unwrap()
-        .values()
-        .map(|host| host["changed"].as_u64().unwrap_or(0))
-        .sum()
-}
-
 #[test]
 fn a_cluster_deployed_before_tls_moves_onto_it_online() {
     assert!(
@@ -54,7 +33,7 @@ fn a_cluster_deployed_before_tls_moves_onto_it_online() {
     // The cluster as the release before TLS deployed it.
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pre-tls");
     let fixtures = fixtures.to_str().unwrap();
-    let before = deploy_json(
+    let before = common::deploy_result(
         &inventory,
         &["--playbooks", fixtures, "--templates", fixtures],
     );
@@ -96,7 +75,7 @@ fn a_cluster_deployed_before_tls_moves_onto_it_online() {
     // The move.
     let clients = Clients::start(&password, "prefer", "tls_probe");
     let started = Instant::now();
-    let moved = deploy_json(&inventory, &[]);
+    let moved = common::deploy_result(&inventory, &[]);
     let seconds = started.elapsed().as_secs_f64();
     let seen = clients.stop();
     assert_eq!(moved["success"], true, "{moved:#}");
@@ -105,9 +84,9 @@ fn a_cluster_deployed_before_tls_moves_onto_it_online() {
         "the finished move leaves no marker"
     );
 
-    let again = deploy_json(&inventory, &[]);
+    let again = common::deploy_result(&inventory, &[]);
     assert_eq!(again["success"], true, "{again:#}");
-    assert_eq!(changed(&again), 0, "{:#}", again["changes"]);
+    assert_eq!(common::changed_tasks(&again), 0, "{:#}", again["changes"]);
     let verified = pgha(&["verify", "-i", inventory_arg, "--json"]);
     let result: serde_json::Value = serde_json::from_slice(&verified.stdout).unwrap();
     let failed: Vec<&serde_json::Value> = result["checks"]

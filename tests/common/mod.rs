@@ -174,3 +174,31 @@ pub fn control_curl_tls(inventory: &Path) -> Vec<String> {
 /// Shell words that give `etcdctl` and `curl` on a lab node its certificate (as pgha's own
 /// scripts do).
 pub const NODE_TLS_ENV: &str = "export ETCDCTL_CACERT=/etc/pgha/tls/ca.crt ETCDCTL_CERT=/etc/pgha/tls/node.crt ETCDCTL_KEY=/etc/pgha/tls/node.key; CURL_TLS='--cacert /etc/pgha/tls/ca.crt --cert /etc/pgha/tls/node.crt --key /etc/pgha/tls/node.key';";
+
+/// `pgha deploy -i INVENTORY --json EXTRA...`: its JSON result (whether it succeeded or not).
+pub fn deploy_result(inventory: &Path, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec![
+        "deploy",
+        "-i",
+        inventory.to_str().expect("a UTF-8 path"),
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let output = pgha(&args);
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
+        panic!(
+            "deploy printed no JSON ({error}): {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}
+
+/// The changed tasks of a deploy result, summed over its hosts.
+pub fn changed_tasks(result: &serde_json::Value) -> u64 {
+    result["hosts"]
+        .as_object()
+        .expect("hosts in the result")
+        .values()
+        .map(|host| host["changed"].as_u64().unwrap_or(0))
+        .sum()
+}
