@@ -5,6 +5,9 @@
 //!    a learner and is promoted, every HAProxy routes to it;
 //! 2. node5 (etcd only): the fifth etcd member, again as a learner first;
 //!
+//! 3. a replica leaves (`pgha inventory remove-node`, then `pgha deploy`);
+//! 4. the node that is primary leaves, with `--purge` (a switchover first);
+//!
 //! after each: `pgha verify` passes with the new member in every check (etcd's member list is
 //! the inventory's), no PostgreSQL, etcd or Patroni of the existing members restarted
 //! (postmaster start times, the units' main PIDs), and the next deploy changes nothing. At
@@ -148,10 +151,99 @@ fn a_live_cluster_scales_out_without_restarting_its_members() {
             again["duration_ms"]
         ));
     }
+
+    // Scale in: a replica, then the node that is primary (with `--purge`).
+    let mut windows = Vec::new();
+    let mut members: Vec<String> = (1..=5).map(|number| format!("node{number}")).collect();
+    for (what, purge) in [("replica", false), ("primary", true)] {
+        let primary = primary_of(&inventory);
+        let node = match what {
+            "replica" if primary != "node4" => "node4".to_string(),
+            "replica" => "node2".to_string(),
+            _ => primary.clone(),
+        };
+        members.retain(|member| *member != node);
+        let staying: Vec<&str> = members.iter().map(String::as_str).collect();
+        let before = running_since(&inventory, &staying);
+        pgha_ok(&["inventory", "remove-node", "-i", inventory_arg, &node]);
+        let failures_before = clients.failures();
+        let started = Instant::now();
+        let extra: &[&str] = if purge { &["--purge"] } else { &[] };
+        let shrunk = common::deploy_result(&inventory, extra);
+        let seconds = started.elapsed().as_secs_f64();
+        let ended = Instant::now();
+        let failures_after = clients.failures();
+        assert_eq!(shrunk["success"], true, "removing {node}: {shrunk:#}");
+        let result = verified(&inventory);
+        let evidence = result["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|check| check["name"] == "etcd.member_list")
+            .and_then(|check| check["evidence"].as_str())
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            !evidence.split(", inventory:").next().unwrap_or_default().contains(&format!("\"{node}\"")),
+            "etcd still lists {node}: {evidence}"
+        );
+        if what == "primary" {
+            assert_ne!(primary_of(&inventory), node, "the removed primary still leads");
+        }
+        // Its services stopped and disabled, its data kept unless purged, its keys gone.
+        let left = exec_on(
+            &node,
+            "for unit in etcd patroni haproxy pgha-agent; do echo \"$unit $(systemctl is-active $unit) $(systemctl is-enabled $unit 2>/dev/null)\"; done; test -e /var/lib/postgresql/15/lab/PG_VERSION && echo data kept || echo data gone; ls /etc/pgha/tls 2>/dev/null | grep -c key || true",
+        );
+        for unit in ["etcd", "patroni", "haproxy", "pgha-agent"] {
+            assert!(
+                left.contains(&format!("{unit} inactive disabled")),
+                "{unit} on {node} is not stopped and disabled: {left}"
+            );
+        }
+        assert!(
+            left.contains(if purge { "data gone" } else { "data kept" }),
+            "{node} (purge: {purge}): {left}"
+        );
+        assert!(left.trim_end().ends_with('0'), "{node} keeps TLS keys: {left}");
+        assert_eq!(
+            running_since(&inventory, &staying),
+            before,
+            "removing {node} restarted a staying member's PostgreSQL, etcd or Patroni"
+        );
+        let again = common::deploy_result(&inventory, &[]);
+        assert_eq!(again["success"], true, "{again:#}");
+        assert_eq!(
+            common::changed_tasks(&again),
+            0,
+            "after removing {node}: {:#}",
+            again["changes"]
+        );
+        report.push(format!(
+            "removing {node} (the {what}{}): deploy {seconds:.1} s, {} changed, no-op after it {} ms",
+            if purge { ", --purge" } else { "" },
+            common::changed_tasks(&shrunk),
+            again["duration_ms"]
+        ));
+        windows.push((
+            format!("removing {node} ({what})"),
+            started,
+            ended,
+            failures_after.0 - failures_before.0,
+            failures_after.1 - failures_before.1,
+        ));
+    }
+
     let seen = clients.stop();
     seen.assert_none_lost(&password, "scale_probe");
+    for (step, from, to, failed_writes, failed_reads) in &windows {
+        eprintln!(
+            "{step}: longest write gap {:.2} s, {failed_writes} failed writes, {failed_reads} failed reads",
+            seen.longest_gap_within(*from, *to).as_secs_f64()
+        );
+    }
     eprintln!(
-        "scale-out: {}; writes: {} acknowledged, {} failed, longest gap {:.2} s; reads: {} answered, {} failed; failures: {:?} {:?}",
+        "scale out and in: {}; writes: {} acknowledged, {} failed, longest gap {:.2} s; reads: {} answered, {} failed; failures: {:?} {:?}",
         report.join("; "),
         seen.acknowledged.len(),
         seen.failed_writes.len(),
@@ -161,4 +253,40 @@ fn a_live_cluster_scales_out_without_restarting_its_members() {
         seen.failed_writes.iter().take(3).collect::<Vec<_>>(),
         seen.failed_reads.iter().take(3).collect::<Vec<_>>(),
     );
+}
+
+/// The node whose PostgreSQL is not in recovery.
+fn primary_of(inventory: &Path) -> String {
+    let hosts = exec_everywhere(
+        inventory,
+        "runuser -u postgres -- psql -XAtc 'select pg_is_in_recovery()' 2>/dev/null || true",
+    );
+    let primaries: Vec<String> = hosts
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|host| host["stdout"].as_str().unwrap_or("").trim() == "f")
+        .map(|host| host["host"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(primaries.len(), 1, "primaries: {primaries:?}");
+    primaries[0].clone()
+}
+
+/// `command` on `node` (listed in the lab, maybe no longer in the inventory), as root over SSH.
+fn exec_on(node: &str, command: &str) -> String {
+    let number = node.trim_start_matches("node");
+    let output = std::process::Command::new("ssh")
+        .args([
+            "-i",
+            "/var/lib/pgha/lab/ssh/id_ed25519",
+            "-o",
+            "UserKnownHostsFile=/var/lib/pgha/lab/ssh/known_hosts",
+            "-o",
+            "BatchMode=yes",
+            &format!("root@10.231.0.1{number}"),
+            command,
+        ])
+        .output()
+        .expect("ssh runs");
+    String::from_utf8_lossy(&output.stdout).to_string()
 }

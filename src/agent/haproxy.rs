@@ -164,8 +164,128 @@ pub fn parse_servers_state(answer: &str, write_backend: &str, read_backend: &str
     view
 }
 
+/// The saved `show servers state` with a line added for each server of `backends` that the
+/// new configuration has and the saved state lacks (a node added to the cluster): such a server
+/// starts DOWN and comes up only when its health checks pass, instead of HAProxy's default
+/// for a server it has no state for, UP, which sends a write to a new replica until its first
+/// checks fail. A backend the saved state does not know is left alone (nothing was saved, or
+/// the backend is new: HAProxy's defaults apply as on a first start).
+pub fn with_new_servers_down(saved: &str, config: &str, backends: &[&str]) -> String {
+    let mut out = saved.to_string();
+    if !out.is_empty() && !out.ends_with('\n') {
+        out.push('\n');
+    }
+    for backend in backends {
+        let known: Vec<Vec<&str>> = saved
+            .lines()
+            .filter(|line| !line.starts_with('#'))
+            .map(|line| line.split_whitespace().collect::<Vec<&str>>())
+            .filter(|fields| fields.len() >= 7 && fields[1] == *backend)
+            .collect();
+        let Some(backend_id) = known.first().map(|fields| fields[0]) else {
+            continue;
+        };
+        for (position, server) in config_servers(config, backend).iter().enumerate() {
+            if known.iter().any(|fields| fields[3] == server.name) {
+                continue;
+            }
+            // Columns of format 1 (see `parse_servers_state`): DOWN (op 0), no admin state,
+            // health 0, the last check failed; the ID HAProxy gives it (its position).
+            out.push_str(&format!(
+                "{backend_id} {backend} {id} {name} {address} 0 0 1 1 0 17 2 0 6 0 0 0 - {port} - 0 {check} - - {check}\n",
+                id = position + 1,
+                name = server.name,
+                address = server.address,
+                port = server.port,
+                check = server.check_port.unwrap_or(server.port),
+            ));
+        }
+    }
+    out
+}
+
+/// A `server` line of a HAProxy configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigServer {
+    pub name: String,
+    pub address: String,
+    pub port: u16,
+    pub check_port: Option<u16>,
+}
+
+/// The servers of `listen NAME` or `backend NAME` in a configuration, in order.
+pub fn config_servers(config: &str, backend: &str) -> Vec<ConfigServer> {
+    let mut servers = Vec::new();
+    let mut inside = false;
+    for line in config.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if !line.starts_with(char::is_whitespace) && !words.is_empty() {
+            inside = matches!(words.as_slice(), [kind, name, ..] if (*kind == "listen" || *kind == "backend") && *name == backend);
+            continue;
+        }
+        if !inside || words.first() != Some(&"server") || words.len() < 3 {
+            continue;
+        }
+        let Some((address, port)) = words[2].rsplit_once(':') else {
+            continue;
+        };
+        let Ok(port) = port.parse() else { continue };
+        let check_port = words
+            .windows(2)
+            .find(|pair| pair[0] == "port")
+            .and_then(|pair| pair[1].parse().ok());
+        servers.push(ConfigServer {
+            name: words[1].to_string(),
+            address: address.trim_start_matches('[').trim_end_matches(']').to_string(),
+            port,
+            check_port,
+        });
+    }
+    servers
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_server_new_to_the_configuration_starts_down_and_known_ones_keep_their_state() {
+        let saved = "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state\n\
+3 pgha_write 1 node1 10.0.0.1 2 0 1 1 53 15 3 5 6 0 0 0 - 5432 - 0 8008 - - 8008\n\
+3 pgha_write 2 node2 10.0.0.2 0 8 1 1 41 17 2 0 6 0 0 0 - 5432 - 0 8008 - - 8008\n\
+4 pgha_read 1 node1 10.0.0.1 0 0 1 1 52 17 2 0 6 0 0 0 - 5432 - 0 8008 - - 8008\n\
+4 pgha_read 2 node2 10.0.0.2 2 0 1 1 53 15 3 5 6 0 0 0 - 5432 - 0 8008 - - 8008\n";
+        let config = "global
+    daemon
+
+listen stats
+    server x 1.1.1.1:1
+
+listen pgha_write
+    bind *:5000
+    server node1 10.0.0.1:5432 maxconn 1000 check port 8008 check-ssl
+    server node2 10.0.0.2:5432 check port 8008
+    server node3 10.0.0.3:5432 maxconn 1000 check port 8008 check-ssl verify required
+
+listen pgha_read
+    server node1 10.0.0.1:5432 check port 8008
+    server node2 10.0.0.2:5432 check port 8008
+    server node3 10.0.0.3:5432 check port 8008
+";
+        let state = super::with_new_servers_down(saved, config, &["pgha_write", "pgha_read"]);
+        assert!(state.starts_with(saved));
+        let added: Vec<&str> = state[saved.len()..].lines().collect();
+        assert_eq!(
+            added,
+            [
+                "3 pgha_write 3 node3 10.0.0.3 0 0 1 1 0 17 2 0 6 0 0 0 - 5432 - 0 8008 - - 8008",
+                "4 pgha_read 3 node3 10.0.0.3 0 0 1 1 0 17 2 0 6 0 0 0 - 5432 - 0 8008 - - 8008",
+            ]
+        );
+        let view = super::parse_servers_state(&state, "pgha_write", "pgha_read");
+        assert!(!view.write["node3"].up && view.write["node1"].up && view.write["node2"].drain);
+        // Nothing saved: HAProxy's defaults, as on a first start.
+        assert_eq!(super::with_new_servers_down("1\n", config, &["pgha_write"]), "1\n");
+    }
 
     #[test]
     fn open_sessions_come_from_show_stat() {

@@ -347,10 +347,14 @@ pub async fn read_server(
         .ok_or_else(|| anyhow::anyhow!("no server `{server}` in backend `{backend}`"))
 }
 
+/// HAProxy's configuration file (the deploy writes it there).
+const HAPROXY_CONFIG: &str = "/etc/haproxy/haproxy.cfg";
+
 /// Write `show servers state` to `file` (a temporary file renamed over it), for HAProxy's
 /// `server-state-file`: run just before a reload, the new process starts each server as the
 /// old one had it. Nothing to save (no HAProxy socket, HAProxy not running) is not an error:
-/// the file is emptied and the reload behaves as without it.
+/// the file is emptied and the reload behaves as without it. A server the new configuration
+/// adds starts DOWN (`haproxy::with_new_servers_down`).
 pub async fn save_haproxy_state(config_path: &Path, file: &Path) -> anyhow::Result<()> {
     let config = Config::load(config_path)?;
     let Some(socket) = &config.haproxy_socket else {
@@ -365,6 +369,15 @@ pub async fn save_haproxy_state(config_path: &Path, file: &Path) -> anyhow::Resu
             println!("no server state saved: {error}");
             return Ok(());
         }
+    };
+    // The new configuration is in place when the unit's reload runs this.
+    let state = match std::fs::read_to_string(HAPROXY_CONFIG) {
+        Ok(text) => haproxy::with_new_servers_down(
+            &state,
+            &text,
+            &[&config.write_backend, &config.read_backend],
+        ),
+        Err(_) => state,
     };
     let partial = file.with_extension("partial");
     std::fs::write(&partial, state)

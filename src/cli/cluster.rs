@@ -153,7 +153,11 @@ pub fn status(args: StatusArgs) -> anyhow::Result<()> {
 
 pub fn switchover(args: SwitchoverArgs) -> anyhow::Result<()> {
     let cluster = Cluster::open(&args.inventory, false)?;
-    let result = runtime()?.block_on(cluster::switchover(&cluster, args.to.as_deref()))?;
+    let result = runtime()?.block_on(async {
+        let result = cluster::switchover(&cluster, args.to.as_deref()).await;
+        cluster.connections.close().await;
+        result
+    })?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&result)?);
     } else {

@@ -31,7 +31,7 @@ enum Command {
     /// Render every node's configuration files into a directory for inspection
     Render(render::RenderArgs),
     /// Converge the whole cluster (the built-in `deploy` playbook); a second run changes nothing
-    Deploy(run::PlaybookArgs),
+    Deploy(run::DeployArgs),
     /// Run a playbook on the inventory's hosts
     Run(run::RunArgs),
     /// Run an ad-hoc shell command on the inventory's hosts (as root)

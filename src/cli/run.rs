@@ -45,6 +45,16 @@ pub struct PlaybookArgs {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct DeployArgs {
+    #[command(flatten)]
+    common: PlaybookArgs,
+    /// Nodes removed from the inventory lose their PostgreSQL and etcd data and pgha's files
+    /// too (without it their data stays on disk, their services stopped and disabled)
+    #[arg(long)]
+    purge: bool,
+}
+
+#[derive(Debug, clap::Args)]
 pub struct RunArgs {
     /// A built-in playbook name (`deploy`) or a path to a playbook file
     playbook: String,
@@ -78,14 +88,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     run_playbook(args.playbook, args.common)
 }
 
-pub fn deploy(args: PlaybookArgs) -> anyhow::Result<()> {
+pub fn deploy(args: DeployArgs) -> anyhow::Result<()> {
+    let DeployArgs { common: args, purge } = args;
+    let inventory = crate::inventory::Inventory::load(&args.inventory)?;
     // A cluster deployed before TLS is moved onto it first, online, step by step (see
     // `upgrade::tls`); the deploy then converges as always. Known without asking the hosts
     // (a no-op deploy opens one SSH connection per host): the CA was made for a cluster that
     // already had secrets (`tls::moving_marker`). The marker stays until a deploy finishes the
     // move, so a run cut off part-way is finished by the next one.
     if !args.check {
-        let inventory = crate::inventory::Inventory::load(&args.inventory)?;
         crate::tls::Authority::for_cluster(&inventory)?
             .ensure(&inventory, std::time::SystemTime::now())?;
         let moving = crate::tls::moving_marker(&inventory);
@@ -97,7 +108,56 @@ pub fn deploy(args: PlaybookArgs) -> anyhow::Result<()> {
             std::fs::remove_file(&moving)?;
         }
     }
-    run_playbook("deploy".to_string(), args)
+    // Nodes deployed before and gone from the inventory are taken out (`scale`): planned from
+    // the cluster, partly before the playbook (the VIP, the leadership, Patroni's tags, etcd's
+    // member list), partly after it (the node's services, once no HAProxy routes to it).
+    let departed = crate::scale::departed(&inventory)?;
+    if !departed.is_empty() && args.limit.is_some() {
+        eprintln!(
+            "note: {} left the inventory; they are taken out by a deploy without `--limit`",
+            departed
+                .iter()
+                .map(|node| node.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        return run_playbook("deploy".to_string(), args);
+    }
+    // One runtime for the removal: its SSH sessions live on it.
+    let runtime = runtime()?;
+    let departure = if departed.is_empty() {
+        None
+    } else {
+        runtime.block_on(crate::scale::Departure::prepare(
+            &args.inventory,
+            purge,
+            !args.json,
+        ))?
+    };
+    if let Some(departure) = &departure {
+        if args.check || !args.json {
+            eprintln!("nodes gone from the inventory are taken out of the cluster:");
+            for line in departure.describe() {
+                eprintln!("  {line}");
+            }
+        }
+    }
+    if args.check {
+        if let Some(departure) = departure {
+            runtime.block_on(departure.close());
+        }
+        return run_playbook("deploy".to_string(), args);
+    }
+    crate::scale::record_inventory(&inventory)?;
+    let Some(departure) = departure else {
+        return run_playbook("deploy".to_string(), args);
+    };
+    let result = runtime
+        .block_on(departure.before())
+        .and_then(|()| run_playbook("deploy".to_string(), args))
+        .and_then(|()| runtime.block_on(departure.after()));
+    runtime.block_on(departure.close());
+    result
 }
 
 fn run_playbook(playbook: String, args: PlaybookArgs) -> anyhow::Result<()> {

@@ -337,6 +337,7 @@ pub struct Switchover {
 /// Planned switchover through Patroni's API: checks a healthy candidate (a synchronous standby
 /// when synchronous mode is on), asks the leader, then waits until the candidate leads, every
 /// HAProxy routes writes to it and the old primary streams from it.
+/// The caller closes the cluster's connections.
 pub async fn switchover(cluster: &Cluster, to: Option<&str>) -> anyhow::Result<Switchover> {
     let views = cluster.observe().await;
     let members = members(&views);
@@ -436,7 +437,6 @@ pub async fn switchover(cluster: &Cluster, to: Option<&str>) -> anyhow::Result<S
             }),
         Err(error) => Err(error),
     };
-    cluster.connections.close().await;
     result
 }
 

@@ -90,6 +90,12 @@ impl Clients {
         }
     }
 
+    /// Failed writes and failed reads so far.
+    pub fn failures(&self) -> (usize, usize) {
+        let seen = self.seen.lock().unwrap();
+        (seen.failed_writes.len(), seen.failed_reads.len())
+    }
+
     /// A moment more, then stop both; what they saw.
     pub fn stop(self) -> Seen {
         std::thread::sleep(Duration::from_secs(3));
@@ -124,6 +130,28 @@ impl Seen {
             self.acknowledged.len() as u64,
             "acknowledged writes were lost"
         );
+    }
+
+    /// The longest time between two acknowledged writes around `from..to`: from the last one
+    /// before `from` to the first one after `to`.
+    pub fn longest_gap_within(&self, from: Instant, to: Instant) -> Duration {
+        let first = self
+            .ack_times
+            .iter()
+            .rposition(|time| *time <= from)
+            .unwrap_or(0);
+        let last = self
+            .ack_times
+            .iter()
+            .position(|time| *time >= to)
+            .unwrap_or(self.ack_times.len().saturating_sub(1));
+        self.ack_times
+            .get(first..=last)
+            .unwrap_or_default()
+            .windows(2)
+            .map(|pair| pair[1] - pair[0])
+            .max()
+            .unwrap_or_default()
     }
 
     /// The longest time between two acknowledged writes.
