@@ -31,6 +31,7 @@ packages=(
     openssh-client openssh-server              # SSH client; sshd for transport tests
     haproxy keepalived                         # config checkers for rendered files
     postgresql-client                          # psql for tests and users
+    librsvg2-bin                               # rsvg-convert: the drill test renders its SVG timeline
     python3 python3-venv python3-pip           # building the Patroni wheels shipped to nodes
     curl ca-certificates util-linux sudo       # sudo: transport tests log in as a sudo user
 )

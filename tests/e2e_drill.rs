@@ -14,8 +14,10 @@ use common::{is_root, lab_inventory, pgha, pgha_ok, Lab};
 
 /// Run one drill with `--json` and return its report (printed by the drill even on a failed
 /// verdict, so the assertions below name what went wrong).
-fn drill(inventory: &str, scenario: &str) -> serde_json::Value {
-    let output = pgha(&["drill", "-i", inventory, scenario, "--json"]);
+fn drill(inventory: &str, scenario: &str, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["drill", "-i", inventory, scenario, "--json"];
+    args.extend_from_slice(extra);
+    let output = pgha(&args);
     let report: serde_json::Value =
         serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
             panic!(
@@ -35,6 +37,10 @@ fn every_drill_keeps_acknowledged_writes_and_one_primary() {
     );
     let (_dir, inventory) = lab_inventory();
     let inventory = inventory.to_str().expect("utf-8 path");
+    assert!(
+        std::process::Command::new("rsvg-convert").arg("--version").output().is_ok_and(|output| output.status.success()),
+        "rsvg-convert is missing (scripts/setup-host.sh installs librsvg2-bin)"
+    );
 
     pgha_ok(&["lab", "down"]);
     let _lab = Lab;
@@ -49,7 +55,14 @@ fn every_drill_keeps_acknowledged_writes_and_one_primary() {
         "partition-primary",
         "freeze-primary",
     ] {
-        let report = drill(inventory, scenario);
+        // kill-primary's repetition is also drawn, and the drawing rendered by a real renderer.
+        let svg = _dir.path().join(format!("{scenario}.svg"));
+        let extra: Vec<&str> = if scenario == "kill-primary" {
+            vec!["--timeline", svg.to_str().unwrap()]
+        } else {
+            vec![]
+        };
+        let report = drill(inventory, scenario, &extra);
         assert!(
             report["error"].is_null(),
             "{scenario} did not complete: {report:#}"
@@ -126,7 +139,67 @@ fn every_drill_keeps_acknowledged_writes_and_one_primary() {
                 run["timeline_after"].as_u64() > run["timeline_before"].as_u64(),
                 "{scenario}: a failover must start a new timeline: {run:#}"
             );
+            assert_phases(scenario, run);
+        }
+        if scenario == "kill-primary" {
+            assert_timeline_drawn(&svg, run);
         }
         assert_eq!(report["summary"]["passed"], true, "{scenario}: {report:#}");
     }
+}
+
+/// The phases, read from what every node saw, come in their causal order and agree with the
+/// probe: the leader key changes before the new leader runs, which comes before HAProxy routes
+/// to it and the VIP reaches it, and the first acknowledged write comes after clients could
+/// reach it through the VIP (one 50 ms sample of slack each way).
+fn assert_phases(scenario: &str, run: &serde_json::Value) {
+    let phases = &run["phases"];
+    let at = |name: &str| {
+        phases[name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{scenario}: phase `{name}` not seen: {phases:#}"))
+    };
+    assert_eq!(phases["new_leader"], run["new_primary"], "{scenario}: {phases:#}");
+    let key = at("leader_key_changed_ms");
+    let running = at("new_leader_running_ms");
+    let routed = at("routed_everywhere_ms");
+    let vip = at("vip_routed_ms");
+    let sync = at("sync_standby_ms");
+    let first = at("first_write_ms");
+    assert!(key <= running, "{scenario}: {phases:#}");
+    assert!(running <= routed + 100 && running <= vip + 100, "{scenario}: {phases:#}");
+    assert!(running <= sync + 100, "{scenario}: {phases:#}");
+    assert!(first + 200 >= vip, "{scenario}: a write acknowledged before the VIP reached the new leader: {phases:#}");
+    assert!(
+        run["node_samples"].as_array().is_some_and(|samples| samples.len() >= 6),
+        "{scenario}: hardly any node sample: {run:#}"
+    );
+}
+
+/// The SVG holds every write attempt and the phases, and a real renderer draws it.
+fn assert_timeline_drawn(svg: &std::path::Path, run: &serde_json::Value) {
+    let text = std::fs::read_to_string(svg).expect("the timeline file is written");
+    let drawn = text.matches("class=\"write\"").count() as u64;
+    assert_eq!(
+        Some(drawn),
+        run["writes"].as_u64(),
+        "every write attempt of both clients is drawn"
+    );
+    for label in ["fault +0.00 s", "leader key changed +", "new leader running +", "first write +"] {
+        assert!(text.contains(label), "the timeline lacks `{label}`");
+    }
+    let png = svg.with_extension("png");
+    let output = std::process::Command::new("rsvg-convert")
+        .args(["--format", "png", "--output"])
+        .arg(&png)
+        .arg(svg)
+        .output()
+        .expect("rsvg-convert runs");
+    assert!(
+        output.status.success(),
+        "rsvg-convert refused the timeline: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let image = std::fs::read(&png).expect("a PNG");
+    assert!(image.starts_with(b"\x89PNG") && image.len() > 5_000, "the rendered timeline is empty");
 }

@@ -22,6 +22,9 @@ struct RawConfig {
     verdict_file: PathBuf,
     vip: Option<String>,
     vip_interface: String,
+    /// Other agents (`host:port`), asked whether their HAProxy routes writes.
+    #[serde(default)]
+    peers: Vec<String>,
 }
 
 /// The validated configuration.
@@ -40,9 +43,19 @@ pub struct Config {
     /// The VIP as `ip addr` takes it (`10.0.0.100/24`) and its bare address.
     pub vip: Option<Vip>,
     pub vip_interface: String,
+    pub peers: Vec<String>,
 }
 
 impl Config {
+    /// The node's own etcd member among the endpoints (`None`: the node runs none).
+    pub fn local_etcd_endpoint(&self) -> Option<String> {
+        let host = crate::render::url_host_of(&self.listen.ip());
+        self.etcd_endpoints
+            .iter()
+            .find(|endpoint| endpoint.contains(&format!("//{host}:")))
+            .cloned()
+    }
+
     /// Where `pgha agent hold-writes` announces a hand-over: beside the verdict, under `/run`
     /// so that a reboot forgets it.
     pub fn write_hold_file(&self) -> PathBuf {
@@ -124,6 +137,7 @@ impl Config {
                     verdict_file: raw.verdict_file,
                     vip,
                     vip_interface: raw.vip_interface,
+                    peers: raw.peers,
                 })
             }
             _ => Err(ParseError::Invalid(problems.join("; "))),
@@ -147,7 +161,8 @@ node: node3
 scope: lab
 namespace: /service/
 etcd_endpoints:
-  - http://10.231.0.11:2379
+  - https://10.231.0.11:2379
+  - https://10.231.0.13:2379
 patroni_api_port: 8008
 haproxy_socket: /run/haproxy/admin.sock
 write_backend: pgha_write
@@ -156,9 +171,16 @@ listen: 10.231.0.13:9650
 verdict_file: /run/pgha/can-route-writes
 vip: "10.231.0.100/24"
 vip_interface: eth0
+peers:
+  - 10.231.0.11:9650
 "#;
         let config = Config::parse(text).ok().expect("valid");
         assert_eq!(config.prefix, "/service/lab/");
+        assert_eq!(config.peers, ["10.231.0.11:9650"]);
+        assert_eq!(
+            config.local_etcd_endpoint().as_deref(),
+            Some("https://10.231.0.13:2379")
+        );
         assert_eq!(
             config.vip,
             Some(Vip {

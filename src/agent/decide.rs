@@ -112,6 +112,9 @@ pub struct LocalView {
     /// The write server named by an unexpired `pgha agent hold-writes` (a switchover away from
     /// it is under way).
     pub write_hold: Option<String>,
+    /// Asked only while this HAProxy routes writes nowhere: whether another node's HAProxy
+    /// does (`Some(false)`: none of the peers that answered does, or none answered).
+    pub peers_route_writes: Option<bool>,
 }
 
 /// What the previous cycle left behind (edge-triggered read routing).
@@ -211,6 +214,15 @@ fn route(
     let targets = haproxy.write_targets();
     // Without a trustworthy leader, HAProxy's own checks route; the verdict follows them.
     let fallback = !targets.is_empty();
+    // ... unless no node can route (the primary is gone and no other is running yet): every
+    // node's checks fail alike, and giving the VIP away everywhere would only add its
+    // return (a check's rise and VRRP's master-down timer, ~4 s on the lab) to the outage.
+    let nowhere = !fallback && local.peers_route_writes == Some(false);
+    let keep = if nowhere {
+        "; no other HAProxy routes writes either: the VIP stays where it is"
+    } else {
+        ""
+    };
     if !cluster.synced {
         return (
             "waiting for a first full view of etcd before acting".to_string(),
@@ -225,8 +237,8 @@ fn route(
     }
     let Some(leader) = &cluster.leader else {
         return (
-            "the cluster has no leader: leaving HAProxy as it is".to_string(),
-            fallback,
+            format!("the cluster has no leader: leaving HAProxy as it is{keep}"),
+            fallback || nowhere,
         );
     };
     let disagreement = match &local.patroni_role {
@@ -257,9 +269,9 @@ fn route(
         None => {
             return (
                 format!(
-                    "cannot reach {leader}'s `/primary`: leaving HAProxy as it is{disagreement}"
+                    "cannot reach {leader}'s `/primary`: leaving HAProxy as it is{disagreement}{keep}"
                 ),
-                fallback,
+                fallback || nowhere,
             )
         }
     }
@@ -427,6 +439,7 @@ mod tests {
             vip_held: true,
             keepalived_alive: true,
             write_hold: None,
+            peers_route_writes: None,
         }
     }
 
@@ -551,6 +564,45 @@ mod tests {
                 actions: vec![],
                 sentence: "writes go to node2, the leader; Patroni on node1 says `primary` but etcd's leader is node2",
                 verdict: true,
+            },
+            Case {
+                name: "the leader is gone and no HAProxy routes anywhere: the VIP stays",
+                cluster: cluster(Some("node1")),
+                local: LocalView {
+                    haproxy: Some(haproxy(None)),
+                    leader_primary: None,
+                    peers_route_writes: Some(false),
+                    ..local(Some("node1"))
+                },
+                memory: routed("node1"),
+                actions: vec![],
+                sentence: "cannot reach node1's `/primary`: leaving HAProxy as it is; no other HAProxy routes writes either: the VIP stays where it is",
+                verdict: true,
+            },
+            Case {
+                name: "no leader, no route here, another HAProxy routes: the VIP goes there",
+                cluster: cluster(None),
+                local: LocalView {
+                    haproxy: Some(haproxy(None)),
+                    peers_route_writes: Some(true),
+                    ..local(Some("node1"))
+                },
+                memory: routed("node1"),
+                actions: vec![],
+                sentence: "the cluster has no leader: leaving HAProxy as it is",
+                verdict: false,
+            },
+            Case {
+                name: "no leader, no route here, peers not asked: the checks decide",
+                cluster: cluster(None),
+                local: LocalView {
+                    haproxy: Some(haproxy(None)),
+                    ..local(Some("node1"))
+                },
+                memory: routed("node1"),
+                actions: vec![],
+                sentence: "the cluster has no leader: leaving HAProxy as it is",
+                verdict: false,
             },
             Case {
                 name: "HAProxy down: no routing, the verdict gives the VIP away",

@@ -5,7 +5,8 @@
 //!
 //! - [`decide`]: the pure decision (views in, actions and one sentence out).
 //! - [`etcd`]: the watch task. [`haproxy`]: the runtime socket. [`probe`]: Patroni, VIP,
-//!   keepalived. [`server`]: the HTTP endpoints. [`config`]: `agent.yml`.
+//!   keepalived. [`server`]: the HTTP endpoints. [`config`]: `agent.yml`. [`timeline`]: what
+//!   the node sees during a drill (`pgha agent timeline`).
 //!
 //! This module owns the cycle: gather views, decide, apply, write the verdict, log the
 //! sentence when something changes. On SIGTERM it makes every write server `ready` again (the
@@ -17,6 +18,7 @@ pub mod etcd;
 pub mod haproxy;
 pub mod probe;
 pub mod server;
+pub mod timeline;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -63,6 +65,15 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         changed.clone(),
     ));
     let http = tokio::spawn(server::serve(listener, status.clone()));
+    // On an etcd node: its member never leads etcd's raft while this node's Patroni leads.
+    let raft_guard = config.local_etcd_endpoint().map(|endpoint| {
+            let (state, node) = (etcd_state.clone(), config.node.clone());
+            tokio::spawn(etcd::keep_raft_leader_away(endpoint, move || {
+                state
+                    .lock()
+                    .is_ok_and(|state| state.leader.as_deref() == Some(node.as_str()))
+            }))
+        });
 
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot handle SIGTERM")?;
@@ -123,6 +134,9 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&config.verdict_file);
     watcher.abort();
     http.abort();
+    if let Some(guard) = raft_guard {
+        guard.abort();
+    }
     Ok(())
 }
 
@@ -168,6 +182,16 @@ async fn observe(config: &Config, cluster: &ClusterView) -> LocalView {
         leader_primary,
         vip_held
     );
+    // Only while this HAProxy routes writes nowhere: does any other?
+    let routes_nowhere = haproxy
+        .as_ref()
+        .is_some_and(|view| view.write_targets().is_empty());
+    let peers_route_writes = if routes_nowhere && !config.peers.is_empty() {
+        let answers = ask_peers(&config.peers).await;
+        Some(answers.into_iter().any(|answer| answer == Some(true)))
+    } else {
+        None
+    };
     LocalView {
         node: config.node.clone(),
         haproxy_configured: config.haproxy_socket.is_some(),
@@ -178,7 +202,22 @@ async fn observe(config: &Config, cluster: &ClusterView) -> LocalView {
         vip_held,
         keepalived_alive: probe::keepalived_alive(),
         write_hold: read_write_hold(&config.write_hold_file(), std::time::SystemTime::now()),
+        peers_route_writes,
     }
+}
+
+/// Every peer's `/routes-writes`, asked at once.
+async fn ask_peers(peers: &[String]) -> Vec<Option<bool>> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for peer in peers {
+        let peer = peer.clone();
+        tasks.spawn(async move { server::peer_routes_writes(&peer, PEER_TIMEOUT).await });
+    }
+    let mut answers = Vec::new();
+    while let Some(answer) = tasks.join_next().await {
+        answers.push(answer.unwrap_or(None));
+    }
+    answers
 }
 
 /// The server an unexpired hold names. The file holds `<server> <deadline>` (seconds since the
@@ -346,6 +385,9 @@ pub async fn read_server(
     haproxy::current_sessions(&stat, backend, server)
         .ok_or_else(|| anyhow::anyhow!("no server `{server}` in backend `{backend}`"))
 }
+
+/// How long another agent may take to say whether it routes writes.
+const PEER_TIMEOUT: Duration = Duration::from_millis(300);
 
 /// HAProxy's configuration file (the deploy writes it there).
 const HAPROXY_CONFIG: &str = "/etc/haproxy/haproxy.cfg";

@@ -74,6 +74,15 @@ async fn answer(mut stream: TcpStream, status: Arc<Mutex<Status>>) -> std::io::R
             "application/json",
             serde_json::to_string_pretty(&snapshot).unwrap_or_else(|_| "{}".into()),
         ),
+        // Asked by the other agents (`decide`'s `peers_route_writes`).
+        ("GET", "/routes-writes") => {
+            let routes = snapshot
+                .local
+                .haproxy
+                .as_ref()
+                .is_some_and(|view| !view.write_targets().is_empty());
+            ("200 OK", "text/plain", if routes { "yes\n" } else { "no\n" }.into())
+        }
         ("GET", "/metrics") => {
             // Read at each scrape: a renewed certificate shows at once.
             let not_after = std::fs::read_to_string(crate::tls::NODE_CERT)
@@ -87,7 +96,7 @@ async fn answer(mut stream: TcpStream, status: Arc<Mutex<Status>>) -> std::io::R
         ("GET", _) => (
             "404 Not Found",
             "text/plain",
-            "try /status or /metrics\n".into(),
+            "try /status, /metrics or /routes-writes\n".into(),
         ),
         _ => ("405 Method Not Allowed", "text/plain", "GET only\n".into()),
     };
@@ -281,4 +290,28 @@ mod tests {
             "{text}"
         );
     }
+}
+
+/// Whether another agent's HAProxy routes writes (`GET /routes-writes` on `peer`, `host:port`);
+/// `None` when it does not answer within `timeout`.
+pub async fn peer_routes_writes(peer: &str, timeout: Duration) -> Option<bool> {
+    let ask = async {
+        let mut stream = tokio::net::TcpStream::connect(peer).await.ok()?;
+        stream
+            .write_all(b"GET /routes-writes HTTP/1.0\r\n\r\n")
+            .await
+            .ok()?;
+        let mut answer = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut answer)
+            .await
+            .ok()?;
+        let text = String::from_utf8_lossy(&answer);
+        let body = text.split("\r\n\r\n").nth(1)?.trim();
+        match body {
+            "yes" => Some(true),
+            "no" => Some(false),
+            _ => None,
+        }
+    };
+    tokio::time::timeout(timeout, ask).await.ok().flatten()
 }

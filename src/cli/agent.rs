@@ -26,6 +26,26 @@ pub enum AgentCommand {
     /// Save the local HAProxy's server states (`show servers state`) to the file its
     /// configuration loads on start, so a reload keeps them (the haproxy unit runs it first)
     SaveHaproxyState(SaveStateArgs),
+    /// Sample what this node sees (the leader key, Patroni's role, HAProxy's write routing, the
+    /// VIP) every 50 ms and write a JSON line on each change, until STOP_FILE exists (the
+    /// drills run it on every node to time a failover's phases)
+    Timeline(TimelineArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TimelineArgs {
+    /// The agent's configuration (rendered by `pgha deploy`)
+    #[arg(long, default_value = "/etc/pgha/agent.yml")]
+    config: PathBuf,
+    /// Stop once this file exists
+    #[arg(long)]
+    stop_file: PathBuf,
+    /// Append the lines to this file (default: stdout)
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// Stop after this many seconds at the latest
+    #[arg(long, default_value_t = 900)]
+    max_seconds: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -95,6 +115,12 @@ pub fn run(command: AgentCommand) -> anyhow::Result<()> {
         AgentCommand::Release(args) => {
             super::run::runtime()?.block_on(crate::agent::release(&args.config))
         }
+        AgentCommand::Timeline(args) => super::run::runtime()?.block_on(crate::agent::timeline::run(
+            &args.config,
+            &args.stop_file,
+            std::time::Duration::from_secs(args.max_seconds),
+            args.output.as_deref(),
+        )),
         AgentCommand::SaveHaproxyState(args) => super::run::runtime()?
             .block_on(crate::agent::save_haproxy_state(&args.config, &args.file)),
         AgentCommand::Checks(args) => super::run::runtime()?.block_on(crate::agent::server_checks(

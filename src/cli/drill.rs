@@ -4,7 +4,7 @@
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 
 use crate::drill::{self, DrillOptions, DrillReport, Scenario};
 use crate::error::UserError;
@@ -25,6 +25,9 @@ pub struct DrillArgs {
     /// Confirm a drill on real hosts (not the lab) without a prompt
     #[arg(long)]
     yes: bool,
+    /// Draw every repetition into this SVG file (write attempts over time, the phases, who led)
+    #[arg(long, value_name = "FILE.svg")]
+    timeline: Option<PathBuf>,
 }
 
 pub fn run(args: DrillArgs) -> anyhow::Result<()> {
@@ -38,6 +41,13 @@ pub fn run(args: DrillArgs) -> anyhow::Result<()> {
         progress: Box::new(|message| eprintln!("{message}")),
     };
     let report = super::run::runtime()?.block_on(drill::run(options))?;
+    if let Some(path) = &args.timeline {
+        let panels: Vec<drill::svg::Panel> =
+            report.runs.iter().map(|run| run.panel.clone()).collect();
+        std::fs::write(path, drill::svg::render(scenario.name(), &panels))
+            .with_context(|| format!("cannot write the timeline `{}`", path.display()))?;
+        eprintln!("timeline of {} repetition(s) in {}", panels.len(), path.display());
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -124,6 +134,13 @@ fn print_table(report: &DrillReport) {
                 .map_or("-".into(), seconds),
             if run.passed { "pass" } else { "FAIL" }
         );
+        let phases: Vec<String> = run
+            .phases
+            .marks()
+            .into_iter()
+            .map(|(label, ms)| format!("{label} {}", ms.map_or("-".into(), |ms| format!("+{}", seconds(ms)))))
+            .collect();
+        println!("     phases (s after the fault): {}", phases.join(", "));
         for problem in &run.problems {
             println!("     problem: {problem}");
         }
@@ -139,4 +156,16 @@ fn print_table(report: &DrillReport) {
         summary.fenced_primary_moments,
         if summary.passed { "pass" } else { "FAIL" }
     );
+    let medians: Vec<String> = summary
+        .phase_medians
+        .iter()
+        .map(|phase| {
+            format!(
+                "{} {}",
+                phase.phase,
+                phase.median_ms.map_or("-".into(), |ms| format!("+{}", seconds(ms)))
+            )
+        })
+        .collect();
+    println!("phase medians (s after the fault): {}", medians.join(", "));
 }

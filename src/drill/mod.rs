@@ -9,7 +9,9 @@
 
 pub mod fault;
 pub mod model;
+pub mod phases;
 pub mod probe;
+pub mod svg;
 pub mod verdict;
 
 use std::collections::BTreeSet;
@@ -187,10 +189,17 @@ pub struct DrillRun {
     pub old_primary_streaming_after_ms: Option<u64>,
     /// From the heal (right after writes resumed) until the old primary streams.
     pub old_primary_streaming_after_heal_ms: Option<u64>,
+    /// Where the seconds went, from what every node saw (`pgha agent timeline`).
+    pub phases: phases::Phases,
+    /// What every node saw, each change of its sample (ms on the probes' clock).
+    pub node_samples: Vec<phases::Seen>,
     pub within_model: bool,
     pub passed: bool,
     /// Why the verdict failed, one sentence each.
     pub problems: Vec<String>,
+    /// What `--timeline` draws (not in the JSON: every attempt is there already as counts).
+    #[serde(skip)]
+    pub panel: svg::Panel,
 }
 
 /// The median and worst of all repetitions.
@@ -203,7 +212,18 @@ pub struct DrillSummary {
     pub acknowledged_writes_lost: usize,
     pub double_primary_moments: usize,
     pub fenced_primary_moments: usize,
+    /// The median of each phase over the repetitions that saw it.
+    pub phase_medians: Vec<PhaseMedian>,
     pub passed: bool,
+}
+
+/// One phase's median (ms from the fault) over the repetitions that saw it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PhaseMedian {
+    pub phase: &'static str,
+    pub median_ms: Option<u64>,
+    /// Repetitions that saw the phase.
+    pub seen: usize,
 }
 
 /// The whole drill.
@@ -381,8 +401,29 @@ pub fn summarize(runs: &[DrillRun], completed: bool) -> DrillSummary {
         acknowledged_writes_lost: runs.iter().map(|run| run.acknowledged_writes_lost).sum(),
         double_primary_moments: runs.iter().map(|run| run.double_primary_moments).sum(),
         fenced_primary_moments: runs.iter().map(|run| run.fenced_primary_moments).sum(),
+        phase_medians: phase_medians(runs),
         passed: completed && !runs.is_empty() && runs.iter().all(|run| run.passed),
     }
+}
+
+fn phase_medians(runs: &[DrillRun]) -> Vec<PhaseMedian> {
+    phases::Phases::default()
+        .marks()
+        .into_iter()
+        .enumerate()
+        .map(|(index, (phase, _))| {
+            let mut values: Vec<u64> = runs
+                .iter()
+                .filter_map(|run| run.phases.marks()[index].1)
+                .collect();
+            values.sort_unstable();
+            PhaseMedian {
+                phase,
+                median_ms: (!values.is_empty()).then(|| median(&values)),
+                seen: values.len(),
+            }
+        })
+        .collect()
 }
 
 /// The median of sorted values (the mean of the middle two for an even count).
@@ -545,6 +586,9 @@ async fn run_once(
         isolated,
         reads: None,
     });
+    // Every node writes what it sees from here on; the phases are read from it at the end.
+    let probes_epoch_ms = epoch_ms().saturating_sub(probes.now_ms());
+    let timelines = Timelines::start(context, &run_id).await;
     tokio::time::sleep(BASELINE).await;
     if !probes
         .writes()
@@ -552,6 +596,7 @@ async fn run_once(
         .any(|attempt| attempt.client == probe::WriteClient::NewConnection && attempt.acknowledged)
     {
         probes.stop().await;
+        timelines.collect(context).await;
         bail!(
             "no write through the VIP `{:?}` was acknowledged before the fault\nhint: `pgha verify -i INV`",
             context.vip
@@ -586,6 +631,7 @@ async fn run_once(
         Ok(injected) => injected,
         Err(error) => {
             probes.stop().await;
+            timelines.collect(context).await;
             return Err(error.context(format!("failed to inject `{scenario}`")));
         }
     };
@@ -634,6 +680,7 @@ async fn run_once(
         Ok(primary) => primary,
         Err(error) => {
             probes.stop().await;
+            timelines.collect(context).await;
             if let Err(heal_error) = healed {
                 return Err(error.context(format!("and the heal failed: {heal_error:#}")));
             }
@@ -659,6 +706,7 @@ async fn run_once(
     };
     tokio::time::sleep(SETTLE).await;
     let log = probes.stop().await;
+    let seen = phases::place(&timelines.collect(context).await, probes_epoch_ms);
     let after = cluster_view(context, None).await.ok();
     let leader_after = after.as_ref().and_then(|view| view.leader());
     let timeline_after = leader_after.and_then(|leader| leader.timeline);
@@ -685,6 +733,24 @@ async fn run_once(
         isolated_probed,
     });
     problems.extend(verdict.problems);
+    // The node the fault takes away: its HAProxy need not route to the new leader.
+    let faulted = matches!(
+        scenario,
+        Scenario::KillPrimary | Scenario::PartitionPrimary | Scenario::FreezePrimary
+    )
+    .then_some(target_name.as_str());
+    let first_write = (verdict.recovery_ms > 0).then_some(fault_ms + verdict.recovery_ms);
+    let phases = phases::phases(&seen, fault_ms, &old_primary, faulted, first_write);
+    let panel = svg::Panel {
+        title: format!(
+            "repetition {repetition}: {scenario} on {target_name}, outage {:.2} s",
+            verdict.outage.map_or(0, |gap| gap.ms()) as f64 / 1000.0
+        ),
+        fault_ms,
+        writes: log.writes.clone(),
+        leaders: phases::leaders(&seen),
+        phases: phases.clone(),
+    };
     Ok(DrillRun {
         repetition,
         old_primary,
@@ -719,10 +785,71 @@ async fn run_once(
         vip_holders_after: vip_after.and_then(Result::ok),
         old_primary_streaming_after_ms: rejoined_ms.map(|at| at.saturating_sub(fault_ms)),
         old_primary_streaming_after_heal_ms: rejoined_ms.map(|at| at.saturating_sub(heal_ms)),
+        phases,
+        node_samples: seen,
         within_model: verdict.within_model,
         passed: problems.is_empty(),
         problems,
+        panel,
     })
+}
+
+fn epoch_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
+}
+
+/// `pgha agent timeline` on every node for one repetition: started as a transient systemd unit
+/// writing to a file (a node whose power is cut keeps what it wrote), stopped by a file, read
+/// back at the end. A node that cannot be reached leaves a gap in the phases, never a failure.
+struct Timelines {
+    run: String,
+}
+
+impl Timelines {
+    fn files(run: &str) -> (String, String) {
+        (
+            format!("/var/tmp/pgha-timeline-{run}.jsonl"),
+            format!("/run/pgha-timeline-{run}.stop"),
+        )
+    }
+
+    async fn start(context: &Drill, run: &str) -> Timelines {
+        let (output, stop) = Timelines::files(run);
+        let script = format!(
+            "systemd-run --quiet --collect --unit pgha-timeline-{run} /usr/local/bin/pgha agent timeline --stop-file {stop} --output {output} --max-seconds 900"
+        );
+        for node in &context.inventory.nodes {
+            if let Err(error) = fault::run_on(&context.connections, node, &script).await {
+                (context.progress)(&format!(
+                    "warning: no timeline from `{}` (phases may be missing): {error:#}",
+                    node.name
+                ));
+            }
+        }
+        Timelines {
+            run: run.to_string(),
+        }
+    }
+
+    /// Stop every node's sampler and read its lines (all nodes' lines, concatenated).
+    async fn collect(&self, context: &Drill) -> String {
+        let (output, stop) = Timelines::files(&self.run);
+        let script = format!(
+            "touch {stop}; for attempt in $(seq 20); do systemctl -q is-active pgha-timeline-{run} || break; sleep 0.1; done; cat {output} 2>/dev/null; rm -f {output} {stop}",
+            run = self.run
+        );
+        let mut lines = String::new();
+        for node in &context.inventory.nodes {
+            if let Ok(text) = fault::run_on(&context.connections, node, &script).await {
+                lines.push_str(&text);
+                lines.push('\n');
+            }
+        }
+        lines
+    }
 }
 
 /// The postmaster pid on `node` once it differs from `killed` (PostgreSQL came back), waiting
@@ -892,9 +1019,16 @@ mod tests {
             vip_holders_after: None,
             old_primary_streaming_after_ms: None,
             old_primary_streaming_after_heal_ms: None,
+            phases: phases::Phases {
+                new_leader_running_ms: Some(outage_ms / 2),
+                first_write_ms: (outage_ms > 3_000).then_some(outage_ms),
+                ..phases::Phases::default()
+            },
             within_model: true,
             passed,
             problems: Vec::new(),
+            node_samples: Vec::new(),
+            panel: svg::Panel::default(),
         }
     }
 
@@ -916,6 +1050,13 @@ mod tests {
             "an unfinished drill never passes"
         );
         assert!(!summarize(&[], true).passed);
+        // Phase medians over the repetitions that saw each phase.
+        let running = &summary.phase_medians[1];
+        assert_eq!((running.phase, running.median_ms, running.seen), ("new leader running", Some(2_000), 3));
+        let first = &summary.phase_medians[5];
+        assert_eq!((first.phase, first.median_ms, first.seen), ("first write", Some(6_500), 2));
+        let vip = &summary.phase_medians[3];
+        assert_eq!((vip.median_ms, vip.seen), (None, 0));
     }
 
     #[test]
