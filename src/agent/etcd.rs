@@ -285,32 +285,6 @@ async fn resync(
     Ok(revision)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn members_and_lag_come_from_the_member_keys() {
-        let mut state = EtcdState::default();
-        state.set("leader".into(), Some("node1".into()));
-        state.set(
-            "members/node1".into(),
-            Some(r#"{"role":"primary","state":"running","api_url":"http://10.231.0.11:8008/patroni","xlog_location":5000}"#.into()),
-        );
-        state.set(
-            "members/node2".into(),
-            Some(r#"{"role":"replica","state":"streaming","api_url":"http://10.231.0.12:8008/patroni","xlog_location":4000,"tags":{"noloadbalance":true}}"#.into()),
-        );
-        let view = state.view(Instant::now());
-        assert_eq!(view.leader.as_deref(), Some("node1"));
-        assert_eq!(view.members["node2"].lag_bytes, Some(1000));
-        assert!(view.members["node2"].noloadbalance);
-        assert_eq!(view.members["node1"].lag_bytes, None);
-        state.set("leader".into(), None);
-        assert_eq!(state.view(Instant::now()).leader, None);
-    }
-}
-
 /// How often the primary's agent looks at who leads etcd's raft.
 pub const RAFT_GUARD_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -369,4 +343,30 @@ async fn move_raft_leader_away(endpoint: &str) -> Result<Option<u64>, EtcdError>
     };
     client.move_leader(target).await?;
     Ok(Some(target))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn members_and_lag_come_from_the_member_keys() {
+        let mut state = EtcdState::default();
+        state.set("leader".into(), Some("node1".into()));
+        state.set(
+            "members/node1".into(),
+            Some(r#"{"role":"primary","state":"running","api_url":"http://10.231.0.11:8008/patroni","xlog_location":5000}"#.into()),
+        );
+        state.set(
+            "members/node2".into(),
+            Some(r#"{"role":"replica","state":"streaming","api_url":"http://10.231.0.12:8008/patroni","xlog_location":4000,"tags":{"noloadbalance":true}}"#.into()),
+        );
+        let view = state.view(Instant::now());
+        assert_eq!(view.leader.as_deref(), Some("node1"));
+        assert_eq!(view.members["node2"].lag_bytes, Some(1000));
+        assert!(view.members["node2"].noloadbalance);
+        assert_eq!(view.members["node1"].lag_bytes, None);
+        state.set("leader".into(), None);
+        assert_eq!(state.view(Instant::now()).leader, None);
+    }
 }

@@ -269,29 +269,6 @@ pub fn metrics(status: &Status) -> String {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn metrics_name_the_node_and_the_leader() {
-        let mut status = Status {
-            node: "node1".into(),
-            ..Status::default()
-        };
-        status.cluster.leader = Some("node2".into());
-        let text = metrics(&status);
-        assert!(
-            text.contains("pgha_cluster_has_leader{node=\"node1\"} 1"),
-            "{text}"
-        );
-        assert!(
-            text.contains("# TYPE pgha_decisions_total counter"),
-            "{text}"
-        );
-    }
-}
-
 /// Whether another agent's HAProxy routes writes (`GET /routes-writes` on `peer`, `host:port`);
 /// `None` when it does not answer within `timeout`.
 pub async fn peer_routes_writes(peer: &str, timeout: Duration) -> Option<bool> {
@@ -314,4 +291,27 @@ pub async fn peer_routes_writes(peer: &str, timeout: Duration) -> Option<bool> {
         }
     };
     tokio::time::timeout(timeout, ask).await.ok().flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_name_the_node_and_the_leader() {
+        let mut status = Status {
+            node: "node1".into(),
+            ..Status::default()
+        };
+        status.cluster.leader = Some("node2".into());
+        let text = metrics(&status);
+        assert!(
+            text.contains("pgha_cluster_has_leader{node=\"node1\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE pgha_decisions_total counter"),
+            "{text}"
+        );
+    }
 }
