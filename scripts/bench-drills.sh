@@ -6,7 +6,8 @@
 # Needs the cluster deployed (`pgha lab up && pgha deploy -i INVENTORY`). A failed verdict is
 # reported in its row; the script goes on with the next scenario. Beside each drill runs
 # scripts/independent-probe.py (psql on a new connection every 100 ms through the VIP, no pgha
-# code); its gaps longer than 0.5 s are the last column, to compare with "each run".
+# code); its gaps longer than 0.5 s are the last column, to compare with "each run". A second
+# table gives each scenario's phase medians (`pgha drill`'s `phase_medians`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 pgha="${PGHA:-${CARGO_TARGET_DIR:-target}/debug/pgha}"
@@ -60,5 +61,17 @@ print(f"| `{scenario}` | {len(runs)} | {s(summary['median_outage_ms'])} s | {s(s
       f"| {', '.join(s(run['outage_ms']) for run in runs)} "
       f"| {', '.join(s(run['persistent_outage_ms']) for run in runs)} | {summary['acknowledged_writes_lost']} "
       f"| {summary['double_primary_moments']} | {summary['fenced_primary_moments']} | {streams} | {verdict} | {independent} |")
+# The phase medians (s after the fault), for the table printed after this one.
+phases = " | ".join(
+    f"{s(phase['median_ms'])} ({phase['seen']}/{len(runs)})" if phase["median_ms"] is not None else f"– (0/{len(runs)})"
+    for phase in summary.get("phase_medians", []))
+with open(path.rsplit("/", 1)[0] + "/phases.md", "a") as table:
+    table.write(f"| `{scenario}` | {len(runs)} | {phases} |\n")
 EOF
 done
+echo
+echo "Phase medians, seconds after the fault (repetitions that saw the phase):"
+echo
+echo "| scenario | runs | leader key changed | new leader running | every HAProxy routes | VIP on a routing node | sync standby | first write |"
+echo "|---|---|---|---|---|---|---|---|"
+cat "$out/phases.md" 2>/dev/null || true
