@@ -310,7 +310,10 @@ pub async fn keep_raft_leader_away(
                 "etcd's raft leadership moved from this node (Patroni's leader) to member {target:x}: a failure of this node no longer needs a raft election before the leader key can expire"
             ),
             Ok(None) => {}
-            Err(error) => println!("cannot move etcd's raft leadership away from this node: {error}"),
+            Err(error) => {
+                println!("cannot move etcd's raft leadership away from this node: {error}; trying again in 60 s");
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            }
         }
     }
 }

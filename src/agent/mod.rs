@@ -182,13 +182,14 @@ async fn observe(config: &Config, cluster: &ClusterView) -> LocalView {
         leader_primary,
         vip_held
     );
-    // Only while this HAProxy routes writes nowhere: does any other?
+    // Only while this HAProxy routes writes nowhere and the leader is missing or cannot be
+    // reached (the only cases the verdict uses it): does any other HAProxy route?
     let routes_nowhere = haproxy
         .as_ref()
         .is_some_and(|view| view.write_targets().is_empty());
-    let peers_route_writes = if routes_nowhere && !config.peers.is_empty() {
-        let answers = ask_peers(&config.peers).await;
-        Some(answers.into_iter().any(|answer| answer == Some(true)))
+    let leader_unconfirmed = cluster.leader.is_none() || leader_primary.is_none();
+    let peers_route_writes = if routes_nowhere && leader_unconfirmed && !config.peers.is_empty() {
+        peers_verdict(&ask_peers(&config.peers).await)
     } else {
         None
     };
@@ -203,6 +204,19 @@ async fn observe(config: &Config, cluster: &ClusterView) -> LocalView {
         keepalived_alive: probe::keepalived_alive(),
         write_hold: read_write_hold(&config.write_hold_file(), std::time::SystemTime::now()),
         peers_route_writes,
+    }
+}
+
+/// What the peers' answers say: `Some(true)` when one routes writes, `Some(false)` when at
+/// least one answered and none routes (a peer that does not answer, such as a dead primary's
+/// node, is left out), `None` when none answered (this node may be the one cut off).
+fn peers_verdict(answers: &[Option<bool>]) -> Option<bool> {
+    if answers.contains(&Some(true)) {
+        Some(true)
+    } else if answers.contains(&Some(false)) {
+        Some(false)
+    } else {
+        None
     }
 }
 
@@ -532,6 +546,14 @@ fn write_verdict(path: &Path, yes: bool) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn peers_keep_the_vip_only_when_one_answered_and_none_routes() {
+        assert_eq!(super::peers_verdict(&[None, Some(false)]), Some(false));
+        assert_eq!(super::peers_verdict(&[Some(false), Some(true)]), Some(true));
+        assert_eq!(super::peers_verdict(&[None, None]), None);
+        assert_eq!(super::peers_verdict(&[]), None);
+    }
+
     use super::*;
     use std::time::{SystemTime, UNIX_EPOCH};
 

@@ -75,6 +75,12 @@ async fn answer(mut stream: TcpStream, status: Arc<Mutex<Status>>) -> std::io::R
             serde_json::to_string_pretty(&snapshot).unwrap_or_else(|_| "{}".into()),
         ),
         // Asked by the other agents (`decide`'s `peers_route_writes`).
+        // Before the first cycle it knows nothing: no answer rather than a "no".
+        ("GET", "/routes-writes") if snapshot.decisions_total == 0 => (
+            "503 Service Unavailable",
+            "text/plain",
+            "not yet\n".into(),
+        ),
         ("GET", "/routes-writes") => {
             let routes = snapshot
                 .local
@@ -283,6 +289,9 @@ pub async fn peer_routes_writes(peer: &str, timeout: Duration) -> Option<bool> {
             .await
             .ok()?;
         let text = String::from_utf8_lossy(&answer);
+        if !text.starts_with("HTTP/1.1 200") {
+            return None;
+        }
         let body = text.split("\r\n\r\n").nth(1)?.trim();
         match body {
             "yes" => Some(true),

@@ -86,6 +86,8 @@ pub async fn run(
     let mut last: Option<Sample> = None;
     while !stop_file.exists() && started.elapsed() < max {
         let tick = Instant::now();
+        // The moment the sample is taken (its probes may take up to their timeout).
+        let at_ms = epoch_ms();
         let leader = async {
             let endpoint = local_etcd.as_ref()?;
             if etcd.is_none() {
@@ -156,7 +158,7 @@ pub async fn run(
         };
         if last.as_ref() != Some(&sample) {
             let line = Line {
-                at_ms: epoch_ms(),
+                at_ms,
                 node: config.node.clone(),
                 sample: sample.clone(),
             };

@@ -113,15 +113,16 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<()> {
     // member list), partly after it (the node's services, once no HAProxy routes to it).
     let departed = crate::scale::departed(&inventory)?;
     if !departed.is_empty() && args.limit.is_some() {
-        eprintln!(
-            "note: {} left the inventory; they are taken out by a deploy without `--limit`",
+        // A limited run would render HAProxy and keepalived without nodes that still run
+        // (a departed leader among them) on some nodes only.
+        bail!(crate::error::UserError(format!(
+            "{} left the inventory and are not taken out yet; hint: run `pgha deploy` without `--limit` first (it takes them out), then limit later runs",
             departed
                 .iter()
                 .map(|node| node.name.as_str())
                 .collect::<Vec<_>>()
                 .join(", ")
-        );
-        return run_playbook("deploy".to_string(), args);
+        )));
     }
     // One runtime for the removal: its SSH sessions live on it.
     let runtime = runtime()?;

@@ -687,7 +687,11 @@ async fn run_once(
             return Err(error);
         }
     };
-    healed.with_context(|| format!("failed to heal `{scenario}` on `{target_name}`"))?;
+    if let Err(error) = healed {
+        probes.stop().await;
+        timelines.collect(context).await;
+        return Err(error.context(format!("failed to heal `{scenario}` on `{target_name}`")));
+    }
 
     // The old primary streams again (when another node took over), then a little more probing.
     let failover = new_primary.as_deref().is_some_and(|new| new != old_primary);
@@ -838,7 +842,7 @@ impl Timelines {
     async fn collect(&self, context: &Drill) -> String {
         let (output, stop) = Timelines::files(&self.run);
         let script = format!(
-            "touch {stop}; for attempt in $(seq 20); do systemctl -q is-active pgha-timeline-{run} || break; sleep 0.1; done; cat {output} 2>/dev/null; rm -f {output} {stop}",
+            "touch {stop}; for attempt in $(seq 20); do systemctl -q is-active pgha-timeline-{run} || break; sleep 0.1; done; systemctl stop pgha-timeline-{run} 2>/dev/null; cat {output} 2>/dev/null; rm -f {output} {stop}",
             run = self.run
         );
         let mut lines = String::new();

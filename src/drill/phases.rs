@@ -154,7 +154,7 @@ pub fn phases(
     let mut fault_passed = false;
     for seen in seen {
         let node = seen.line.node.as_str();
-        if seen.ms > fault && !fault_passed {
+        if seen.ms >= fault && !fault_passed {
             fault_passed = true;
             holder_at_fault = vip.iter().find(|(_, held)| **held).map(|(node, _)| node.to_string());
         }

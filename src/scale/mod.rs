@@ -256,7 +256,13 @@ impl Departure {
         let file = record::path(&self.inventory);
         let mut record = Record::load(&file)?;
         for node in &self.departed {
-            record = record.without(&node.name);
+            // One that did not answer stays: the next deploy that reaches it stops its services.
+            let stopped = self.removal.after.contains(&Step::StopServices {
+                node: node.name.clone(),
+            });
+            if stopped {
+                record = record.without(&node.name);
+            }
             // Its certificate and key on the control machine: a node added again gets new ones.
             let dir = crate::tls::control_dir(&self.inventory);
             for extension in ["crt", "key", "pem"] {
@@ -265,6 +271,9 @@ impl Departure {
         }
         record.save(&file)?;
         self.say(&format!("{} out of the cluster", self.names()));
+        if !self.removal.unreachable.is_empty() {
+            eprintln!("note: pgha's record of deployed nodes is `{}`", file.display());
+        }
         Ok(())
     }
 

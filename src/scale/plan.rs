@@ -5,10 +5,12 @@
 //! Before the deploy's playbook converges the remaining nodes:
 //! 1. keepalived stops on each departed node (the VIP, if it held it, moves to a node that
 //!    stays, before anything else changes);
-//! 2. a departed node that leads hands over (a switchover to a replica that stays);
-//! 3. each departed database node *leaves*: Patroni's tags `nofailover`, `nosync` and
-//!    `noloadbalance` by a reload, so it is never promoted, another replica becomes the
-//!    synchronous standby before it stops, and HAProxy's read checks take it out;
+//! 2. each departed database node that does not lead *leaves*: Patroni's tags `nofailover`,
+//!    `nosync` and `noloadbalance` by a reload, so it is never promoted, another replica
+//!    becomes the synchronous standby before it stops (the one a switchover then needs), and
+//!    HAProxy's read checks take it out;
+//! 3. a departed node that leads hands over (a switchover to a replica that stays), then
+//!    leaves like the others;
 //! 4. each departed etcd member is removed (`etcdctl member remove`), one at a time, through a
 //!    member that stays, and only while every voter that stays is started.
 //!
@@ -17,8 +19,9 @@
 //! 5. the departed node's services are stopped and disabled (its PostgreSQL stops only now,
 //!    when no HAProxy routes to it), its TLS keys deleted, and with `--purge` its data too.
 //!
-//! A departed node that does not answer over SSH is still taken out of etcd and of the record;
-//! its own steps are skipped and reported, since whatever runs there can no longer be reached.
+//! A departed node that does not answer over SSH is still taken out of etcd and of every
+//! configuration; its own steps are skipped and reported, and it stays in the record, so the
+//! next deploy that reaches it stops its services.
 
 use std::collections::BTreeSet;
 
@@ -26,7 +29,7 @@ use serde::Serialize;
 
 use super::record::DeployedNode;
 use crate::etcd;
-use crate::inventory::{Inventory, Role};
+use crate::inventory::{Inventory, Role, SyncMode};
 use crate::patroni::ClusterView;
 
 /// One step of a removal.
@@ -140,9 +143,36 @@ pub fn plan(
                     .nodes_with(Role::Postgres)
                     .map(|node| node.name.as_str())
                     .collect();
-                if let Some(leader) = view
+                let departing_leader = view
                     .leader()
                     .filter(|leader| departed_postgres.iter().any(|node| node.name == leader.name))
+                    .map(|leader| leader.name.clone());
+                // Departing replicas leave first: with synchronous mode a replica that stays
+                // must be the synchronous standby before a switchover can pick it.
+                for node in &departed_postgres {
+                    if Some(&node.name) != departing_leader.as_ref()
+                        && view.member(&node.name).is_some()
+                        && reachable(&node.name)
+                    {
+                        removal.before.push(Step::Leave {
+                            node: node.name.clone(),
+                        });
+                    }
+                }
+                let staying_replicas = view
+                    .members
+                    .iter()
+                    .filter(|member| staying.contains(&member.name.as_str()) && member.streams())
+                    .count();
+                if inventory.cluster.synchronous_mode == SyncMode::Strict && staying_replicas == 0 {
+                    problems.push(format!(
+                        "with `synchronous_mode: strict` and no replica that stays streaming, taking {} out would stop every write; hint: deploy a new database node first",
+                        departed_postgres.iter().map(|node| node.name.as_str()).collect::<Vec<_>>().join(", ")
+                    ));
+                }
+                if let Some(leader) = view
+                    .leader()
+                    .filter(|leader| Some(&leader.name) == departing_leader.as_ref())
                 {
                     let candidate = view.members.iter().any(|member| {
                         staying.contains(&member.name.as_str()) && member.streams()
@@ -163,12 +193,8 @@ pub fn plan(
                         });
                     }
                 }
-                for node in &departed_postgres {
-                    if view.member(&node.name).is_some() && reachable(&node.name) {
-                        removal.before.push(Step::Leave {
-                            node: node.name.clone(),
-                        });
-                    }
+                if let Some(leader) = departing_leader.filter(|leader| reachable(leader)) {
+                    removal.before.push(Step::Leave { node: leader });
                 }
             }
         }
@@ -187,7 +213,12 @@ pub fn plan(
                     departed_etcd.iter().map(|node| node.name.as_str()).collect();
                 let voters_after: Vec<&etcd::Member> = members
                     .iter()
-                    .filter(|member| !member.learner && !leaving.contains(member.name.as_str()))
+                    .filter(|member| {
+                        !member.learner
+                            && !departed_etcd
+                                .iter()
+                                .any(|node| member.is_node(&node.name, &node.address))
+                    })
                     .collect();
                 let not_started = voters_after.iter().filter(|member| !member.started()).count();
                 let wanted = inventory.nodes_with(Role::Etcd).count();
@@ -204,7 +235,10 @@ pub fn plan(
                     ));
                 }
                 for node in &departed_etcd {
-                    if let Some(member) = members.iter().find(|member| member.name == node.name) {
+                    if let Some(member) = members
+                        .iter()
+                        .find(|member| member.is_node(&node.name, &node.address))
+                    {
                         removal.before.push(Step::RemoveEtcdMember {
                             node: node.name.clone(),
                             id: member.hex_id(),
@@ -228,7 +262,7 @@ pub fn plan(
             }
         } else {
             removal.unreachable.push(format!(
-                "{} does not answer: its own services were not stopped (stop them before it comes back: an old Patroni would rejoin the cluster)",
+                "{} does not answer: it is out of etcd and of every configuration, but its own services were not stopped; it stays in pgha's record and the next deploy that reaches it stops them (delete its entry from the record if the machine is gone for good)",
                 node.name
             ));
         }
@@ -285,6 +319,7 @@ mod tests {
         etcd::Member {
             id,
             name: name.into(),
+            peer_urls: vec![],
             learner: false,
         }
     }
@@ -344,6 +379,44 @@ mod tests {
                 Step::StopServices { node: "n1".into() },
                 Step::Purge { node: "n1".into() }
             ]
+        );
+    }
+
+    #[test]
+    fn a_departing_sync_standby_leaves_before_the_departing_leader_hands_over() {
+        let inventory = inventory(
+            "  - {name: n3, address: 10.0.0.3}\n  - {name: n4, address: 10.0.0.4}\n  - {name: n5, address: 10.0.0.5}\n",
+        );
+        let gone = [
+            departed("n1", "10.0.0.1", &[Role::Postgres]),
+            departed("n2", "10.0.0.2", &[Role::Postgres]),
+        ];
+        let removal = plan(&inventory, &gone, &observed(&["n1", "n2"]), false).unwrap();
+        assert_eq!(
+            removal.before,
+            [
+                Step::Leave { node: "n2".into() },
+                Step::Switchover { from: "n1".into() },
+                Step::Leave { node: "n1".into() },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_learner_that_never_started_is_found_by_its_peer_url() {
+        let n4 = departed("n4", "10.0.0.4", &[Role::Etcd]);
+        let mut seen = observed(&["n4"]);
+        let learner = &mut seen.etcd.as_mut().unwrap()[3];
+        learner.name.clear();
+        learner.learner = true;
+        learner.peer_urls = vec!["https://10.0.0.4:2380".into()];
+        let removal = plan(&inventory(STAYING), &[n4], &seen, false).unwrap();
+        assert_eq!(
+            removal.before,
+            [Step::RemoveEtcdMember {
+                node: "n4".into(),
+                id: "14".into()
+            }]
         );
     }
 

@@ -83,11 +83,19 @@ impl Record {
     /// Replace the file at `path` at once.
     pub fn save(&self, path: &Path) -> anyhow::Result<()> {
         let text = format!("{HEADER}{}", serde_yaml::to_string(self)?);
+        use std::io::Write;
         let partial = path.with_extension("partial");
-        std::fs::write(&partial, text)
-            .with_context(|| format!("cannot write `{}`", partial.display()))?;
+        let write = || -> std::io::Result<()> {
+            let mut file = std::fs::File::create(&partial)?;
+            file.write_all(text.as_bytes())?;
+            file.sync_all()
+        };
+        write().with_context(|| format!("cannot write `{}`", partial.display()))?;
         std::fs::rename(&partial, path)
             .with_context(|| format!("cannot replace `{}`", path.display()))?;
+        if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+            std::fs::File::open(dir).and_then(|dir| dir.sync_all()).ok();
+        }
         Ok(())
     }
 
