@@ -47,6 +47,38 @@ fn verified(inventory: &Path) -> serde_json::Value {
     last
 }
 
+/// What `pgha verify`'s `etcd.member_list` check lists (before ", inventory: …"), and its
+/// whole evidence.
+fn etcd_listed(result: &serde_json::Value) -> (String, String) {
+    let evidence = result["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|check| check["name"] == "etcd.member_list")
+        .and_then(|check| check["evidence"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    let listed = evidence
+        .split(", inventory:")
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    (listed, evidence)
+}
+
+/// The next deploy succeeds and changes nothing; its result.
+fn no_op(inventory: &Path, when: &str) -> serde_json::Value {
+    let again = common::deploy_result(inventory, &[]);
+    assert_eq!(again["success"], true, "{again:#}");
+    assert_eq!(
+        common::changed_tasks(&again),
+        0,
+        "{when}: {:#}",
+        again["changes"]
+    );
+    again
+}
+
 /// Postmaster start times and etcd/Patroni main PIDs of `nodes`, by node.
 fn running_since(inventory: &Path, nodes: &[&str]) -> Vec<(String, String)> {
     let hosts = exec_everywhere(
@@ -115,17 +147,8 @@ fn a_live_cluster_scales_out_without_restarting_its_members() {
         let grown = common::deploy_result(&inventory, &[]);
         let seconds = started.elapsed().as_secs_f64();
         assert_eq!(grown["success"], true, "adding {node}: {grown:#}");
-        let result = verified(&inventory);
-        // What etcd lists (before ", inventory: …"): the new member, a voter by now.
-        let evidence = result["checks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|check| check["name"] == "etcd.member_list")
-            .and_then(|check| check["evidence"].as_str())
-            .unwrap_or_default()
-            .to_string();
-        let listed = evidence.split(", inventory:").next().unwrap_or_default();
+        let (listed, evidence) = etcd_listed(&verified(&inventory));
+        // The new member, a voter by now.
         if roles.contains("etcd") {
             assert!(
                 listed.contains(&format!("\"{node}\"")) && !listed.contains("learner"),
@@ -137,14 +160,7 @@ fn a_live_cluster_scales_out_without_restarting_its_members() {
             before,
             "adding {node} restarted an existing member's PostgreSQL, etcd or Patroni"
         );
-        let again = common::deploy_result(&inventory, &[]);
-        assert_eq!(again["success"], true, "{again:#}");
-        assert_eq!(
-            common::changed_tasks(&again),
-            0,
-            "after adding {node}: {:#}",
-            again["changes"]
-        );
+        let again = no_op(&inventory, &format!("after adding {node}"));
         report.push(format!(
             "{node} ({roles}, {etcd_members} etcd members): deploy {seconds:.1} s, {} changed, no-op after it {} ms",
             common::changed_tasks(&grown),
@@ -174,17 +190,9 @@ fn a_live_cluster_scales_out_without_restarting_its_members() {
         let ended = Instant::now();
         let failures_after = clients.failures();
         assert_eq!(shrunk["success"], true, "removing {node}: {shrunk:#}");
-        let result = verified(&inventory);
-        let evidence = result["checks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|check| check["name"] == "etcd.member_list")
-            .and_then(|check| check["evidence"].as_str())
-            .unwrap_or_default()
-            .to_string();
+        let (listed, evidence) = etcd_listed(&verified(&inventory));
         assert!(
-            !evidence.split(", inventory:").next().unwrap_or_default().contains(&format!("\"{node}\"")),
+            !listed.contains(&format!("\"{node}\"")),
             "etcd still lists {node}: {evidence}"
         );
         if what == "primary" {
@@ -211,14 +219,7 @@ fn a_live_cluster_scales_out_without_restarting_its_members() {
             before,
             "removing {node} restarted a staying member's PostgreSQL, etcd or Patroni"
         );
-        let again = common::deploy_result(&inventory, &[]);
-        assert_eq!(again["success"], true, "{again:#}");
-        assert_eq!(
-            common::changed_tasks(&again),
-            0,
-            "after removing {node}: {:#}",
-            again["changes"]
-        );
+        let again = no_op(&inventory, &format!("after removing {node}"));
         report.push(format!(
             "removing {node} (the {what}{}): deploy {seconds:.1} s, {} changed, no-op after it {} ms",
             if purge { ", --purge" } else { "" },

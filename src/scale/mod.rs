@@ -27,6 +27,15 @@ use crate::tls::SHELL_CLIENTS;
 pub use plan::{Observed, Removal, Step};
 pub use record::{DeployedNode, Record};
 
+/// A valid inventory with `nodes` (YAML list items) for the unit tests.
+#[cfg(test)]
+fn test_inventory(nodes: &str) -> Inventory {
+    let text = format!(
+        "cluster: {{name: t, postgres_version: 15, secrets_file: /tmp/t.secrets.yml}}\nssh: {{user: root}}\nnodes:\n{nodes}"
+    );
+    Inventory::parse(Path::new("t.yml"), &text).expect("a valid inventory")
+}
+
 /// The services a departed node may run, stopped in this order (its PostgreSQL stops with
 /// Patroni, after HAProxy and the agent).
 const UNITS: [&str; 5] = ["pgha-agent", "keepalived", "haproxy", "patroni", "etcd"];

@@ -279,14 +279,8 @@ pub fn plan(
 mod tests {
     use super::*;
     use crate::patroni::{Member, Role as PatroniRole, State};
-    use std::path::Path;
 
-    fn inventory(nodes: &str) -> Inventory {
-        let text = format!(
-            "cluster: {{name: t, postgres_version: 15, secrets_file: /tmp/t.secrets.yml}}\nssh: {{user: root}}\nnodes:\n{nodes}"
-        );
-        Inventory::parse(Path::new("t.yml"), &text).expect("a valid inventory")
-    }
+    use crate::scale::test_inventory as inventory;
 
     const STAYING: &str = "  - {name: n1, address: 10.0.0.1}\n  - {name: n2, address: 10.0.0.2}\n  - {name: n3, address: 10.0.0.3}\n";
 

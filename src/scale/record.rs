@@ -139,12 +139,7 @@ impl Record {
 mod tests {
     use super::*;
 
-    fn inventory(nodes: &str) -> Inventory {
-        let text = format!(
-            "cluster: {{name: t, postgres_version: 15, secrets_file: /tmp/t.secrets.yml}}\nssh: {{user: root}}\nnodes:\n{nodes}"
-        );
-        Inventory::parse(Path::new("t.yml"), &text).expect("a valid inventory")
-    }
+    use crate::scale::test_inventory as inventory;
 
     const THREE: &str = "  - {name: a, address: 10.0.0.1}\n  - {name: b, address: 10.0.0.2}\n  - {name: c, address: 10.0.0.3}\n";
 
