@@ -352,7 +352,8 @@ fn route(
     (sentence, true)
 }
 
-fn is_primary_role(role: &str) -> bool {
+/// Patroni's name for the role of a member that runs a primary (4.x and 3.x).
+pub fn is_primary_role(role: &str) -> bool {
     matches!(role, "primary" | "master")
 }
 

@@ -128,6 +128,11 @@ pub(super) enum EtcdError {
 }
 
 /// Follow the scope until the process ends; `changed` is notified on every change.
+///
+/// One endpoint at a time, the first one first (the agent puts the node's own member there),
+/// the next one after a failure: a client given every endpoint at once kept retrying a dead
+/// member's (`tcp connect error … TimedOut`) through a whole failover, while its own member
+/// answered.
 pub async fn follow(
     endpoints: Vec<String>,
     prefix: String,
@@ -135,13 +140,19 @@ pub async fn follow(
     changed: Arc<Notify>,
 ) {
     let mut backoff = Duration::from_millis(200);
+    let mut next = 0;
     loop {
         let started = Instant::now();
-        let error = session(&endpoints, &prefix, &state, &changed).await;
+        let endpoint = endpoints.get(next % endpoints.len().max(1)).cloned();
+        next += 1;
+        let error = session(endpoint.as_slice(), &prefix, &state, &changed).await;
         {
             let Ok(mut state) = state.lock() else { return };
             if state.reachable || state.last_error.is_none() {
-                println!("etcd unreachable: {error}; retrying with backoff");
+                println!(
+                    "etcd unreachable at {}: {error}; trying the next member, with backoff",
+                    endpoint.as_deref().unwrap_or("(no endpoint)")
+                );
             }
             state.reachable = false;
             state.last_error = Some(error.to_string());
@@ -286,23 +297,23 @@ async fn resync(
 }
 
 /// How often the primary's agent looks at who leads etcd's raft.
-pub const RAFT_GUARD_INTERVAL: Duration = Duration::from_secs(5);
+pub const RAFT_GUARD_INTERVAL: Duration = Duration::from_secs(2);
 
-/// Keep etcd's raft leadership off the node whose Patroni leads (`is_leader` says, from the
-/// agent's view of the leader key), for as long as the process runs.
+/// Keep etcd's raft leadership off the node whose Patroni leads (its local `GET /patroni`
+/// says `primary`), for as long as the process runs.
 ///
 /// A power cut of a node that leads both costs more than the TTL: etcd elects a new raft
 /// leader, and a new raft leader extends every lease by its full TTL (etcd refreshes leases on
 /// promotion), so the dead primary's leader key outlives it by the election as well — 32.6 s
 /// instead of at most 30 with `ttl: 30` in the lab's drills. Moving the raft leadership away
 /// beforehand (`move-leader`, a planned transfer that costs etcd a few ms) removes that.
-pub async fn keep_raft_leader_away(
-    local_endpoint: String,
-    is_leader: impl Fn() -> bool + Send + 'static,
-) {
+pub async fn keep_raft_leader_away(local_endpoint: String, patroni_api: String) {
     loop {
         tokio::time::sleep(RAFT_GUARD_INTERVAL).await;
-        if !is_leader() {
+        // Asked of the local Patroni, not of the agent's view of etcd (which a failover may
+        // leave behind for a moment).
+        let role = super::probe::patroni_role(&patroni_api).await;
+        if !role.as_deref().is_some_and(super::decide::is_primary_role) {
             continue;
         }
         match move_raft_leader_away(&local_endpoint).await {

@@ -58,8 +58,14 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         node: config.node.clone(),
         ..Status::default()
     }));
+    // The node's own member first: it is alive whenever this agent is, unlike a peer's.
+    let mut endpoints = config.etcd_endpoints.clone();
+    if let Some(local) = config.local_etcd_endpoint() {
+        endpoints.retain(|endpoint| *endpoint != local);
+        endpoints.insert(0, local);
+    }
     let watcher = tokio::spawn(etcd::follow(
-        config.etcd_endpoints.clone(),
+        endpoints,
         config.prefix.clone(),
         etcd_state.clone(),
         changed.clone(),
@@ -67,13 +73,9 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let http = tokio::spawn(server::serve(listener, status.clone()));
     // On an etcd node: its member never leads etcd's raft while this node's Patroni leads.
     let raft_guard = config.local_etcd_endpoint().map(|endpoint| {
-            let (state, node) = (etcd_state.clone(), config.node.clone());
-            tokio::spawn(etcd::keep_raft_leader_away(endpoint, move || {
-                state
-                    .lock()
-                    .is_ok_and(|state| state.leader.as_deref() == Some(node.as_str()))
-            }))
-        });
+        let api = crate::patroni::model::api_at(config.listen.ip(), config.patroni_api_port);
+        tokio::spawn(etcd::keep_raft_leader_away(endpoint, api))
+    });
 
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot handle SIGTERM")?;
