@@ -130,7 +130,7 @@ pub(super) enum EtcdError {
 /// Follow the scope until the process ends; `changed` is notified on every change.
 ///
 /// One endpoint at a time, the first one first (the agent puts the node's own member there),
-/// the next one after a failure: a client given every endpoint at once kept retrying a dead
+/// the next one after a quick failure, the first one again after a session that had worked: a client given every endpoint at once kept retrying a dead
 /// member's (`tcp connect error … TimedOut`) through a whole failover, while its own member
 /// answered.
 pub async fn follow(
@@ -159,7 +159,10 @@ pub async fn follow(
         }
         changed.notify_one();
         if started.elapsed() > Duration::from_secs(10) {
+            // A session that worked for a while: start again from the node's own member,
+            // which may be back.
             backoff = Duration::from_millis(200);
+            next = 0;
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -308,6 +311,9 @@ pub const RAFT_GUARD_INTERVAL: Duration = Duration::from_secs(2);
 /// instead of at most 30 with `ttl: 30` in the lab's drills. Moving the raft leadership away
 /// beforehand (`move-leader`, a planned transfer that costs etcd a few ms) removes that.
 pub async fn keep_raft_leader_away(local_endpoint: String, patroni_api: String) {
+    // After a failed transfer (a target just restarted and behind, say) the next attempt
+    // picks the next voter.
+    let mut attempt = 0;
     loop {
         tokio::time::sleep(RAFT_GUARD_INTERVAL).await;
         // Asked of the local Patroni, not of the agent's view of etcd (which a failover may
@@ -316,21 +322,22 @@ pub async fn keep_raft_leader_away(local_endpoint: String, patroni_api: String) 
         if !role.as_deref().is_some_and(super::decide::is_primary_role) {
             continue;
         }
-        match move_raft_leader_away(&local_endpoint).await {
+        match move_raft_leader_away(&local_endpoint, attempt).await {
             Ok(Some(target)) => println!(
                 "etcd's raft leadership moved from this node (Patroni's leader) to member {target:x}: a failure of this node no longer needs a raft election before the leader key can expire"
             ),
             Ok(None) => {}
             Err(error) => {
-                println!("cannot move etcd's raft leadership away from this node: {error}; trying again in 60 s");
-                tokio::time::sleep(Duration::from_secs(60)).await;
+                attempt += 1;
+                println!("cannot move etcd's raft leadership away from this node: {error}; trying another member");
             }
         }
     }
 }
 
-/// `move-leader` to another voter when the local member leads the raft; the new leader's ID.
-async fn move_raft_leader_away(endpoint: &str) -> Result<Option<u64>, EtcdError> {
+/// `move-leader` to another voter when the local member leads the raft (the `attempt`-th of
+/// them, in ID order, round robin); the new leader's ID.
+async fn move_raft_leader_away(endpoint: &str, attempt: usize) -> Result<Option<u64>, EtcdError> {
     let options = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(2))
         .with_timeout(Duration::from_secs(3));
@@ -346,13 +353,14 @@ async fn move_raft_leader_away(endpoint: &str) -> Result<Option<u64>, EtcdError>
         return Ok(None);
     }
     let members = client.member_list().await?;
-    let Some(target) = members
+    let mut voters: Vec<u64> = members
         .members()
         .iter()
         .filter(|member| Some(member.id()) != me && !member.is_learner() && !member.name().is_empty())
         .map(|member| member.id())
-        .min()
-    else {
+        .collect();
+    voters.sort_unstable();
+    let Some(target) = voters.get(attempt % voters.len().max(1)).copied() else {
         return Ok(None);
     };
     client.move_leader(target).await?;
