@@ -79,7 +79,10 @@ mod tests {
         assert!(members[0].started() && !members[0].learner);
         assert!(!members[1].started() && members[1].learner);
         let node4: std::net::IpAddr = "10.231.0.14".parse().unwrap();
-        assert!(members[1].is_node("node4", &node4), "a learner never started, by its peer URL");
+        assert!(
+            members[1].is_node("node4", &node4),
+            "a learner never started, by its peer URL"
+        );
         assert!(!members[0].is_node("node4", &node4));
         assert!(members[0].is_node("node1", &"10.231.0.11".parse().unwrap()));
         assert_eq!(parse_members("Error: context deadline exceeded"), None);

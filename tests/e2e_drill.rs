@@ -38,7 +38,10 @@ fn every_drill_keeps_acknowledged_writes_and_one_primary() {
     let (_dir, inventory) = lab_inventory();
     let inventory = inventory.to_str().expect("utf-8 path");
     assert!(
-        std::process::Command::new("rsvg-convert").arg("--version").output().is_ok_and(|output| output.status.success()),
+        std::process::Command::new("rsvg-convert")
+            .arg("--version")
+            .output()
+            .is_ok_and(|output| output.status.success()),
         "rsvg-convert is missing (scripts/setup-host.sh installs librsvg2-bin)"
     );
 
@@ -159,7 +162,10 @@ fn assert_phases(scenario: &str, run: &serde_json::Value) {
             .as_u64()
             .unwrap_or_else(|| panic!("{scenario}: phase `{name}` not seen: {phases:#}"))
     };
-    assert_eq!(phases["new_leader"], run["new_primary"], "{scenario}: {phases:#}");
+    assert_eq!(
+        phases["new_leader"], run["new_primary"],
+        "{scenario}: {phases:#}"
+    );
     let key = at("leader_key_changed_ms");
     let running = at("new_leader_running_ms");
     let routed = at("routed_everywhere_ms");
@@ -167,11 +173,19 @@ fn assert_phases(scenario: &str, run: &serde_json::Value) {
     let sync = at("sync_standby_ms");
     let first = at("first_write_ms");
     assert!(key <= running, "{scenario}: {phases:#}");
-    assert!(running <= routed + 100 && running <= vip + 100, "{scenario}: {phases:#}");
-    assert!(running <= sync + 100, "{scenario}: {phases:#}");
-    assert!(first + 200 >= vip, "{scenario}: a write acknowledged before the VIP reached the new leader: {phases:#}");
     assert!(
-        run["node_samples"].as_array().is_some_and(|samples| samples.len() >= 6),
+        running <= routed + 100 && running <= vip + 100,
+        "{scenario}: {phases:#}"
+    );
+    assert!(running <= sync + 100, "{scenario}: {phases:#}");
+    assert!(
+        first + 200 >= vip,
+        "{scenario}: a write acknowledged before the VIP reached the new leader: {phases:#}"
+    );
+    assert!(
+        run["node_samples"]
+            .as_array()
+            .is_some_and(|samples| samples.len() >= 6),
         "{scenario}: hardly any node sample: {run:#}"
     );
 }
@@ -185,7 +199,12 @@ fn assert_timeline_drawn(svg: &std::path::Path, run: &serde_json::Value) {
         run["writes"].as_u64(),
         "every write attempt of both clients is drawn"
     );
-    for label in ["fault +0.00 s", "leader key changed +", "new leader running +", "first write +"] {
+    for label in [
+        "fault +0.00 s",
+        "leader key changed +",
+        "new leader running +",
+        "first write +",
+    ] {
         assert!(text.contains(label), "the timeline lacks `{label}`");
     }
     let png = svg.with_extension("png");
@@ -201,5 +220,8 @@ fn assert_timeline_drawn(svg: &std::path::Path, run: &serde_json::Value) {
         String::from_utf8_lossy(&output.stderr)
     );
     let image = std::fs::read(&png).expect("a PNG");
-    assert!(image.starts_with(b"\x89PNG") && image.len() > 5_000, "the rendered timeline is empty");
+    assert!(
+        image.starts_with(b"\x89PNG") && image.len() > 5_000,
+        "the rendered timeline is empty"
+    );
 }

@@ -196,7 +196,11 @@ fn a_live_cluster_scales_out_without_restarting_its_members() {
             "etcd still lists {node}: {evidence}"
         );
         if what == "primary" {
-            assert_ne!(primary_of(&inventory), node, "the removed primary still leads");
+            assert_ne!(
+                primary_of(&inventory),
+                node,
+                "the removed primary still leads"
+            );
         }
         // Its services stopped and disabled, its data kept unless purged, its keys gone.
         let left = exec_on(
@@ -213,7 +217,10 @@ fn a_live_cluster_scales_out_without_restarting_its_members() {
             left.contains(if purge { "data gone" } else { "data kept" }),
             "{node} (purge: {purge}): {left}"
         );
-        assert!(left.trim_end().ends_with('0'), "{node} keeps TLS keys: {left}");
+        assert!(
+            left.trim_end().ends_with('0'),
+            "{node} keeps TLS keys: {left}"
+        );
         assert_eq!(
             running_since(&inventory, &staying),
             before,

@@ -269,8 +269,8 @@ fn route(
         None => {
             return (
                 format!(
-                    "cannot reach {leader}'s `/primary`: leaving HAProxy as it is{disagreement}{keep}"
-                ),
+                "cannot reach {leader}'s `/primary`: leaving HAProxy as it is{disagreement}{keep}"
+            ),
                 fallback || nowhere,
             )
         }

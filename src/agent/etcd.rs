@@ -356,7 +356,9 @@ async fn move_raft_leader_away(endpoint: &str, attempt: usize) -> Result<Option<
     let mut voters: Vec<u64> = members
         .members()
         .iter()
-        .filter(|member| Some(member.id()) != me && !member.is_learner() && !member.name().is_empty())
+        .filter(|member| {
+            Some(member.id()) != me && !member.is_learner() && !member.name().is_empty()
+        })
         .map(|member| member.id())
         .collect();
     voters.sort_unstable();

@@ -236,7 +236,10 @@ pub fn config_servers(config: &str, backend: &str) -> Vec<ConfigServer> {
             .and_then(|pair| pair[1].parse().ok());
         servers.push(ConfigServer {
             name: words[1].to_string(),
-            address: address.trim_start_matches('[').trim_end_matches(']').to_string(),
+            address: address
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string(),
             port,
             check_port,
         });
@@ -284,7 +287,10 @@ listen pgha_read
         let view = super::parse_servers_state(&state, "pgha_write", "pgha_read");
         assert!(!view.write["node3"].up && view.write["node1"].up && view.write["node2"].drain);
         // Nothing saved: HAProxy's defaults, as on a first start.
-        assert_eq!(super::with_new_servers_down("1\n", config, &["pgha_write"]), "1\n");
+        assert_eq!(
+            super::with_new_servers_down("1\n", config, &["pgha_write"]),
+            "1\n"
+        );
     }
 
     #[test]

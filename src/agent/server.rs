@@ -76,18 +76,20 @@ async fn answer(mut stream: TcpStream, status: Arc<Mutex<Status>>) -> std::io::R
         ),
         // Asked by the other agents (`decide`'s `peers_route_writes`).
         // Before the first cycle it knows nothing: no answer rather than a "no".
-        ("GET", "/routes-writes") if snapshot.decisions_total == 0 => (
-            "503 Service Unavailable",
-            "text/plain",
-            "not yet\n".into(),
-        ),
+        ("GET", "/routes-writes") if snapshot.decisions_total == 0 => {
+            ("503 Service Unavailable", "text/plain", "not yet\n".into())
+        }
         ("GET", "/routes-writes") => {
             let routes = snapshot
                 .local
                 .haproxy
                 .as_ref()
                 .is_some_and(|view| !view.write_targets().is_empty());
-            ("200 OK", "text/plain", if routes { "yes\n" } else { "no\n" }.into())
+            (
+                "200 OK",
+                "text/plain",
+                if routes { "yes\n" } else { "no\n" }.into(),
+            )
         }
         ("GET", "/metrics") => {
             // Read at each scrape: a renewed certificate shows at once.

@@ -94,7 +94,8 @@ pub async fn run(
                 etcd = connect(endpoint).await;
             }
             let client = etcd.as_mut()?;
-            let answer = tokio::time::timeout(PROBE_TIMEOUT, client.get(leader_key.as_str(), None)).await;
+            let answer =
+                tokio::time::timeout(PROBE_TIMEOUT, client.get(leader_key.as_str(), None)).await;
             match answer {
                 Ok(Ok(response)) => Some(
                     response

@@ -115,12 +115,14 @@ pub fn run(command: AgentCommand) -> anyhow::Result<()> {
         AgentCommand::Release(args) => {
             super::run::runtime()?.block_on(crate::agent::release(&args.config))
         }
-        AgentCommand::Timeline(args) => super::run::runtime()?.block_on(crate::agent::timeline::run(
-            &args.config,
-            &args.stop_file,
-            std::time::Duration::from_secs(args.max_seconds),
-            args.output.as_deref(),
-        )),
+        AgentCommand::Timeline(args) => {
+            super::run::runtime()?.block_on(crate::agent::timeline::run(
+                &args.config,
+                &args.stop_file,
+                std::time::Duration::from_secs(args.max_seconds),
+                args.output.as_deref(),
+            ))
+        }
         AgentCommand::SaveHaproxyState(args) => super::run::runtime()?
             .block_on(crate::agent::save_haproxy_state(&args.config, &args.file)),
         AgentCommand::Checks(args) => super::run::runtime()?.block_on(crate::agent::server_checks(

@@ -46,7 +46,11 @@ pub fn run(args: DrillArgs) -> anyhow::Result<()> {
             report.runs.iter().map(|run| run.panel.clone()).collect();
         std::fs::write(path, drill::svg::render(scenario.name(), &panels))
             .with_context(|| format!("cannot write the timeline `{}`", path.display()))?;
-        eprintln!("timeline of {} repetition(s) in {}", panels.len(), path.display());
+        eprintln!(
+            "timeline of {} repetition(s) in {}",
+            panels.len(),
+            path.display()
+        );
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -138,7 +142,12 @@ fn print_table(report: &DrillReport) {
             .phases
             .marks()
             .into_iter()
-            .map(|(label, ms)| format!("{label} {}", ms.map_or("-".into(), |ms| format!("+{}", seconds(ms)))))
+            .map(|(label, ms)| {
+                format!(
+                    "{label} {}",
+                    ms.map_or("-".into(), |ms| format!("+{}", seconds(ms)))
+                )
+            })
             .collect();
         println!("     phases (s after the fault): {}", phases.join(", "));
         for problem in &run.problems {
@@ -163,7 +172,9 @@ fn print_table(report: &DrillReport) {
             format!(
                 "{} {}",
                 phase.phase,
-                phase.median_ms.map_or("-".into(), |ms| format!("+{}", seconds(ms)))
+                phase
+                    .median_ms
+                    .map_or("-".into(), |ms| format!("+{}", seconds(ms)))
             )
         })
         .collect();

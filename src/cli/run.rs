@@ -89,7 +89,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
 }
 
 pub fn deploy(args: DeployArgs) -> anyhow::Result<()> {
-    let DeployArgs { common: args, purge } = args;
+    let DeployArgs {
+        common: args,
+        purge,
+    } = args;
     let inventory = crate::inventory::Inventory::load(&args.inventory)?;
     // A cluster deployed before TLS is moved onto it first, online, step by step (see
     // `upgrade::tls`); the deploy then converges as always. Known without asking the hosts
@@ -130,7 +133,8 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<()> {
         None
     } else {
         runtime.block_on(crate::scale::Departure::prepare(
-            &args.inventory,
+            inventory.clone(),
+            departed,
             purge,
             !args.json,
         ))?

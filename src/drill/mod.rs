@@ -1056,9 +1056,15 @@ mod tests {
         assert!(!summarize(&[], true).passed);
         // Phase medians over the repetitions that saw each phase.
         let running = &summary.phase_medians[1];
-        assert_eq!((running.phase, running.median_ms, running.seen), ("new leader running", Some(2_000), 3));
+        assert_eq!(
+            (running.phase, running.median_ms, running.seen),
+            ("new leader running", Some(2_000), 3)
+        );
         let first = &summary.phase_medians[5];
-        assert_eq!((first.phase, first.median_ms, first.seen), ("first write", Some(6_500), 2));
+        assert_eq!(
+            (first.phase, first.median_ms, first.seen),
+            ("first write", Some(6_500), 2)
+        );
         let vip = &summary.phase_medians[3];
         assert_eq!((vip.median_ms, vip.seen), (None, 0));
     }

@@ -156,7 +156,10 @@ pub fn phases(
         let node = seen.line.node.as_str();
         if seen.ms >= fault && !fault_passed {
             fault_passed = true;
-            holder_at_fault = vip.iter().find(|(_, held)| **held).map(|(node, _)| node.to_string());
+            holder_at_fault = vip
+                .iter()
+                .find(|(_, held)| **held)
+                .map(|(node, _)| node.to_string());
         }
         if let Some(held) = seen.line.sample.vip_held {
             vip.insert(node, held);
@@ -219,7 +222,11 @@ mod tests {
     }
 
     fn routes(to: &str) -> Option<Vec<String>> {
-        Some(if to.is_empty() { vec![] } else { vec![to.to_string()] })
+        Some(if to.is_empty() {
+            vec![]
+        } else {
+            vec![to.to_string()]
+        })
     }
 
     fn sample(key: &str, role: &str, routes_to: &str, vip: bool) -> Sample {
@@ -247,10 +254,14 @@ mod tests {
             at(29_000, "node2", sample("node2", "primary", "", true)),
             at(29_500, "node2", sample("node2", "primary", "node2", true)),
             at(30_200, "node3", sample("node2", "replica", "node2", false)),
-            at(31_000, "node2", Sample {
-                sync_attached: vec!["node3".into()],
-                ..sample("node2", "primary", "node2", true)
-            }),
+            at(
+                31_000,
+                "node2",
+                Sample {
+                    sync_attached: vec!["node3".into()],
+                    ..sample("node2", "primary", "node2", true)
+                },
+            ),
         ]
     }
 
@@ -270,7 +281,11 @@ mod tests {
         assert_eq!(phases.first_write_ms, Some(31_500));
         assert_eq!(
             leaders(&power_cut()),
-            [(0, "node1".to_string()), (28_000, String::new()), (29_000, "node2".to_string())]
+            [
+                (0, "node1".to_string()),
+                (28_000, String::new()),
+                (29_000, "node2".to_string())
+            ]
         );
     }
 
@@ -281,8 +296,16 @@ mod tests {
         // node3 takes it at 33 s, routing since 30.2 s.
         seen.push(at(29_200, "node2", sample("node2", "primary", "", false)));
         seen.retain(|seen| !(seen.line.node == "node2" && seen.ms >= 29_500));
-        seen.push(at(29_500, "node2", sample("node2", "primary", "node2", false)));
-        seen.push(at(33_000, "node3", sample("node2", "replica", "node2", true)));
+        seen.push(at(
+            29_500,
+            "node2",
+            sample("node2", "primary", "node2", false),
+        ));
+        seen.push(at(
+            33_000,
+            "node3",
+            sample("node2", "replica", "node2", true),
+        ));
         seen.sort_by_key(|seen| seen.ms);
         let phases = phases(&seen, 1000, "node1", Some("node1"), None);
         assert_eq!(phases.vip_to.as_deref(), Some("node2"));

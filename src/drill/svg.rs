@@ -64,7 +64,12 @@ pub fn render(scenario: &str, panels: &[Panel]) -> String {
     }
     let mut nodes: Vec<String> = Vec::new();
     for (index, panel) in panels.iter().enumerate() {
-        draw_panel(&mut svg, panel, 40.0 + PANEL_HEIGHT * index as f64, &mut nodes);
+        draw_panel(
+            &mut svg,
+            panel,
+            40.0 + PANEL_HEIGHT * index as f64,
+            &mut nodes,
+        );
     }
     svg.push_str("</svg>\n");
     svg
@@ -89,7 +94,11 @@ fn draw_panel(svg: &mut String, panel: &Panel, top: f64, nodes: &mut Vec<String>
         escape(&panel.title)
     );
     // Rows.
-    let rows = [("leader key", 25.0), ("new connection", 50.0), ("persistent", 70.0)];
+    let rows = [
+        ("leader key", 25.0),
+        ("new connection", 50.0),
+        ("persistent", 70.0),
+    ];
     for (label, offset) in rows {
         let _ = writeln!(
             svg,
@@ -99,17 +108,17 @@ fn draw_panel(svg: &mut String, panel: &Panel, top: f64, nodes: &mut Vec<String>
     }
     // Who held the leader key.
     for (index, (from, leader)) in panel.leaders.iter().enumerate() {
-        let to = panel
-            .leaders
-            .get(index + 1)
-            .map_or(end, |(next, _)| *next);
+        let to = panel.leaders.get(index + 1).map_or(end, |(next, _)| *next);
         if to < start || leader.is_empty() {
             continue;
         }
-        let position = nodes.iter().position(|node| node == leader).unwrap_or_else(|| {
-            nodes.push(leader.clone());
-            nodes.len() - 1
-        });
+        let position = nodes
+            .iter()
+            .position(|node| node == leader)
+            .unwrap_or_else(|| {
+                nodes.push(leader.clone());
+                nodes.len() - 1
+            });
         let color = PALETTE[position % PALETTE.len()];
         let (x0, x1) = (x(*from), x(to));
         let _ = writeln!(
@@ -224,7 +233,11 @@ mod tests {
                 attempt(2100, 3600, false),
                 attempt(3700, 4900, true),
             ],
-            leaders: vec![(0, "node1".into()), (2500, String::new()), (3000, "node2".into())],
+            leaders: vec![
+                (0, "node1".into()),
+                (2500, String::new()),
+                (3000, "node2".into()),
+            ],
             phases: Phases {
                 leader_key_changed_ms: Some(500),
                 new_leader_running_ms: Some(1000),

@@ -946,6 +946,34 @@ pub enum Applied {
     DoneBecause(String),
 }
 
+/// Write `contents` to `path` as the deploy writes files (atomically, owner and mode set before
+/// it appears), as a secret copy: the contents are never shown. For orchestrators (the move
+/// onto TLS, scale-in) that write one file outside a playbook.
+pub async fn write_secret_file(
+    session: &Arc<Session>,
+    path: &str,
+    contents: Vec<u8>,
+    (owner, group, mode): (&str, &str, u32),
+) -> anyhow::Result<()> {
+    apply(
+        session,
+        &Action::WriteFile {
+            upload: Upload {
+                path: path.to_string(),
+                contents,
+                owner: owner.to_string(),
+                group: group.to_string(),
+                mode,
+                mtime: None,
+            },
+            secret: true,
+            validate: None,
+        },
+    )
+    .await
+    .map(drop)
+}
+
 pub async fn apply(session: &Arc<Session>, action: &Action) -> anyhow::Result<Applied> {
     match action {
         Action::Packages {

@@ -7,22 +7,21 @@ pub mod plan;
 pub mod record;
 
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
 use crate::cluster::Cluster;
-use crate::engine::modules::{self, Action};
+use crate::engine::modules;
 use crate::engine::report::Reporter;
 use crate::engine::runner::Connections;
 use crate::error::UserError;
+use crate::inventory::Secrets;
 use crate::inventory::{Inventory, Node, Role, SyncMode, Tags};
 use crate::patroni::{ClusterView, Credentials, Patroni, Role as PatroniRole};
 use crate::render::{self, Renderer};
-use crate::inventory::Secrets;
-use crate::ssh::{RemoteCommand, Session, Upload};
+use crate::ssh::{RemoteCommand, Session};
 use crate::tls::SHELL_CLIENTS;
 pub use plan::{Observed, Removal, Step};
 pub use record::{DeployedNode, Record};
@@ -33,7 +32,7 @@ fn test_inventory(nodes: &str) -> Inventory {
     let text = format!(
         "cluster: {{name: t, postgres_version: 15, secrets_file: /tmp/t.secrets.yml}}\nssh: {{user: root}}\nnodes:\n{nodes}"
     );
-    Inventory::parse(Path::new("t.yml"), &text).expect("a valid inventory")
+    Inventory::parse(std::path::Path::new("t.yml"), &text).expect("a valid inventory")
 }
 
 /// The services a departed node may run, stopped in this order (its PostgreSQL stops with
@@ -70,18 +69,18 @@ pub fn departed(inventory: &Inventory) -> anyhow::Result<Vec<DeployedNode>> {
 }
 
 impl Departure {
-    /// Observe the cluster and plan the removal of the departed nodes; `None` when there are
-    /// none. A refused plan is a [`UserError`] listing every reason.
+    /// Observe the cluster and plan the removal of `departed` (from [`departed`]); `None` when
+    /// there are none. A refused plan is a [`UserError`] listing every reason.
     pub async fn prepare(
-        inventory_path: &Path,
+        inventory: Inventory,
+        departed: Vec<DeployedNode>,
         purge: bool,
         progress: bool,
     ) -> anyhow::Result<Option<Departure>> {
-        let inventory = Arc::new(Inventory::load(inventory_path)?);
-        let departed = departed(&inventory)?;
         if departed.is_empty() {
             return Ok(None);
         }
+        let inventory = Arc::new(inventory);
         let secrets = Secrets::load(&inventory.cluster.secrets_file)
             .context("the cluster's secrets file is needed to take nodes out of it")?;
         let mut as_deployed = (*inventory).clone();
@@ -103,12 +102,7 @@ impl Departure {
             progress,
         };
         let observed = departure.observe().await;
-        match plan::plan(
-            &departure.inventory,
-            &departure.departed,
-            &observed,
-            purge,
-        ) {
+        match plan::plan(&departure.inventory, &departure.departed, &observed, purge) {
             Ok(removal) => departure.removal = removal,
             Err(problems) => {
                 departure.deployed.connections.close().await;
@@ -207,10 +201,8 @@ impl Departure {
             session,
             Some(Credentials::pgha(&self.deployed.secrets.restapi_password)),
         );
-        let api = crate::patroni::model::api_at(
-            node.address,
-            self.inventory.cluster.ports.patroni_api,
-        );
+        let api =
+            crate::patroni::model::api_at(node.address, self.inventory.cluster.ports.patroni_api);
         Ok((patroni, api))
     }
 
@@ -245,7 +237,10 @@ impl Departure {
             self.apply(step)
                 .await
                 .with_context(|| format!("taking nodes out: {}", step.describe()))?;
-            self.say(&format!("  done in {:.1} s", started.elapsed().as_secs_f64()));
+            self.say(&format!(
+                "  done in {:.1} s",
+                started.elapsed().as_secs_f64()
+            ));
         }
         Ok(())
     }
@@ -281,7 +276,10 @@ impl Departure {
         record.save(&file)?;
         self.say(&format!("{} out of the cluster", self.names()));
         if !self.removal.unreachable.is_empty() {
-            eprintln!("note: pgha's record of deployed nodes is `{}`", file.display());
+            eprintln!(
+                "note: pgha's record of deployed nodes is `{}`",
+                file.display()
+            );
         }
         Ok(())
     }
@@ -374,26 +372,12 @@ rm -f /etc/pgha/tls/*.key /etc/pgha/tls/*.pem"
         let renderer = Renderer::new(None)?;
         let context = render::context(&self.inventory, &self.deployed.secrets, &leaving);
         let text = renderer.render_template("patroni.yml.j2", &context)?;
-        let (path, owner, group, mode, _) = render::destination("patroni.yml.j2")
-            .expect("patroni.yml has a standard destination");
+        let (path, owner, group, mode, _) =
+            render::destination("patroni.yml.j2").expect("patroni.yml has a standard destination");
         let session = self.session_of(node).await?;
-        modules::apply(
-            &session,
-            &Action::WriteFile {
-                upload: Upload {
-                    path: path.to_string(),
-                    contents: text.into_bytes(),
-                    owner: owner.to_string(),
-                    group: group.to_string(),
-                    mode,
-                    mtime: None,
-                },
-                secret: true,
-                validate: None,
-            },
-        )
-        .await
-        .with_context(|| format!("writing {path} on {}", node.name))?;
+        modules::write_secret_file(&session, path, text.into_bytes(), (owner, group, mode))
+            .await
+            .with_context(|| format!("writing {path} on {}", node.name))?;
         self.root(node, "systemctl reload patroni").await?;
         let sync = self.inventory.cluster.synchronous_mode != SyncMode::Off;
         let others_stream = self.inventory.nodes_with(Role::Postgres).count() > 1;
@@ -403,9 +387,10 @@ rm -f /etc/pgha/tls/*.key /etc/pgha/tls/*.pem"
             let still_sync = view
                 .member(&node.name)
                 .is_some_and(|member| member.role == PatroniRole::SyncStandby);
-            let another_sync = view.members.iter().any(|member| {
-                member.name != node.name && member.role == PatroniRole::SyncStandby
-            });
+            let another_sync = view
+                .members
+                .iter()
+                .any(|member| member.name != node.name && member.role == PatroniRole::SyncStandby);
             if !still_sync && (!sync || !others_stream || another_sync) {
                 return Ok(());
             }
@@ -465,13 +450,18 @@ rm -f /etc/pgha/tls/*.key /etc/pgha/tls/*.pem"
             .map(|node| node.name.clone())
             .collect();
         loop {
-            let healthy = self.etcdctl(&via, "endpoint health --cluster").await.is_ok();
+            let healthy = self
+                .etcdctl(&via, "endpoint health --cluster")
+                .await
+                .is_ok();
             let listed = self
                 .etcdctl(&via, "member list -w json")
                 .await
                 .ok()
                 .and_then(|text| crate::etcd::parse_members(&text));
-            if healthy && listed.is_some_and(|members| !members.iter().any(|member| member.hex_id() == id)) {
+            if healthy
+                && listed.is_some_and(|members| !members.iter().any(|member| member.hex_id() == id))
+            {
                 return Ok(());
             }
             if started.elapsed() > Duration::from_secs(60) {

@@ -131,8 +131,10 @@ pub fn plan(
     }
 
     // 2-3. Patroni.
-    let departed_postgres: Vec<&DeployedNode> =
-        departed.iter().filter(|node| node.has(Role::Postgres)).collect();
+    let departed_postgres: Vec<&DeployedNode> = departed
+        .iter()
+        .filter(|node| node.has(Role::Postgres))
+        .collect();
     if !departed_postgres.is_empty() {
         match &observed.patroni {
             None => problems.push(
@@ -201,8 +203,10 @@ pub fn plan(
     }
 
     // 4. etcd.
-    let departed_etcd: Vec<&DeployedNode> =
-        departed.iter().filter(|node| node.has(Role::Etcd)).collect();
+    let departed_etcd: Vec<&DeployedNode> = departed
+        .iter()
+        .filter(|node| node.has(Role::Etcd))
+        .collect();
     if !departed_etcd.is_empty() {
         match &observed.etcd {
             None => problems.push(
@@ -437,7 +441,13 @@ mod tests {
             "  - {name: n2, address: 10.0.0.2}\n  - {name: n3, address: 10.0.0.3}\n  - {name: n4, address: 10.0.0.4}\n",
         );
         let n1 = departed("n1", "10.0.0.1", &all_roles());
-        let problems = plan(&inventory3, std::slice::from_ref(&n1), &observed(&[]), false).unwrap_err();
+        let problems = plan(
+            &inventory3,
+            std::slice::from_ref(&n1),
+            &observed(&[]),
+            false,
+        )
+        .unwrap_err();
         assert!(problems[0].contains("does not answer") && problems[0].contains("hint:"));
 
         // No replica that stays streams.
@@ -448,7 +458,10 @@ mod tests {
             }
         }
         let problems = plan(&inventory3, std::slice::from_ref(&n1), &lonely, false).unwrap_err();
-        assert!(problems[0].contains("nothing can take over"), "{problems:?}");
+        assert!(
+            problems[0].contains("nothing can take over"),
+            "{problems:?}"
+        );
 
         // A voter that stays is not started.
         let mut half = observed(&["n1"]);
@@ -467,7 +480,10 @@ mod tests {
             "  - {name: n1, address: 10.0.0.1}\n  - {name: n5, address: 10.0.0.5, roles: [etcd]}\n  - {name: n6, address: 10.0.0.6, roles: [etcd]}\n",
         );
         let problems = plan(&inventory, &two, &three, false).unwrap_err();
-        assert!(problems[0].contains("fewer than a majority"), "{problems:?}");
+        assert!(
+            problems[0].contains("fewer than a majority"),
+            "{problems:?}"
+        );
 
         // An address taken by a node of another name.
         let renamed = departed("n3", "10.0.0.3", &[Role::Etcd]);

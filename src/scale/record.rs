@@ -168,7 +168,9 @@ mod tests {
         let record = Record::default().with_inventory(&inventory(THREE));
         record.save(&file).unwrap();
         assert_eq!(Record::load(&file).unwrap(), record);
-        assert!(std::fs::read_to_string(&file).unwrap().starts_with("# Written by"));
+        assert!(std::fs::read_to_string(&file)
+            .unwrap()
+            .starts_with("# Written by"));
         std::fs::write(&file, "nodes: [oops").unwrap();
         let error = format!("{:#}", Record::load(&file).unwrap_err());
         assert!(error.contains("hint:"), "{error}");

@@ -30,12 +30,11 @@ use anyhow::{bail, Context};
 use super::{say, Upgrade, UpgradeOptions};
 use super::{PatroniRole, PatroniState};
 use crate::cluster::Cluster;
-use crate::engine::modules::{self, Action};
+use crate::engine::modules;
 use crate::engine::report::Reporter;
 use crate::inventory::{Node, Role};
 use crate::patroni::{Credentials, Patroni};
 use crate::render::{self, Renderer};
-use crate::ssh::Upload;
 use crate::tls::SHELL_CLIENTS;
 
 /// How one etcd member's configuration on disk serves clients and peers.
@@ -182,26 +181,10 @@ impl Upgrade {
         contents: Vec<u8>,
         owner_group_mode: (&str, &str, u32),
     ) -> anyhow::Result<()> {
-        let (owner, group, mode) = owner_group_mode;
         let session = self.session(node).await?;
-        modules::apply(
-            &session,
-            &Action::WriteFile {
-                upload: Upload {
-                    path: path.to_string(),
-                    contents,
-                    owner: owner.to_string(),
-                    group: group.to_string(),
-                    mode,
-                    mtime: None,
-                },
-                secret: true,
-                validate: None,
-            },
-        )
-        .await
-        .with_context(|| format!("writing {path} on {}", node.name))?;
-        Ok(())
+        modules::write_secret_file(&session, path, contents, owner_group_mode)
+            .await
+            .with_context(|| format!("writing {path} on {}", node.name))
     }
 
     /// The CA, the node's certificate and its keys, where the deploy's `tls` play puts them.
