@@ -70,9 +70,11 @@ step="looking for the Rust toolchain"
 hint="install the Rust toolchain with rustup (https://rustup.rs), then re-run"
 command -v cargo >/dev/null 2>&1 || { echo "error: \`cargo\` not found" >&2; exit 1; }
 
-# Patroni wheels for the nodes (which may have no internet): built here once with Debian's
-# Python 3.11, the same Python the Debian 12 nodes run.
-wheels="$CACHE/wheels/patroni-$PATRONI_VERSION"
+# Patroni wheels for the nodes (which may have no internet): built here once with this
+# machine's Python (3.11 on Debian 12, the Python of Debian 12 nodes). `pgha deploy` adds the
+# set for Debian 13's Python 3.13 from PyPI's binary wheels when a cluster needs it.
+python_tag=$(/usr/bin/python3 -c 'import sys; print("cp%d%d" % sys.version_info[:2])')
+wheels="$CACHE/wheels/patroni-$PATRONI_VERSION-$python_tag"
 if [ ! -f "$wheels/.complete" ]; then
     echo "pgha setup: fetching Patroni $PATRONI_VERSION wheels into $wheels"
     mkdir -p "$wheels"

@@ -16,6 +16,7 @@
 //! - [`ssh`]: the russh transport: strict host keys, one connection per host, exec and upload.
 //! - [`engine`]: playbooks of typed tasks: facts, plan/apply per module, serial batches,
 //!   handlers, the run report; `ops` holds the operations `run`, `deploy` and `exec` call.
+//! - [`debian`]: the supported Debian releases and what each ships (PostgreSQL, Python, etcd).
 //! - [`cluster`]: the live cluster: observation over SSH, `verify`, `status`, `switchover`.
 //! - [`patroni`]: the one Patroni layer: typed members, one REST client (direct or over SSH),
 //!   pending restarts in a safe order, switchover.
@@ -29,6 +30,7 @@
 pub mod agent;
 pub mod cli;
 pub mod cluster;
+pub mod debian;
 pub mod drill;
 pub mod engine;
 pub mod error;

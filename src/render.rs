@@ -480,6 +480,8 @@ pub fn context(inventory: &Inventory, secrets: &Secrets, node: &Node) -> minijin
         patroni_dynamic => patroni_dynamic(inventory),
         packages => packages(inventory, node),
         vip_address => inventory.cluster.vip.map(|vip| vip.address.to_string()),
+        // The nodes' release, named by the PostgreSQL major (the preflight holds them to it).
+        debian => crate::debian::Release::for_postgres(inventory.cluster.postgres_version),
         secrets => secrets,
     }
 }

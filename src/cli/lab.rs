@@ -3,7 +3,17 @@
 
 use clap::Subcommand;
 
+use crate::debian::Release;
 use crate::lab::{DownOptions, Lab, Report, UpOptions};
+
+fn parse_release(name: &str) -> Result<Release, String> {
+    Release::named(name).ok_or_else(|| {
+        format!(
+            "`{name}` is not a Debian release the lab boots; choose {}",
+            crate::debian::codenames()
+        )
+    })
+}
 
 #[derive(Debug, Subcommand)]
 pub enum LabCommand {
@@ -13,6 +23,10 @@ pub enum LabCommand {
         /// Number of nodes
         #[arg(long, default_value_t = 3)]
         nodes: usize,
+        /// The nodes' Debian release: `bookworm` (12) or `trixie` (13). Default: the running
+        /// lab's, else bookworm. Each release has its own cached base
+        #[arg(long, value_parser = parse_release)]
+        release: Option<Release>,
     },
     /// Stop every node and remove the lab's mounts, namespaces, bridge and processes
     Down {
@@ -54,8 +68,8 @@ pub fn run(command: LabCommand) -> anyhow::Result<()> {
     lab.on_progress(|message| eprintln!("{message}"));
     let report = match command {
         LabCommand::Status { json } => return status(&lab, json),
-        LabCommand::Up { nodes } => {
-            let report = lab.up(&UpOptions { nodes })?;
+        LabCommand::Up { nodes, release } => {
+            let report = lab.up(&UpOptions { nodes, release })?;
             print_report(&report);
             if let Some(first) = lab.nodes().first() {
                 println!(
@@ -117,6 +131,10 @@ fn status(lab: &Lab, json: bool) -> anyhow::Result<()> {
             node.state.to_string()
         );
     }
+    println!(
+        "release: {}",
+        status.release.as_deref().unwrap_or("unknown")
+    );
     println!(
         "proxy: {}",
         status.proxy.as_deref().unwrap_or("not running")

@@ -37,7 +37,10 @@ pub async fn run_playbook(request: PlaybookRequest) -> anyhow::Result<RunResult>
     let secrets = Secrets::load_or_create(&inventory.cluster.secrets_file)?;
     // The deploy ships Patroni wheels; get them (once) before any host is touched.
     let wheels_archive = if request.playbook == "deploy" {
-        crate::wheels::ensure_archive(&inventory.cluster.patroni_version)?
+        crate::wheels::ensure_archive(
+            &inventory.cluster.patroni_version,
+            inventory.cluster.release(),
+        )?
             .display()
             .to_string()
     } else {

@@ -25,8 +25,6 @@ pub use net::Cidr;
 pub use raw::RawParameter as Parameter;
 pub use secrets::Secrets;
 
-/// PostgreSQL major versions pgha can install: the ones Debian 12 ships.
-pub const SUPPORTED_POSTGRES_VERSIONS: &[u32] = &[15];
 /// The Patroni release pgha ships when the inventory names none.
 pub const DEFAULT_PATRONI_VERSION: &str = "4.1.5";
 /// Parameters pgha sets itself; a user value would break replication, rewind or security.
@@ -273,6 +271,14 @@ pub struct Cluster {
     pub secrets_file: PathBuf,
     /// The binary installed as the agent; `None`: the running pgha.
     pub agent_binary: Option<PathBuf>,
+}
+
+impl Cluster {
+    /// The Debian release the nodes run: the one that ships `postgres_version` (validated).
+    pub fn release(&self) -> crate::debian::Release {
+        crate::debian::Release::for_postgres(self.postgres_version)
+            .expect("postgres_version is validated against the supported releases")
+    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
@@ -638,11 +644,17 @@ fn validate_cluster(
             ),
         );
     }
-    if !SUPPORTED_POSTGRES_VERSIONS.contains(&raw.postgres_version) {
+    if crate::debian::Release::for_postgres(raw.postgres_version).is_none() {
         problems.add(
             "cluster.postgres_version",
-            format!("PostgreSQL {} is not supported", raw.postgres_version),
-            Some("supported: 15 (Debian 12's PostgreSQL)"),
+            format!(
+                "PostgreSQL {} is not supported: no supported Debian release ships it",
+                raw.postgres_version
+            ),
+            Some(&format!(
+                "supported: {}; the nodes run that release",
+                crate::debian::postgres_choices()
+            )),
         );
     }
 

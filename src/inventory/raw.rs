@@ -25,7 +25,7 @@ pub struct RawInventory {
 pub struct RawCluster {
     /// Cluster name, used as the Patroni scope: lowercase letters, digits and `-`.
     pub name: String,
-    /// PostgreSQL major version.
+    /// PostgreSQL major version: 15 on Debian 12 nodes, 17 on Debian 13 (each release ships one).
     pub postgres_version: u32,
     /// Virtual IP with prefix length (e.g. `10.0.0.100/24`); without it no Keepalived is deployed.
     pub vip: Option<String>,

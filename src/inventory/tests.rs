@@ -42,7 +42,11 @@ fn a_minimal_inventory_gets_every_default() {
 
 #[test]
 fn the_shipped_inventories_are_valid() {
-    for file in ["inventories/lab.yml", "inventories/example.yml"] {
+    for file in [
+        "inventories/lab.yml",
+        "inventories/lab-trixie.yml",
+        "inventories/example.yml",
+    ] {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
         Inventory::load(&path).unwrap_or_else(|error| panic!("{file}: {error:#}"));
     }
@@ -224,6 +228,14 @@ fn only_supported_postgres_versions() {
         message.contains("inv.yml:3:21: cluster.postgres_version: PostgreSQL 9 is not supported"),
         "{message}"
     );
+    let message = problems(&GOOD.replace("postgres_version: 15", "postgres_version: 16"));
+    assert!(
+        message.contains("supported: 15 (Debian 12, bookworm) or 17 (Debian 13, trixie)"),
+        "{message}"
+    );
+    // Debian 13's PostgreSQL is accepted.
+    let trixie = parse(&GOOD.replace("postgres_version: 15", "postgres_version: 17")).unwrap();
+    assert_eq!(trixie.cluster.postgres_version, 17);
 }
 
 #[test]

@@ -12,11 +12,9 @@ use std::process::{Command, Stdio};
 use anyhow::{bail, Context, Result};
 
 use super::host;
+use crate::debian::Release;
 use super::mirror::{self, Mirrors};
 use super::proxy;
-
-/// The Debian release of the nodes.
-pub const SUITE: &str = "bookworm";
 
 /// Packages on top of `minbase`: a booting systemd host reachable over SSH, plus tools tests use.
 const PACKAGES: &[&str] = &[
@@ -47,14 +45,15 @@ const MASKED_UNITS: &[&str] = &[
 const MARKER: &str = "etc/pgha-lab-base";
 const FORMAT: &str = "1\n";
 
-/// The base directory and its partial sibling.
+/// The base directory of one Debian release and its partial sibling.
 pub struct Base {
     dir: PathBuf,
+    release: Release,
 }
 
 impl Base {
-    pub fn new(dir: PathBuf) -> Base {
-        Base { dir }
+    pub fn new(dir: PathBuf, release: Release) -> Base {
+        Base { dir, release }
     }
 
     pub fn dir(&self) -> &Path {
@@ -96,7 +95,7 @@ impl Base {
             }
         }
         self.debootstrap(mirrors, &partial)?;
-        configure(&partial, mirrors)
+        configure(&partial, mirrors, self.release.codename)
             .with_context(|| format!("failed to configure the base in `{}`", partial.display()))?;
         std::fs::write(partial.join(MARKER), FORMAT)?;
         std::fs::rename(&partial, &self.dir)
@@ -116,7 +115,7 @@ impl Base {
         command
             .arg("--variant=minbase")
             .arg(format!("--include={}", PACKAGES.join(",")))
-            .arg(SUITE)
+            .arg(self.release.codename)
             .arg(target)
             .arg(&mirrors.debian)
             .env("http_proxy", proxy::url())
@@ -131,7 +130,8 @@ impl Base {
             let tail: Vec<&str> = text.lines().rev().take(5).collect();
             let tail: Vec<&str> = tail.into_iter().rev().collect();
             bail!(
-                "`debootstrap` of {SUITE} failed ({status}):\n{}\nhint: see `{}`; `pgha lab up` redoes the build (downloads are cached)",
+                "`debootstrap` of {} failed ({status}):\n{}\nhint: see `{}`; `pgha lab up` redoes the build (downloads are cached)",
+                self.release.codename,
                 tail.join("\n"),
                 log_path.display()
             );
@@ -143,7 +143,7 @@ impl Base {
 
 /// Make the debootstrapped tree a lab base: the `deploy` user, no per-host identity, the proxy
 /// and the host's mirrors for apt, and masked noise units.
-fn configure(root: &Path, mirrors: &Mirrors) -> Result<()> {
+fn configure(root: &Path, mirrors: &Mirrors, suite: &str) -> Result<()> {
     let passwd = std::fs::read_to_string(root.join("etc/passwd")).unwrap_or_default();
     if !passwd.lines().any(|line| line.starts_with("deploy:")) {
         host::run(Command::new("chroot").arg(root).args([
@@ -197,7 +197,7 @@ fn configure(root: &Path, mirrors: &Mirrors) -> Result<()> {
     write(
         root,
         "etc/apt/sources.list.d/debian.sources",
-        &mirror::node_sources(mirrors, SUITE),
+        &mirror::node_sources(mirrors, suite),
         0o644,
     )?;
     let _ = std::fs::remove_file(root.join("etc/apt/sources.list"));

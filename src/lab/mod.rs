@@ -1,6 +1,6 @@
 //! `pgha lab`: a throw-away cluster of real Debian nodes on this machine, and fault injection.
 //!
-//! Each node is a Debian 12 root (an overlay on one cached base) booted by `systemd-nspawn` with
+//! Each node is a Debian 12 or 13 root (an overlay on the cached base of its release) booted by `systemd-nspawn` with
 //! systemd as PID 1, in its own network namespace on the bridge `pgha-br0`, reachable over SSH
 //! with host keys the lab made. Nodes get packages only through the lab's apt-cacher-ng.
 //!
@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::debian::Release;
 use crate::error::UserError;
 pub use mirror::Mirrors;
 pub use topology::{Node, BRIDGE, BRIDGE_ADDRESS, MAX_NODES, VIP};
@@ -44,21 +45,29 @@ const POLL_CONNECT: Duration = Duration::from_millis(500);
 /// `down` is less patient: the nodes are thrown away anyway.
 const DOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// The lab's state file: how many nodes the lab has while it is up.
+/// The lab's state file: how many nodes the lab has while it is up, and their release.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct State {
     nodes: usize,
+    /// The nodes' Debian codename; absent in a state written before trixie: bookworm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    release: Option<String>,
 }
 
 /// Options of `up`.
 #[derive(Debug, Clone)]
 pub struct UpOptions {
     pub nodes: usize,
+    /// The nodes' Debian release; `None`: the running lab's, or bookworm for a new lab.
+    pub release: Option<Release>,
 }
 
 impl Default for UpOptions {
     fn default() -> UpOptions {
-        UpOptions { nodes: 3 }
+        UpOptions {
+            nodes: 3,
+            release: None,
+        }
     }
 }
 
@@ -124,6 +133,8 @@ pub struct NodeStatus {
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
     pub up: bool,
+    /// The nodes' Debian codename while the lab is up.
+    pub release: Option<String>,
     pub state_dir: PathBuf,
     pub proxy: Option<String>,
     pub known_hosts: PathBuf,
@@ -200,8 +211,24 @@ impl Lab {
         keys::Keys::new(self.dir.join("ssh"))
     }
 
-    fn base(&self) -> base::Base {
-        base::Base::new(self.dir.join("base"))
+    /// The running lab's release (bookworm for a state written before there was a choice).
+    pub fn release(&self) -> Release {
+        self.state
+            .release
+            .as_deref()
+            .and_then(Release::named)
+            .unwrap_or(crate::debian::BOOKWORM)
+    }
+
+    /// The cached base of `release`: `base` for bookworm (its place before there was a
+    /// choice), `base-<codename>` for the others.
+    fn base(&self, release: Release) -> base::Base {
+        let name = if release == crate::debian::BOOKWORM {
+            "base".to_string()
+        } else {
+            format!("base-{}", release.codename)
+        };
+        base::Base::new(self.dir.join(name), release)
     }
 
     fn proxy(&self) -> proxy::Proxy {
@@ -244,6 +271,19 @@ impl Lab {
             ))
             .into());
         }
+        let release = match options.release {
+            Some(release) => release,
+            None if self.is_up() => self.release(),
+            None => crate::debian::BOOKWORM,
+        };
+        if self.is_up() && release != self.release() {
+            return Err(UserError(format!(
+                "the lab is up with {} nodes; all its nodes run one release\nhint: `pgha lab down`, then `pgha lab up --release {}`",
+                self.release().title(),
+                release.codename
+            ))
+            .into());
+        }
         host::preflight()?;
         let started = Instant::now();
         let mut changes = Vec::new();
@@ -265,11 +305,11 @@ impl Lab {
         if self.proxy().ensure(&mirrors)? {
             changes.push(format!("started the apt proxy on `{}`", proxy::url()));
         }
-        let base = self.base();
+        let base = self.base(release);
         if !base.ready() {
             (self.progress)(&format!(
-                "building the Debian {} base (once; about a minute)",
-                base::SUITE
+                "building the {} base (once; about a minute)",
+                release.title()
             ));
             let build_started = Instant::now();
             let mut resumed = false;
@@ -280,11 +320,13 @@ impl Lab {
                 ""
             };
             changes.push(format!(
-                "built the Debian base in {:.1} s{redo}",
+                "built the {} base in {:.1} s{redo}",
+                release.title(),
                 build_started.elapsed().as_secs_f64()
             ));
         }
         self.state.nodes = options.nodes;
+        self.state.release = Some(release.codename.to_string());
         self.save()?;
 
         let client_public_key = keys.client_public_key()?;
@@ -437,6 +479,7 @@ impl Lab {
         }
         Ok(Status {
             up: self.is_up(),
+            release: self.is_up().then(|| self.release().codename.to_string()),
             state_dir: self.dir.clone(),
             proxy: self.proxy().pid().map(|_| proxy::url()),
             known_hosts: self.known_hosts(),
@@ -557,7 +600,7 @@ impl Lab {
             host_key: &keys.host_key(&node),
             client_public_key: &keys.client_public_key()?,
         };
-        node::launch(&node, &dirs, self.base().dir(), &cgroups, &identity)?;
+        node::launch(&node, &dirs, self.base(self.release()).dir(), &cgroups, &identity)?;
         node::wait_for_ssh(&[(node.clone(), dirs.console_log())], BOOT_TIMEOUT)?;
         self.wait_reachable(&node, "its start")?;
         Ok(changed(

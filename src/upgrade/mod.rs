@@ -1096,7 +1096,11 @@ pub async fn upgrade(options: UpgradeOptions) -> anyhow::Result<UpgradeReport> {
     let started = Instant::now();
     let cluster = Cluster::open(&options.inventory, false)?;
     // Patroni's pinned version must exist as wheels pgha can ship, before any host is read.
-    crate::wheels::ensure_archive(&cluster.inventory.cluster.patroni_version).map_err(|error| {
+    crate::wheels::ensure_archive(
+        &cluster.inventory.cluster.patroni_version,
+        cluster.inventory.cluster.release(),
+    )
+    .map_err(|error| {
         UserError(format!(
             "Patroni {} cannot be shipped: {error:#}\nhint: check `cluster.patroni_version`",
             cluster.inventory.cluster.patroni_version

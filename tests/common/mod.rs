@@ -38,10 +38,17 @@ pub fn pgha_ok(args: &[&str]) -> String {
 /// A copy of `inventories/lab.yml` in a fresh temporary folder, so that the secrets file the
 /// test generates lands beside the copy, not in the repository. Keep the folder alive.
 pub fn lab_inventory() -> (tempfile::TempDir, PathBuf) {
+    shipped_inventory("lab.yml")
+}
+
+/// A copy of `inventories/<file>` in a fresh temporary folder (see [`lab_inventory`]).
+pub fn shipped_inventory(file: &str) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let inventory = dir.path().join("lab.yml");
+    let inventory = dir.path().join(file);
     std::fs::copy(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("inventories/lab.yml"),
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("inventories")
+            .join(file),
         &inventory,
     )
     .expect("copy the lab inventory");

@@ -1,0 +1,138 @@
+//! End-to-end on Debian 13 (trixie): the lab boots trixie nodes, and `pgha deploy` builds the
+//! cluster on the components trixie ships (PostgreSQL 17, etcd 3.5, HAProxy 3.0, keepalived
+//! 2.3, Python 3.13 with wheels made on this Debian 12 machine), read like a spec:
+//! 1. a cluster whose `postgres_version` is another release's is refused by the preflight,
+//!    which names the release and why, and nothing is installed;
+//! 2. the deploy converges, each component is the version trixie ships, and the files pgha
+//!    rendered pass that version's own checkers (`haproxy -c`, `keepalived --config-test`);
+//! 3. `pgha verify` passes and a second deploy changes nothing;
+//! 4. a switchover and a power cut of the primary keep every acknowledged write and one
+//!    primary, within the failover model.
+//!
+//! Needs root. One test function: only one lab can exist at a time.
+
+mod common;
+
+use common::{changed_tasks, deploy_result, exec_everywhere, pgha, pgha_ok, shipped_inventory};
+
+/// Each node's stdout of `command`, in node order.
+fn stdouts(inventory: &std::path::Path, command: &str) -> Vec<String> {
+    exec_everywhere(inventory, command)
+        .as_array()
+        .expect("one result per node")
+        .iter()
+        .map(|host| {
+            assert_eq!(host["exit_code"], 0, "`{command}` failed: {host:#}");
+            host["stdout"].as_str().unwrap_or_default().trim().to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn a_debian_13_cluster_deploys_verifies_and_fails_over() {
+    assert!(
+        common::is_root(),
+        "the end-to-end test needs root (it runs the lab)"
+    );
+    let (_dir, inventory) = shipped_inventory("lab-trixie.yml");
+    let inventory_arg = inventory.to_str().expect("a UTF-8 path");
+
+    pgha_ok(&["lab", "down"]);
+    let _lab = common::Lab;
+    pgha_ok(&["lab", "up", "--release", "trixie", "--nodes", "3"]);
+    let status: serde_json::Value =
+        serde_json::from_str(&pgha_ok(&["lab", "status", "--json"])).unwrap();
+    assert_eq!(status["release"], "trixie", "{status:#}");
+    for version in stdouts(&inventory, ". /etc/os-release; echo $VERSION_ID") {
+        assert_eq!(version, "13");
+    }
+    // The running lab keeps its release: growing it with another is refused.
+    let mixed = pgha(&["lab", "up", "--release", "bookworm", "--nodes", "4"]);
+    assert!(!mixed.status.success());
+    assert!(
+        String::from_utf8_lossy(&mixed.stderr).contains("Debian 13 (trixie)"),
+        "{}",
+        String::from_utf8_lossy(&mixed.stderr)
+    );
+
+    // 1. PostgreSQL 15 is Debian 12's: the preflight refuses before anything is installed.
+    let (_wrong_dir, wrong) = shipped_inventory("lab.yml");
+    let refused = deploy_result(&wrong, &[]);
+    assert_eq!(refused["success"], false, "{refused:#}");
+    let text = refused.to_string();
+    assert!(
+        text.contains("Debian 13 (trixie)")
+            && text.contains("PostgreSQL of Debian 12 (bookworm)")
+            && text.contains("streaming replication needs one PostgreSQL major"),
+        "the refusal names both releases and why: {refused:#}"
+    );
+    assert_eq!(changed_tasks(&refused), 0, "{refused:#}");
+    for installed in stdouts(
+        &inventory,
+        "dpkg-query -W -f='${Status}' postgresql-15 etcd-server 2>/dev/null | grep -c 'install ok' || true",
+    ) {
+        assert_eq!(installed, "0", "a refused deploy installed packages");
+    }
+
+    // 2. The deploy on trixie's components.
+    let deployed = deploy_result(&inventory, &[]);
+    assert_eq!(deployed["success"], true, "{deployed:#}");
+    eprintln!(
+        "first deploy on Debian 13: {} ms",
+        deployed["duration_ms"].as_u64().unwrap_or(0)
+    );
+    let versions = stdouts(
+        &inventory,
+        "etcd --version | sed -n 's/^etcd Version: //p'; \
+         haproxy -v | sed -n 's/^HAProxy version \\([0-9.]*\\).*/\\1/p'; \
+         keepalived --version 2>&1 | sed -n 's/^Keepalived v\\([0-9.]*\\).*/\\1/p'; \
+         /opt/pgha/patroni/bin/python3 -c 'import sys; print(\"%d.%d\" % sys.version_info[:2])'; \
+         su postgres -c \"psql -Atc 'show server_version_num'\"",
+    );
+    for node in &versions {
+        let lines: Vec<&str> = node.lines().collect();
+        assert_eq!(lines.len(), 5, "{node}");
+        assert!(lines[0].starts_with("3.5."), "etcd {node}");
+        assert!(lines[1].starts_with("3.0."), "HAProxy {node}");
+        assert!(lines[2].starts_with("2.3."), "keepalived {node}");
+        assert_eq!(lines[3], "3.13", "Patroni's Python {node}");
+        assert!(lines[4].starts_with("17"), "PostgreSQL {node}");
+    }
+    // The files pgha rendered, checked by the programs that read them, in the version trixie
+    // ships (`-c`/`--config-test` parse only; the running services are not touched).
+    stdouts(
+        &inventory,
+        "haproxy -c -q -f /etc/haproxy/haproxy.cfg && keepalived --config-test -f /etc/keepalived/keepalived.conf",
+    );
+
+    // 3. Verified, and a second deploy changes nothing.
+    let verified: serde_json::Value =
+        serde_json::from_str(&pgha_ok(&["verify", "-i", inventory_arg, "--json"])).unwrap();
+    assert_eq!(verified["success"], true, "{verified:#}");
+    let again = deploy_result(&inventory, &[]);
+    assert_eq!(again["success"], true, "{again:#}");
+    assert_eq!(changed_tasks(&again), 0, "the second deploy changed: {again:#}");
+    eprintln!(
+        "no-op deploy on Debian 13: {} ms",
+        again["duration_ms"].as_u64().unwrap_or(0)
+    );
+
+    // 4. The drills.
+    for scenario in ["switchover", "kill-primary"] {
+        let output = pgha(&["drill", "-i", inventory_arg, scenario, "--json"]);
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout)
+            .unwrap_or_else(|error| panic!("`pgha drill {scenario}` printed no JSON ({error})"));
+        eprintln!("{scenario} on Debian 13: {}", report["summary"]);
+        assert!(report["error"].is_null(), "{scenario}: {report:#}");
+        let run = &report["runs"][0];
+        assert_eq!(run["acknowledged_writes_lost"], 0, "{scenario}: {run:#}");
+        assert_eq!(run["double_primary_moments"], 0, "{scenario}: {run:#}");
+        assert_eq!(run["failover"], true, "{scenario}: {run:#}");
+        assert_ne!(run["new_primary"], run["old_primary"], "{scenario}");
+        assert!(
+            run["outage_ms"].as_u64().unwrap_or(0) > 0,
+            "{scenario}: a failover without a failed write is not credible: {run:#}"
+        );
+        assert_eq!(report["summary"]["passed"], true, "{scenario}: {report:#}");
+    }
+}
