@@ -580,6 +580,37 @@ mod tests {
     }
 
     #[test]
+    fn the_fast_path_is_rendered_for_patroni_nodes_when_turned_on() {
+        let mut inventory = inventory("lab.yml");
+        let renderer = Renderer::new(None).unwrap();
+        let agent_yml = |inventory: &Inventory| {
+            renderer
+                .render_node(inventory, &secrets(), &inventory.nodes[1])
+                .unwrap()
+                .into_iter()
+                .find(|file| file.path == "/etc/pgha/agent.yml")
+                .unwrap()
+                .contents
+        };
+        assert!(!agent_yml(&inventory).contains("fast_path"));
+        inventory.cluster.corroborated_failover = true;
+        let text = agent_yml(&inventory);
+        let parsed: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+        let fast = &parsed["fast_path"];
+        // node2 judges node1 and node3; both others must agree (a majority of two).
+        assert_eq!(fast["votes_needed"], 2, "{text}");
+        assert_eq!(fast["stale_after_ms"], 6500, "{text}");
+        let names: Vec<&str> = fast["members"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|member| member["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["node1", "node3"]);
+        assert_eq!(fast["members"][0]["etcd"], "https://10.231.0.11:2379");
+    }
+
+    #[test]
     fn a_node_without_roles_gets_only_its_files() {
         let mut inventory = inventory("lab.yml");
         inventory.nodes[2].roles = [Role::Etcd].into_iter().collect();

@@ -143,10 +143,19 @@ fn a_live_cluster_scales_out_without_restarting_its_members() {
             "--roles",
             roles,
         ]);
+        let failures_before = clients.failures();
         let started = Instant::now();
         let grown = common::deploy_result(&inventory, &[]);
         let seconds = started.elapsed().as_secs_f64();
+        let failures_after = clients.failures();
         assert_eq!(grown["success"], true, "adding {node}: {grown:#}");
+        // Scale-out reloads HAProxy, keepalived, Patroni and the agents, never restarts a
+        // member: no application write may fail while it runs.
+        assert_eq!(
+            failures_after.0 - failures_before.0,
+            0,
+            "writes through the VIP failed while {node} was added"
+        );
         let (listed, evidence) = etcd_listed(&verified(&inventory));
         // The new member, a voter by now.
         if roles.contains("etcd") {

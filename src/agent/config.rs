@@ -25,6 +25,34 @@ struct RawConfig {
     /// Other agents (`host:port`), asked whether their HAProxy routes writes.
     #[serde(default)]
     peers: Vec<String>,
+    /// The corroborated fast path (`cluster.corroborated_failover`); absent or null: off.
+    #[serde(default)]
+    fast_path: Option<FastPath>,
+}
+
+/// What the fast path needs: when a leader's lease counts as stale, how many agents must
+/// agree, and the other Patroni nodes it may have to judge.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct FastPath {
+    /// The leader's lease not refreshed for this long (Patroni's `loop_wait` plus a margin).
+    pub stale_after_ms: u64,
+    /// Agents (this one included) that must suspect the same leader key: a majority of the
+    /// Patroni nodes other than the leader's.
+    pub votes_needed: usize,
+    pub postgres_port: u16,
+    /// Every other Patroni node.
+    pub members: Vec<FastPathMember>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct FastPathMember {
+    pub name: String,
+    /// The node's address (an IP).
+    pub address: String,
+    /// The node's etcd member (`https://host:port`), when it runs one.
+    pub etcd: Option<String>,
 }
 
 /// The validated configuration.
@@ -44,6 +72,7 @@ pub struct Config {
     pub vip: Option<Vip>,
     pub vip_interface: String,
     pub peers: Vec<String>,
+    pub fast_path: Option<FastPath>,
 }
 
 impl Config {
@@ -138,6 +167,7 @@ impl Config {
                     vip,
                     vip_interface: raw.vip_interface,
                     peers: raw.peers,
+                    fast_path: raw.fast_path,
                 })
             }
             _ => Err(ParseError::Invalid(problems.join("; "))),
@@ -173,9 +203,19 @@ vip: "10.231.0.100/24"
 vip_interface: eth0
 peers:
   - 10.231.0.11:9650
+fast_path:
+  stale_after_ms: 6500
+  votes_needed: 2
+  postgres_port: 5432
+  members:
+    - {name: node1, address: 10.231.0.11, etcd: "https://10.231.0.11:2379"}
+    - {name: node2, address: 10.231.0.12, etcd: null}
 "#;
         let config = Config::parse(text).ok().expect("valid");
         assert_eq!(config.prefix, "/service/lab/");
+        let fast = config.fast_path.as_ref().expect("fast path on");
+        assert_eq!(fast.votes_needed, 2);
+        assert_eq!(fast.members[1].etcd, None);
         assert_eq!(config.peers, ["10.231.0.11:9650"]);
         assert_eq!(
             config.local_etcd_endpoint().as_deref(),

@@ -15,6 +15,7 @@
 pub mod config;
 pub mod decide;
 pub mod etcd;
+pub mod fastpath;
 pub mod haproxy;
 pub mod probe;
 pub mod server;
@@ -64,6 +65,14 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         endpoints.retain(|endpoint| *endpoint != local);
         endpoints.insert(0, local);
     }
+    // The corroborated fast path, when the inventory turned it on for this Patroni node.
+    let fast_path = config.fast_path.clone().map(|fast| {
+        tokio::spawn(fastpath::run(
+            Arc::new(config.clone()),
+            fast,
+            endpoints.clone(),
+        ))
+    });
     let watcher = tokio::spawn(etcd::follow(
         endpoints,
         config.prefix.clone(),
@@ -138,6 +147,9 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     http.abort();
     if let Some(guard) = raft_guard {
         guard.abort();
+    }
+    if let Some(fast_path) = fast_path {
+        fast_path.abort();
     }
     Ok(())
 }

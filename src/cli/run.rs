@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::bail;
 
 use crate::engine::ops::{self, PlaybookRequest};
+use crate::engine::report::RunResult;
 use crate::engine::RunOptions;
 
 /// Options shared by every command that runs a playbook.
@@ -157,15 +158,37 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<()> {
     let Some(departure) = departure else {
         return run_playbook("deploy".to_string(), args);
     };
+    // The result (and `--json`) is printed once the departed nodes are out, so it tells
+    // whether they are.
+    let json = args.json;
     let result = runtime
         .block_on(departure.before())
-        .and_then(|()| run_playbook("deploy".to_string(), args))
-        .and_then(|()| runtime.block_on(departure.after()));
+        .and_then(|()| playbook_result("deploy".to_string(), args));
+    let result = match result {
+        Ok(mut result) => {
+            if result.success {
+                if let Err(error) = runtime.block_on(departure.after()) {
+                    result.success = false;
+                    result.stopped = Some(format!(
+                        "taking the nodes gone from the inventory out: {error:#}"
+                    ));
+                }
+            }
+            Ok(result)
+        }
+        Err(error) => Err(error),
+    };
     runtime.block_on(departure.close());
-    result
+    report(result?, json)
 }
 
 fn run_playbook(playbook: String, args: PlaybookArgs) -> anyhow::Result<()> {
+    let json = args.json;
+    report(playbook_result(playbook, args)?, json)
+}
+
+/// Run `playbook` without printing its result.
+fn playbook_result(playbook: String, args: PlaybookArgs) -> anyhow::Result<RunResult> {
     let request = PlaybookRequest {
         inventory: args.inventory,
         playbook,
@@ -182,8 +205,12 @@ fn run_playbook(playbook: String, args: PlaybookArgs) -> anyhow::Result<()> {
             quiet: args.json,
         },
     };
-    let result = runtime()?.block_on(ops::run_playbook(request))?;
-    if args.json {
+    runtime()?.block_on(ops::run_playbook(request))
+}
+
+/// Print a run's result (`--json`: as JSON) and turn a failed run into an error naming hosts.
+fn report(result: RunResult, json: bool) -> anyhow::Result<()> {
+    if json {
         println!("{}", serde_json::to_string_pretty(&result)?);
     }
     if !result.success {

@@ -318,6 +318,7 @@ pub async fn run(options: DrillOptions) -> anyhow::Result<DrillReport> {
         scenario,
         &inventory.cluster.patroni,
         &inventory.cluster.haproxy,
+        inventory.cluster.corroborated_failover,
     );
     let context = Drill {
         connections: Arc::new(Connections::new(inventory.clone(), false)),

@@ -32,11 +32,17 @@ const VRRP_TAKEOVER_MIN_MS: u64 = 1_000;
 const VRRP_TAKEOVER_AVG_MS: u64 = 2_500;
 const VRRP_TAKEOVER_MAX_MS: u64 = 5_000;
 
-/// The model's range for `scenario` under these timings.
+/// Patroni asks every member's REST API before it takes the leader lock, and gives a dead
+/// one 2 s (hard-coded); then the promotion.
+const ELECTION_MS: u64 = 2_000 + 1_000;
+
+/// The model's range for `scenario` under these timings; `corroborated`: the agents' fast
+/// path is on (`cluster.corroborated_failover`).
 pub fn expected_outage(
     scenario: Scenario,
     patroni: &PatroniTiming,
     haproxy: &HaproxyChecks,
+    corroborated: bool,
 ) -> ExpectedOutage {
     let ttl = u64::from(patroni.ttl) * 1000;
     let loop_wait = u64::from(patroni.loop_wait) * 1000;
@@ -49,6 +55,21 @@ pub fn expected_outage(
     // check term: the average and maximum keep it, for a node whose agent is slow or down.
     let rise = u64::from(haproxy.rise.saturating_sub(1)) * u64::from(haproxy.fastinter_ms);
     match scenario {
+        // The agents end a dead leader's leadership once its lease is `loop_wait` + 1.5 s
+        // old and its node has answered nothing for 1.5 s (both counted from the fault, the
+        // lease from its last refresh, 0–`loop_wait` before), after a 250 ms poll and a vote.
+        Scenario::KillPrimary | Scenario::PartitionPrimary | Scenario::FreezePrimary
+            if corroborated =>
+        {
+            let verdict_min = u64::try_from(crate::agent::fastpath::UNANSWERED_FOR.as_millis())
+                .unwrap_or(1_500);
+            let verdict_max = loop_wait + 1_500 + 500;
+            ExpectedOutage {
+                min_ms: verdict_min,
+                avg_ms: (verdict_min + verdict_max) / 2 + ELECTION_MS + inter / 2,
+                max_ms: verdict_max + ELECTION_MS + inter + rise,
+            }
+        }
         Scenario::KillPrimary | Scenario::PartitionPrimary | Scenario::FreezePrimary => {
             ExpectedOutage {
                 // The lease was refreshed at most `loop_wait` before the fault.
@@ -90,7 +111,28 @@ mod tests {
     use crate::inventory::FailoverProfile;
 
     fn range(scenario: Scenario, profile: FailoverProfile) -> ExpectedOutage {
-        expected_outage(scenario, &profile.patroni(), &profile.haproxy())
+        expected_outage(scenario, &profile.patroni(), &profile.haproxy(), false)
+    }
+
+    #[test]
+    fn node_death_with_the_corroborated_fast_path() {
+        let profile = FailoverProfile::Normal;
+        let expected = expected_outage(
+            Scenario::KillPrimary,
+            &profile.patroni(),
+            &profile.haproxy(),
+            true,
+        );
+        // Verdict 1.5–7 s after the fault, then Patroni's election and HAProxy's checks.
+        assert_eq!(
+            (expected.min_ms, expected.avg_ms, expected.max_ms),
+            (1_500, 8_250, 14_000)
+        );
+        // Planned and partial faults do not change.
+        assert_eq!(
+            expected_outage(Scenario::Switchover, &profile.patroni(), &profile.haproxy(), true),
+            range(Scenario::Switchover, profile)
+        );
     }
 
     #[test]

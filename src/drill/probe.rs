@@ -27,8 +27,13 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// Interval between two write attempts.
 pub const WRITE_INTERVAL: Duration = Duration::from_millis(100);
-/// Interval between two rounds of the primary probe (and of the isolated write probe).
-pub const PRIMARY_INTERVAL: Duration = Duration::from_millis(200);
+/// Interval between two rounds of the primary probe. Finer than a switchover: on Debian 13
+/// the old primary's last writable answer and the new one's first came within one 200 ms
+/// round, which the round-based check counted as two primaries at once (2 of 5 switchovers),
+/// although the old primary had shut down its sessions before the new one was promoted.
+pub const PRIMARY_INTERVAL: Duration = Duration::from_millis(50);
+/// Interval between two write attempts of the isolated write probe.
+const ISOLATED_INTERVAL: Duration = Duration::from_millis(200);
 /// Connect timeout of every probe connection (a real application's short timeout).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// The persistent connection gives up on a write after this long and reconnects.
@@ -280,7 +285,7 @@ impl Probes {
             tasks.push(tokio::spawn(new_connection_probe(
                 isolated,
                 WriteClient::Isolated,
-                PRIMARY_INTERVAL,
+                ISOLATED_INTERVAL,
                 shared,
             )));
         }
@@ -520,11 +525,17 @@ async fn primary_probe(
     let mut client: Option<Client> = None;
     let period = u64::try_from(PRIMARY_INTERVAL.as_millis()).unwrap_or(200);
     loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
+        // The round is the tick's scheduled time, not the time it ran: a late tick must not
+        // land in the round of the next one (two answers of one node in one round).
+        let tick = tokio::select! {
+            tick = ticker.tick() => tick,
             _ = stopped.changed() => return,
-        }
-        let round = elapsed_ms(started) / period;
+        };
+        let since_start = u64::try_from(
+            tick.into_std().saturating_duration_since(started).as_millis(),
+        )
+        .unwrap_or(u64::MAX);
+        let round = (since_start + period / 2) / period;
         let query = async {
             if client.as_ref().is_none_or(|client| client.is_closed()) {
                 client = Some(endpoint.connect().await.map_err(|_| ())?);
@@ -686,7 +697,11 @@ pub fn primaries(samples: &[PrimarySample], old_primary: &str) -> Primaries {
         .iter()
         .filter(|sample| sample.writable == Some(true))
     {
-        rounds.entry(sample.round).or_default().push(sample);
+        let round = rounds.entry(sample.round).or_default();
+        // One answer per node and round: two of one node are not two primaries.
+        if !round.iter().any(|seen| seen.node == sample.node) {
+            round.push(sample);
+        }
     }
     let mut result = Primaries::default();
     for out_of_recovery in rounds.values().filter(|nodes| nodes.len() >= 2) {
@@ -862,6 +877,9 @@ mod tests {
         );
         assert_eq!(seen.fenced_moments, 0);
         assert_eq!(primaries(&samples[..4], "node1"), Primaries::default());
+        // Two answers of one node in one round are one primary, not two.
+        let twice = vec![sample(5, "node2", Some(true)), sample(5, "node2", Some(true))];
+        assert_eq!(primaries(&twice, "node1"), Primaries::default());
     }
 
     #[test]

@@ -400,7 +400,7 @@ mod tests {
             sample(1, "node1", Some(true)),
             sample(2, "node2", Some(false)),
             sample(2, "node3", None),
-            sample(10, "node3", Some(false)),
+            sample(40, "node3", Some(false)),
         ];
         let stored = stored_all(&log);
         let nodes: Vec<String> = ["node1", "node2", "node3"].map(String::from).to_vec();

@@ -265,6 +265,8 @@ pub struct Cluster {
     pub haproxy: HaproxyChecks,
     pub postgresql: Postgresql,
     pub single_node_trial: bool,
+    /// The agents' corroborated fast path (off by default).
+    pub corroborated_failover: bool,
     pub patroni_version: String,
     /// Debian package version pins by component.
     pub versions: Versions,
@@ -729,6 +731,15 @@ fn validate_cluster(
     let synchronous_mode = raw.synchronous_mode.unwrap_or_default();
     let single_node_trial = raw.single_node_trial.unwrap_or(false);
     check_roles(nodes, synchronous_mode, single_node_trial, problems);
+    let corroborated_failover = raw.corroborated_failover.unwrap_or(false);
+    if corroborated_failover && synchronous_mode == SyncMode::Off {
+        // Without a synchronous standby a wrong verdict could lose acknowledged commits.
+        problems.add(
+            "cluster.corroborated_failover",
+            "the corroborated fast path needs synchronous replication",
+            Some("set `synchronous_mode: \"on\"` (or `strict`), or remove `corroborated_failover`"),
+        );
+    }
 
     let vip = raw
         .vip
@@ -860,6 +871,7 @@ fn validate_cluster(
             client_cidrs,
         },
         single_node_trial,
+        corroborated_failover,
         patroni_version,
         versions,
         secrets_file,

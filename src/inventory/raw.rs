@@ -47,6 +47,11 @@ pub struct RawCluster {
     pub postgresql: Option<RawPostgresql>,
     /// Allow a single etcd member (a one-node trial, not highly available).
     pub single_node_trial: Option<bool>,
+    /// The corroborated fast path (default false): when the agents on a majority of the other
+    /// Patroni nodes find the leader's node gone (its lease not refreshed for `loop_wait` +
+    /// 1.5 s, its PostgreSQL, Patroni and etcd member unanswering), they delete its leader key
+    /// instead of waiting for the TTL. Needs `synchronous_mode` on.
+    pub corroborated_failover: Option<bool>,
     /// Patroni version installed from wheels shipped by pgha (default 4.1.5): Patroni's pin.
     /// `pgha deploy` installs it on a new node; `pgha upgrade` moves a running cluster to it.
     pub patroni_version: Option<String>,

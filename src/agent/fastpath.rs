@@ -1,0 +1,428 @@
+//! The corroborated fast path (opt-in, `cluster.corroborated_failover`): end a provably dead
+//! leader's leadership before its TTL runs out.
+//!
+//! Patroni's leader key hangs on a lease that the leader refreshes every `loop_wait`; only
+//! when the lease expires (the TTL, 30 s by default) do the replicas race for the key. Each
+//! agent on a Patroni node that is not the leader's looks, every 250 ms, at:
+//! - the leader key (name, `mod_revision`, lease) and the lease's remaining TTL: a refresh
+//!   shows as the remaining TTL going up, so the agent knows how long ago the leader last
+//!   refreshed it;
+//! - the leader's node from here: PostgreSQL (the postmaster answers an `SSLRequest`), Patroni's
+//!   REST API (`GET /liveness`) and its etcd member (`Status`), each with a 400 ms deadline.
+//!
+//! It suspects the leader when the lease has not been refreshed for `stale_after` (Patroni's
+//! `loop_wait` + 1.5 s) *and* nothing on the node has answered for [`UNANSWERED_FOR`]. A
+//! suspicion is a vote: a key `/pgha-fastpath/<prefix><leader>/<voter>` holding the leader
+//! key's `mod_revision`, on a 2 s lease (it vanishes when the agent stops suspecting). When
+//! `votes_needed` agents (a majority of the Patroni nodes other than the leader's) vote for
+//! the same revision, an agent checks the lease once more and deletes the leader key in a
+//! transaction that holds only if the key still has that revision and names that leader.
+//! Patroni's replicas are woken by the delete (their watch) and elect a new leader as after
+//! an expiry; in synchronous mode only the synchronous standby may take the lock.
+//!
+//! Why a live leader is not deposed, and why no acknowledged write is lost when the verdict
+//! is wrong anyway: see README, "The corroborated fast path".
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::config::{Config, FastPath, FastPathMember};
+
+/// How often the agent looks.
+const INTERVAL: Duration = Duration::from_millis(250);
+/// The deadline of each probe of the leader's node.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(400);
+/// How long nothing on the leader's node may answer before this agent suspects it.
+pub const UNANSWERED_FOR: Duration = Duration::from_millis(1500);
+/// The lease of a vote: it vanishes this long after the agent stops renewing it.
+const VOTE_TTL_SECONDS: i64 = 2;
+
+/// The leader key as read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaderKey {
+    pub name: String,
+    pub mod_revision: i64,
+    pub lease: i64,
+}
+
+/// When the leader last refreshed its lease, as seen from here.
+#[derive(Debug, Default)]
+pub struct Refreshes {
+    key: Option<LeaderKey>,
+    last_remaining: i64,
+    last_refresh: Option<Instant>,
+}
+
+impl Refreshes {
+    /// Record the lease's remaining and granted TTL (whole seconds, as etcd reports them)
+    /// read at `now`; how long ago the leader last refreshed it.
+    ///
+    /// A key seen for the first time is dated from its remaining TTL, one second later than
+    /// that says (etcd rounds the remaining time down), so its age is never overstated. A
+    /// rise of the remaining TTL is a refresh (or a new raft leader extending every lease:
+    /// either way not a reason to suspect).
+    pub fn observe(
+        &mut self,
+        key: &LeaderKey,
+        remaining: i64,
+        granted: i64,
+        now: Instant,
+    ) -> Duration {
+        let fresh = self.key.as_ref() != Some(key);
+        if fresh {
+            let age = Duration::from_secs((granted - remaining - 1).max(0) as u64);
+            self.key = Some(key.clone());
+            self.last_refresh = Some(now.checked_sub(age).unwrap_or(now));
+        } else if remaining > self.last_remaining {
+            self.last_refresh = Some(now);
+        }
+        self.last_remaining = remaining;
+        now.saturating_duration_since(self.last_refresh.unwrap_or(now))
+    }
+
+    /// Forget the key (no leader, or this node leads).
+    pub fn reset(&mut self) {
+        *self = Refreshes::default();
+    }
+}
+
+/// Whether this agent suspects the leader: its lease stale for longer than `stale_after` and
+/// its node silent for at least [`UNANSWERED_FOR`].
+pub fn suspects(since_refresh: Duration, silent_for: Option<Duration>, stale_after: Duration) -> bool {
+    since_refresh > stale_after && silent_for.is_some_and(|silent| silent >= UNANSWERED_FOR)
+}
+
+/// Votes (`voter -> revision`) for `mod_revision`.
+pub fn votes_for(votes: &HashMap<String, String>, mod_revision: i64) -> usize {
+    let wanted = mod_revision.to_string();
+    votes.values().filter(|revision| **revision == wanted).count()
+}
+
+/// Run the fast path for as long as the agent runs.
+pub async fn run(config: Arc<Config>, fast: FastPath, endpoints: Vec<String>) {
+    let leader_key = format!("{}leader", config.prefix);
+    let votes_prefix = format!("/pgha-fastpath{}", config.prefix);
+    let stale_after = Duration::from_millis(fast.stale_after_ms);
+    println!(
+        "corroborated fast path on: a leader whose lease is not refreshed for {:.1} s and whose node answers nothing for {:.1} s is ended early when {} agents agree",
+        stale_after.as_secs_f64(),
+        UNANSWERED_FOR.as_secs_f64(),
+        fast.votes_needed
+    );
+    let mut client: Option<Client> = None;
+    let mut peers: HashMap<String, Client> = HashMap::new();
+    let mut refreshes = Refreshes::default();
+    let mut silent_since: Option<Instant> = None;
+    let mut voted = false;
+    loop {
+        tokio::time::sleep(INTERVAL).await;
+        let etcd = match client.as_mut() {
+            Some(etcd) => etcd,
+            None => match connect(&endpoints).await {
+                Some(etcd) => client.insert(etcd),
+                None => continue,
+            },
+        };
+        let observed = match observe_leader(etcd, &leader_key).await {
+            Ok(observed) => observed,
+            Err(_) => {
+                client = None;
+                continue;
+            }
+        };
+        let Some((key, remaining, granted)) = observed else {
+            refreshes.reset();
+            silent_since = None;
+            continue;
+        };
+        let Some(member) = fast.members.iter().find(|member| member.name == key.name) else {
+            // This node leads (or the leader is unknown to the inventory): nothing to judge.
+            refreshes.reset();
+            silent_since = None;
+            continue;
+        };
+        let now = Instant::now();
+        let since_refresh = refreshes.observe(&key, remaining, granted, now);
+        if answers(member, &fast, config.patroni_api_port, &mut peers).await {
+            silent_since = None;
+        } else {
+            silent_since.get_or_insert(now);
+        }
+        let silent_for = silent_since.map(|since| since.elapsed());
+        if !suspects(since_refresh, silent_for, stale_after) {
+            if voted {
+                println!(
+                    "fast path: no longer suspecting `{}` (lease refreshed {:.1} s ago, node silent for {:.1} s)",
+                    key.name,
+                    since_refresh.as_secs_f64(),
+                    silent_for.unwrap_or_default().as_secs_f64()
+                );
+                voted = false;
+            }
+            continue;
+        }
+        let ballot = format!("{votes_prefix}{}/", key.name);
+        match vote_and_count(etcd, &ballot, &config.node, key.mod_revision).await {
+            Ok(votes) => {
+                if !voted {
+                    println!(
+                        "fast path: suspecting `{}` (lease not refreshed for {:.1} s, nothing on {} answered for {:.1} s); {votes} of {} votes",
+                        key.name,
+                        since_refresh.as_secs_f64(),
+                        member.address,
+                        silent_for.unwrap_or_default().as_secs_f64(),
+                        fast.votes_needed
+                    );
+                    voted = true;
+                }
+                if votes < fast.votes_needed {
+                    continue;
+                }
+            }
+            Err(_) => {
+                client = None;
+                continue;
+            }
+        }
+        // The last look: a lease refreshed since the verdict means the leader lives.
+        match etcd.lease_time_to_live(key.lease, None).await {
+            Ok(lease) if lease.ttl() <= remaining => {}
+            _ => continue,
+        }
+        let deleted = etcd
+            .txn(
+                Txn::new()
+                    .when([
+                        Compare::mod_revision(leader_key.as_str(), CompareOp::Equal, key.mod_revision),
+                        Compare::value(leader_key.as_str(), CompareOp::Equal, key.name.as_str()),
+                    ])
+                    .and_then([TxnOp::delete(leader_key.as_str(), None)]),
+            )
+            .await;
+        match deleted {
+            Ok(response) if response.succeeded() => println!(
+                "fast path: deleted the leader key of `{}` (revision {}): {} agents agree its node is gone (lease not refreshed for {:.1} s); Patroni elects a new leader now",
+                key.name,
+                key.mod_revision,
+                fast.votes_needed,
+                since_refresh.as_secs_f64()
+            ),
+            Ok(_) => {} // another agent was first, or the key changed: nothing to do.
+            Err(_) => client = None,
+        }
+    }
+}
+
+/// Connect to the first endpoint that answers (the node's own member first).
+async fn connect(endpoints: &[String]) -> Option<Client> {
+    for endpoint in endpoints {
+        if let Ok(client) = connect_one(endpoint, Duration::from_secs(1)).await {
+            return Some(client);
+        }
+    }
+    None
+}
+
+async fn connect_one(endpoint: &str, timeout: Duration) -> Result<Client, etcd_client::Error> {
+    let options = ConnectOptions::new()
+        .with_connect_timeout(timeout)
+        .with_timeout(timeout);
+    let options = match super::etcd::tls_options() {
+        Ok(tls) if endpoint.starts_with("https://") => options.with_tls(tls),
+        _ => options,
+    };
+    Client::connect([endpoint], Some(options)).await
+}
+
+/// The leader key and its lease's remaining and granted TTL; `None` when there is no leader.
+async fn observe_leader(
+    etcd: &mut Client,
+    leader_key: &str,
+) -> Result<Option<(LeaderKey, i64, i64)>, etcd_client::Error> {
+    let response = etcd.get(leader_key, None).await?;
+    let Some(kv) = response.kvs().first() else {
+        return Ok(None);
+    };
+    let key = LeaderKey {
+        name: kv.value_str().unwrap_or_default().to_string(),
+        mod_revision: kv.mod_revision(),
+        lease: kv.lease(),
+    };
+    if key.name.is_empty() || key.lease == 0 {
+        return Ok(None);
+    }
+    let lease = etcd.lease_time_to_live(key.lease, None).await?;
+    if lease.ttl() < 0 {
+        return Ok(None);
+    }
+    Ok(Some((key, lease.ttl(), lease.granted_ttl())))
+}
+
+/// Whether anything on `member`'s node answered: its postmaster, its Patroni, its etcd member.
+async fn answers(
+    member: &FastPathMember,
+    fast: &FastPath,
+    patroni_port: u16,
+    peers: &mut HashMap<String, Client>,
+) -> bool {
+    let postgres = postmaster_answers(&member.address, fast.postgres_port);
+    let base = crate::patroni::model::api_at(
+        member.address.parse().unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into()),
+        patroni_port,
+    );
+    let patroni = async {
+        crate::patroni::Patroni::anonymous(PROBE_TIMEOUT, super::probe::node_tls())
+            .call(&base, "GET", "/liveness", None)
+            .await
+            .is_ok()
+    };
+    let etcd = etcd_answers(member, peers);
+    let (postgres, patroni, etcd) = tokio::join!(postgres, patroni, etcd);
+    postgres || patroni || etcd
+}
+
+/// The postmaster answers an `SSLRequest` with one byte (`S` or `N`); a frozen or dead node's
+/// kernel may accept the connection, but only a running postmaster answers.
+async fn postmaster_answers(address: &str, port: u16) -> bool {
+    let ask = async {
+        let mut stream = tokio::net::TcpStream::connect((address, port)).await?;
+        stream.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).await?;
+        let mut answer = [0u8; 1];
+        stream.read_exact(&mut answer).await?;
+        Ok::<_, std::io::Error>(answer[0] == b'S' || answer[0] == b'N')
+    };
+    matches!(tokio::time::timeout(PROBE_TIMEOUT, ask).await, Ok(Ok(true)))
+}
+
+/// The node's etcd member answers `Status` (no member: nothing to ask, nothing answers).
+async fn etcd_answers(member: &FastPathMember, peers: &mut HashMap<String, Client>) -> bool {
+    let Some(endpoint) = &member.etcd else {
+        return false;
+    };
+    if !peers.contains_key(endpoint) {
+        match tokio::time::timeout(PROBE_TIMEOUT, connect_one(endpoint, PROBE_TIMEOUT)).await {
+            Ok(Ok(client)) => {
+                peers.insert(endpoint.clone(), client);
+            }
+            _ => return false,
+        }
+    }
+    let Some(client) = peers.get_mut(endpoint) else {
+        return false;
+    };
+    let answered = matches!(
+        tokio::time::timeout(PROBE_TIMEOUT, client.status()).await,
+        Ok(Ok(_))
+    );
+    if !answered {
+        peers.remove(endpoint);
+    }
+    answered
+}
+
+/// Renew this agent's vote for `mod_revision` and count the votes for it.
+async fn vote_and_count(
+    etcd: &mut Client,
+    ballot: &str,
+    voter: &str,
+    mod_revision: i64,
+) -> Result<usize, etcd_client::Error> {
+    let lease = etcd.lease_grant(VOTE_TTL_SECONDS, None).await?;
+    etcd.put(
+        format!("{ballot}{voter}"),
+        mod_revision.to_string(),
+        Some(PutOptions::new().with_lease(lease.id())),
+    )
+    .await?;
+    let response = etcd
+        .get(ballot, Some(GetOptions::new().with_prefix()))
+        .await?;
+    let votes: HashMap<String, String> = response
+        .kvs()
+        .iter()
+        .map(|kv| {
+            (
+                kv.key_str().unwrap_or_default().to_string(),
+                kv.value_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    Ok(votes_for(&votes, mod_revision))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(revision: i64) -> LeaderKey {
+        LeaderKey {
+            name: "node1".into(),
+            mod_revision: revision,
+            lease: 7,
+        }
+    }
+
+    #[test]
+    fn a_refresh_is_a_rise_of_the_remaining_ttl() {
+        let start = Instant::now();
+        let mut refreshes = Refreshes::default();
+        // First seen 4.x s after a refresh (remaining 25 of 30): dated 4 s back, not 5.
+        assert_eq!(
+            refreshes.observe(&key(10), 25, 30, start + Duration::from_secs(10)),
+            Duration::from_secs(4)
+        );
+        // Counting down: no refresh.
+        assert_eq!(
+            refreshes.observe(&key(10), 23, 30, start + Duration::from_secs(12)),
+            Duration::from_secs(6)
+        );
+        // Up again: refreshed just now.
+        assert_eq!(
+            refreshes.observe(&key(10), 29, 30, start + Duration::from_secs(13)),
+            Duration::ZERO
+        );
+        // Another key (a new leader, or the same re-created): dated afresh.
+        assert_eq!(
+            refreshes.observe(&key(11), 29, 30, start + Duration::from_secs(14)),
+            Duration::ZERO
+        );
+    }
+
+    #[test]
+    fn suspicion_needs_a_stale_lease_and_a_silent_node() {
+        let stale_after = Duration::from_millis(6500);
+        let long = Some(Duration::from_secs(2));
+        assert!(suspects(Duration::from_secs(7), long, stale_after));
+        // A frozen Patroni whose PostgreSQL still answers: the lease is stale, the node is not
+        // silent.
+        assert!(!suspects(Duration::from_secs(20), None, stale_after));
+        // A node silent from here while its leader refreshes the lease (a partition between
+        // this agent and the leader only).
+        assert!(!suspects(Duration::from_secs(3), long, stale_after));
+        // Silent, but not for long enough.
+        assert!(!suspects(
+            Duration::from_secs(7),
+            Some(Duration::from_millis(500)),
+            stale_after
+        ));
+    }
+
+    #[test]
+    fn only_votes_for_the_same_revision_count() {
+        let votes: HashMap<String, String> = [
+            ("/pgha-fastpath/service/lab/node1/node2", "10"),
+            ("/pgha-fastpath/service/lab/node1/node3", "9"),
+        ]
+        .into_iter()
+        .map(|(key, value)| (key.to_string(), value.to_string()))
+        .collect();
+        assert_eq!(votes_for(&votes, 10), 1);
+        assert_eq!(votes_for(&votes, 11), 0);
+    }
+}
