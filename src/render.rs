@@ -599,7 +599,7 @@ mod tests {
         let fast = &parsed["fast_path"];
         // node2 judges node1 and node3; both others must agree (a majority of two).
         assert_eq!(fast["votes_needed"], 2, "{text}");
-        assert_eq!(fast["stale_after_ms"], 6500, "{text}");
+        assert_eq!(fast["stale_after_ms"], 6000, "{text}");
         let names: Vec<&str> = fast["members"]
             .as_sequence()
             .unwrap()

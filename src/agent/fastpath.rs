@@ -11,7 +11,7 @@
 //!   REST API (`GET /liveness`) and its etcd member (`Status`), each with a 400 ms deadline.
 //!
 //! It suspects the leader when the lease has not been refreshed for `stale_after` (Patroni's
-//! `loop_wait` + 1.5 s) *and* nothing on the node has answered for [`UNANSWERED_FOR`]. A
+//! `loop_wait` + 1 s) *and* nothing on the node has answered for [`UNANSWERED_FOR`]. A
 //! suspicion is a vote: a key `/pgha-fastpath/<prefix><leader>/<voter>` holding the leader
 //! key's `mod_revision`, on a 2 s lease (it vanishes when the agent stops suspecting). When
 //! `votes_needed` agents (a majority of the Patroni nodes other than the leader's) vote for
@@ -139,12 +139,14 @@ pub async fn run(config: Arc<Config>, fast: FastPath, endpoints: Vec<String>) {
         let Some((key, remaining, granted)) = observed else {
             refreshes.reset();
             silent_since = None;
+            voted = false;
             continue;
         };
         let Some(member) = fast.members.iter().find(|member| member.name == key.name) else {
             // This node leads (or the leader is unknown to the inventory): nothing to judge.
             refreshes.reset();
             silent_since = None;
+            voted = false;
             continue;
         };
         let now = Instant::now();

@@ -55,7 +55,7 @@ pub fn expected_outage(
     // check term: the average and maximum keep it, for a node whose agent is slow or down.
     let rise = u64::from(haproxy.rise.saturating_sub(1)) * u64::from(haproxy.fastinter_ms);
     match scenario {
-        // The agents end a dead leader's leadership once its lease is `loop_wait` + 1.5 s
+        // The agents end a dead leader's leadership once its lease is `loop_wait` + 1 s
         // old and its node has answered nothing for 1.5 s (both counted from the fault, the
         // lease from its last refresh, 0–`loop_wait` before), after a 250 ms poll and a vote.
         Scenario::KillPrimary | Scenario::PartitionPrimary | Scenario::FreezePrimary
@@ -63,7 +63,7 @@ pub fn expected_outage(
         {
             let verdict_min = u64::try_from(crate::agent::fastpath::UNANSWERED_FOR.as_millis())
                 .unwrap_or(1_500);
-            let verdict_max = loop_wait + 1_500 + 500;
+            let verdict_max = loop_wait + 1_000 + 500;
             ExpectedOutage {
                 min_ms: verdict_min,
                 avg_ms: (verdict_min + verdict_max) / 2 + ELECTION_MS + inter / 2,
@@ -123,10 +123,10 @@ mod tests {
             &profile.haproxy(),
             true,
         );
-        // Verdict 1.5–7 s after the fault, then Patroni's election and HAProxy's checks.
+        // Verdict 1.5–6.5 s after the fault, then Patroni's election and HAProxy's checks.
         assert_eq!(
             (expected.min_ms, expected.avg_ms, expected.max_ms),
-            (1_500, 8_250, 14_000)
+            (1_500, 8_000, 13_500)
         );
         // Planned and partial faults do not change.
         assert_eq!(

@@ -49,7 +49,7 @@ pub struct RawCluster {
     pub single_node_trial: Option<bool>,
     /// The corroborated fast path (default false): when the agents on a majority of the other
     /// Patroni nodes find the leader's node gone (its lease not refreshed for `loop_wait` +
-    /// 1.5 s, its PostgreSQL, Patroni and etcd member unanswering), they delete its leader key
+    /// 1 s, its PostgreSQL, Patroni and etcd member unanswering), they delete its leader key
     /// instead of waiting for the TTL. Needs `synchronous_mode` on.
     pub corroborated_failover: Option<bool>,
     /// Patroni version installed from wheels shipped by pgha (default 4.1.5): Patroni's pin.
