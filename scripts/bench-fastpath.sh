@@ -20,13 +20,13 @@ hold="${2:-20}"
     || { echo "error: $inventory does not set cluster.corroborated_failover: true" >&2; exit 2; }
 
 on() { "$pgha" exec -i "$inventory" --limit "$1" --json -- "$2" | python3 -c 'import json, sys; print(json.load(sys.stdin)[0]["stdout"].strip())'; }
-# The leader and its timeline, as Patroni's REST API on node1's loopback tells it.
+# The leader and its timeline, as Patroni's REST API on node1 tells it (lab addresses).
 leader() {
-    on node1 "curl -s --cacert /etc/pgha/tls/ca.crt --cert /etc/pgha/tls/node.crt --key /etc/pgha/tls/node.key https://127.0.0.1:8008/cluster" \
+    on node1 "curl -s --cacert /etc/pgha/tls/ca.crt --cert /etc/pgha/tls/node.crt --key /etc/pgha/tls/node.key https://10.231.0.11:8008/cluster" \
         | python3 -c 'import json, sys; c = json.load(sys.stdin); l = [m for m in c["members"] if m["role"] == "leader"]; print(l[0]["name"] if l else "none", l[0].get("timeline", "?") if l else "?")'
 }
 raft_leader() {
-    on node1 "export ETCDCTL_CACERT=/etc/pgha/tls/ca.crt ETCDCTL_CERT=/etc/pgha/tls/node.crt ETCDCTL_KEY=/etc/pgha/tls/node.key; etcdctl --endpoints=https://127.0.0.1:2379 endpoint status --cluster -w json" \
+    on node1 "export ETCDCTL_CACERT=/etc/pgha/tls/ca.crt ETCDCTL_CERT=/etc/pgha/tls/node.crt ETCDCTL_KEY=/etc/pgha/tls/node.key; etcdctl --endpoints=https://127.0.0.1:2379 endpoint status --cluster -w json 2>/dev/null || true" \
         | python3 -c 'import json, sys
 status = json.load(sys.stdin)
 leader = status[0]["Status"]["leader"]

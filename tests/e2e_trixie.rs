@@ -7,7 +7,9 @@
 //!    rendered pass that version's own checkers (`haproxy -c`, `keepalived --config-test`);
 //! 3. `pgha verify` passes and a second deploy changes nothing;
 //! 4. a switchover and a power cut of the primary keep every acknowledged write and one
-//!    primary, within the failover model.
+//!    primary, within the failover model;
+//! 5. with `corroborated_failover` set (by `pgha inventory set`), a power cut is ended by the
+//!    agents' fast path: one of them deletes the dead leader's key, and the drill passes.
 //!
 //! Needs root. One test function: only one lab can exist at a time.
 
@@ -135,4 +137,34 @@ fn a_debian_13_cluster_deploys_verifies_and_fails_over() {
         );
         assert_eq!(report["summary"]["passed"], true, "{scenario}: {report:#}");
     }
+
+    // 5. The corroborated fast path, turned on with the inventory editor: the agents end the
+    // dead primary's leadership themselves (their journals say so), and the drill's verdict,
+    // read against the fast path's model, passes.
+    pgha_ok(&[
+        "inventory",
+        "set",
+        "-i",
+        inventory_arg,
+        "cluster.corroborated_failover",
+        "true",
+    ]);
+    let turned_on = deploy_result(&inventory, &[]);
+    assert_eq!(turned_on["success"], true, "{turned_on:#}");
+    let output = pgha(&["drill", "-i", inventory_arg, "kill-primary", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|error| panic!("the fast-path drill printed no JSON ({error})"));
+    eprintln!("kill-primary with the fast path: {}", report["summary"]);
+    let run = &report["runs"][0];
+    assert_eq!(run["acknowledged_writes_lost"], 0, "{run:#}");
+    assert_eq!(run["double_primary_moments"], 0, "{run:#}");
+    assert_eq!(report["summary"]["passed"], true, "{report:#}");
+    let deletes: usize = stdouts(
+        &inventory,
+        "journalctl -u pgha-agent -o cat | grep -c 'fast path: deleted the leader key' || true",
+    )
+    .iter()
+    .map(|count| count.parse::<usize>().unwrap_or(0))
+    .sum();
+    assert_eq!(deletes, 1, "exactly one agent deletes the dead leader's key");
 }
