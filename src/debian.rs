@@ -47,7 +47,10 @@ pub const RELEASES: &[Release] = &[BOOKWORM, TRIXIE];
 impl Release {
     /// The release that ships PostgreSQL `major`.
     pub fn for_postgres(major: u32) -> Option<Release> {
-        RELEASES.iter().copied().find(|release| release.postgres == major)
+        RELEASES
+            .iter()
+            .copied()
+            .find(|release| release.postgres == major)
     }
 
     /// A release by its codename (`trixie`) or version (`13`).

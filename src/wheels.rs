@@ -139,10 +139,7 @@ fn ensure_wheels(cache: &Path, version: &str, tag: &str, python: &str) -> anyhow
 /// The CPython tag of `python` (`cp311`).
 fn native_tag(python: &Path) -> anyhow::Result<String> {
     let output = Command::new(python)
-        .args([
-            "-c",
-            "import sys; print('cp%d%d' % sys.version_info[:2])",
-        ])
+        .args(["-c", "import sys; print('cp%d%d' % sys.version_info[:2])"])
         .output()
         .with_context(|| format!("cannot run `{}`", python.display()))?;
     if !output.status.success() {

@@ -25,7 +25,11 @@ fn stdouts(inventory: &std::path::Path, command: &str) -> Vec<String> {
         .iter()
         .map(|host| {
             assert_eq!(host["exit_code"], 0, "`{command}` failed: {host:#}");
-            host["stdout"].as_str().unwrap_or_default().trim().to_string()
+            host["stdout"]
+                .as_str()
+                .unwrap_or_default()
+                .trim()
+                .to_string()
         })
         .collect()
 }
@@ -113,7 +117,11 @@ fn a_debian_13_cluster_deploys_verifies_and_fails_over() {
     assert_eq!(verified["success"], true, "{verified:#}");
     let again = deploy_result(&inventory, &[]);
     assert_eq!(again["success"], true, "{again:#}");
-    assert_eq!(changed_tasks(&again), 0, "the second deploy changed: {again:#}");
+    assert_eq!(
+        changed_tasks(&again),
+        0,
+        "the second deploy changed: {again:#}"
+    );
     eprintln!(
         "no-op deploy on Debian 13: {} ms",
         again["duration_ms"].as_u64().unwrap_or(0)
@@ -166,5 +174,8 @@ fn a_debian_13_cluster_deploys_verifies_and_fails_over() {
     .iter()
     .map(|count| count.parse::<usize>().unwrap_or(0))
     .sum();
-    assert_eq!(deletes, 1, "exactly one agent deletes the dead leader's key");
+    assert_eq!(
+        deletes, 1,
+        "exactly one agent deletes the dead leader's key"
+    );
 }

@@ -27,9 +27,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp,
-};
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::config::{Config, FastPath, FastPathMember};
@@ -94,14 +92,21 @@ impl Refreshes {
 
 /// Whether this agent suspects the leader: its lease stale for longer than `stale_after` and
 /// its node silent for at least [`UNANSWERED_FOR`].
-pub fn suspects(since_refresh: Duration, silent_for: Option<Duration>, stale_after: Duration) -> bool {
+pub fn suspects(
+    since_refresh: Duration,
+    silent_for: Option<Duration>,
+    stale_after: Duration,
+) -> bool {
     since_refresh > stale_after && silent_for.is_some_and(|silent| silent >= UNANSWERED_FOR)
 }
 
 /// Votes (`voter -> revision`) for `mod_revision`.
 pub fn votes_for(votes: &HashMap<String, String>, mod_revision: i64) -> usize {
     let wanted = mod_revision.to_string();
-    votes.values().filter(|revision| **revision == wanted).count()
+    votes
+        .values()
+        .filter(|revision| **revision == wanted)
+        .count()
 }
 
 /// Run the fast path for as long as the agent runs.
@@ -201,7 +206,11 @@ pub async fn run(config: Arc<Config>, fast: FastPath, endpoints: Vec<String>) {
             .txn(
                 Txn::new()
                     .when([
-                        Compare::mod_revision(leader_key.as_str(), CompareOp::Equal, key.mod_revision),
+                        Compare::mod_revision(
+                            leader_key.as_str(),
+                            CompareOp::Equal,
+                            key.mod_revision,
+                        ),
                         Compare::value(leader_key.as_str(), CompareOp::Equal, key.name.as_str()),
                     ])
                     .and_then([TxnOp::delete(leader_key.as_str(), None)]),
@@ -275,7 +284,10 @@ async fn answers(
 ) -> bool {
     let postgres = postmaster_answers(&member.address, fast.postgres_port);
     let base = crate::patroni::model::api_at(
-        member.address.parse().unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into()),
+        member
+            .address
+            .parse()
+            .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into()),
         patroni_port,
     );
     let patroni = async {
@@ -294,7 +306,9 @@ async fn answers(
 async fn postmaster_answers(address: &str, port: u16) -> bool {
     let ask = async {
         let mut stream = tokio::net::TcpStream::connect((address, port)).await?;
-        stream.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).await?;
+        stream
+            .write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
+            .await?;
         let mut answer = [0u8; 1];
         stream.read_exact(&mut answer).await?;
         Ok::<_, std::io::Error>(answer[0] == b'S' || answer[0] == b'N')

@@ -61,8 +61,8 @@ pub fn expected_outage(
         Scenario::KillPrimary | Scenario::PartitionPrimary | Scenario::FreezePrimary
             if corroborated =>
         {
-            let verdict_min = u64::try_from(crate::agent::fastpath::UNANSWERED_FOR.as_millis())
-                .unwrap_or(1_500);
+            let verdict_min =
+                u64::try_from(crate::agent::fastpath::UNANSWERED_FOR.as_millis()).unwrap_or(1_500);
             let verdict_max = loop_wait + 1_000 + 500;
             ExpectedOutage {
                 min_ms: verdict_min,
@@ -130,7 +130,12 @@ mod tests {
         );
         // Planned and partial faults do not change.
         assert_eq!(
-            expected_outage(Scenario::Switchover, &profile.patroni(), &profile.haproxy(), true),
+            expected_outage(
+                Scenario::Switchover,
+                &profile.patroni(),
+                &profile.haproxy(),
+                true
+            ),
             range(Scenario::Switchover, profile)
         );
     }

@@ -89,6 +89,10 @@ pub struct PrimarySample {
     /// commit is off or local, no synchronous standby is required, or one is attached. False
     /// for an old primary that resumed after its standbys moved on: its commits wait.
     pub can_acknowledge: bool,
+    /// The synchronous standbys listed as attached that its commits wait for (empty when its
+    /// commits wait for none). A standby that is itself out of recovery in the same round no
+    /// longer replicates from it, whatever the walsender still shows (see [`primaries`]).
+    pub waits_for: Vec<String>,
 }
 
 /// Whether a commit on the answering server would be acknowledged now (see
@@ -96,7 +100,11 @@ pub struct PrimarySample {
 const PRIMARY_QUERY: &str = "select not pg_is_in_recovery(), \
     current_setting('synchronous_commit') in ('off', 'local') \
     or current_setting('synchronous_standby_names') = '' \
-    or exists (select 1 from pg_stat_replication where sync_state in ('sync', 'quorum'))";
+    or exists (select 1 from pg_stat_replication where sync_state in ('sync', 'quorum')), \
+    case when current_setting('synchronous_commit') in ('off', 'local') \
+    or current_setting('synchronous_standby_names') = '' then '{}'::text[] \
+    else array(select application_name::text from pg_stat_replication \
+    where sync_state in ('sync', 'quorum')) end";
 
 /// How to reach PostgreSQL as the superuser. `Debug` hides the password.
 #[derive(Clone)]
@@ -532,7 +540,9 @@ async fn primary_probe(
             _ = stopped.changed() => return,
         };
         let since_start = u64::try_from(
-            tick.into_std().saturating_duration_since(started).as_millis(),
+            tick.into_std()
+                .saturating_duration_since(started)
+                .as_millis(),
         )
         .unwrap_or(u64::MAX);
         let round = (since_start + period / 2) / period;
@@ -550,21 +560,26 @@ async fn primary_probe(
             Ok::<_, ()>((
                 row.try_get::<_, bool>(0).map_err(|_| ())?,
                 row.try_get::<_, bool>(1).map_err(|_| ())?,
+                row.try_get::<_, Vec<String>>(2).map_err(|_| ())?,
             ))
         };
-        let (writable, can_acknowledge) = match tokio::time::timeout(QUERY_TIMEOUT, query).await {
-            Ok(Ok((writable, can_acknowledge))) => (Some(writable), can_acknowledge),
-            _ => {
-                client = None;
-                (None, false)
-            }
-        };
+        let (writable, can_acknowledge, waits_for) =
+            match tokio::time::timeout(QUERY_TIMEOUT, query).await {
+                Ok(Ok((writable, can_acknowledge, waits_for))) => {
+                    (Some(writable), can_acknowledge, waits_for)
+                }
+                _ => {
+                    client = None;
+                    (None, false, Vec::new())
+                }
+            };
         if let Ok(mut log) = log.lock() {
             log.push(PrimarySample {
                 round,
                 node: node.clone(),
                 writable,
                 can_acknowledge,
+                waits_for,
             });
         }
     }
@@ -691,6 +706,11 @@ pub struct Primaries {
 /// Sort the rounds of the primary probe with more than one node out of recovery. Such a round
 /// is a split brain when two of them could acknowledge a commit, or when the one that could is
 /// `old_primary` (its acknowledged writes would be rewound away once it is demoted).
+///
+/// A node whose commits wait for synchronous standbys cannot acknowledge one when every such
+/// standby it lists answered out of recovery in the same round: a promoted standby has
+/// stopped receiving WAL, so it confirms nothing newer, while a cut-off walsender can go on
+/// listing it for `wal_sender_timeout`. A standby that did not answer counts as attached.
 pub fn primaries(samples: &[PrimarySample], old_primary: &str) -> Primaries {
     let mut rounds: BTreeMap<u64, Vec<&PrimarySample>> = BTreeMap::new();
     for sample in samples
@@ -705,9 +725,14 @@ pub fn primaries(samples: &[PrimarySample], old_primary: &str) -> Primaries {
     }
     let mut result = Primaries::default();
     for out_of_recovery in rounds.values().filter(|nodes| nodes.len() >= 2) {
+        let promoted = |standby: &String| out_of_recovery.iter().any(|seen| &seen.node == standby);
         let acknowledging: Vec<&str> = out_of_recovery
             .iter()
-            .filter(|sample| sample.can_acknowledge)
+            .filter(|sample| {
+                sample.can_acknowledge
+                    && (sample.waits_for.is_empty()
+                        || sample.waits_for.iter().any(|standby| !promoted(standby)))
+            })
             .map(|sample| sample.node.as_str())
             .collect();
         let names = out_of_recovery.iter().map(|sample| sample.node.clone());
@@ -855,6 +880,7 @@ mod tests {
             node: node.to_string(),
             writable,
             can_acknowledge: writable == Some(true),
+            waits_for: Vec::new(),
         }
     }
 
@@ -878,8 +904,32 @@ mod tests {
         assert_eq!(seen.fenced_moments, 0);
         assert_eq!(primaries(&samples[..4], "node1"), Primaries::default());
         // Two answers of one node in one round are one primary, not two.
-        let twice = vec![sample(5, "node2", Some(true)), sample(5, "node2", Some(true))];
+        let twice = vec![
+            sample(5, "node2", Some(true)),
+            sample(5, "node2", Some(true)),
+        ];
         assert_eq!(primaries(&twice, "node1"), Primaries::default());
+    }
+
+    #[test]
+    fn a_primary_whose_only_synchronous_standby_was_promoted_cannot_acknowledge() {
+        // node1 is cut off: its walsender still lists node2 as its synchronous standby, but
+        // node2 answers as a primary in the same round.
+        let mut cut_off = sample(7, "node1", Some(true));
+        cut_off.waits_for = vec!["node2".to_string()];
+        let promoted = sample(7, "node2", Some(true));
+        let seen = primaries(&[cut_off.clone(), promoted.clone()], "node1");
+        assert_eq!((seen.double_moments, seen.fenced_moments), (0, 1));
+        // Another synchronous standby still in recovery could acknowledge its commits.
+        let mut two_standbys = cut_off.clone();
+        two_standbys.waits_for.push("node3".to_string());
+        let seen = primaries(&[two_standbys, promoted.clone()], "node1");
+        assert_eq!((seen.double_moments, seen.fenced_moments), (1, 0));
+        // A standby that did not answer this round counts as attached.
+        let mut unseen = cut_off;
+        unseen.waits_for = vec!["node3".to_string()];
+        let seen = primaries(&[unseen, promoted], "node1");
+        assert_eq!((seen.double_moments, seen.fenced_moments), (1, 0));
     }
 
     #[test]

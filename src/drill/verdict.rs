@@ -276,6 +276,7 @@ mod tests {
                 node: node.into(),
                 writable: Some(true),
                 can_acknowledge: true,
+                waits_for: Vec::new(),
             });
         }
         let stored = stored_all(&log);
@@ -395,6 +396,7 @@ mod tests {
             node: node.into(),
             writable,
             can_acknowledge: writable == Some(true),
+            waits_for: Vec::new(),
         };
         log.samples = vec![
             sample(1, "node1", Some(true)),

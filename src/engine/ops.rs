@@ -41,8 +41,8 @@ pub async fn run_playbook(request: PlaybookRequest) -> anyhow::Result<RunResult>
             &inventory.cluster.patroni_version,
             inventory.cluster.release(),
         )?
-            .display()
-            .to_string()
+        .display()
+        .to_string()
     } else {
         String::new()
     };

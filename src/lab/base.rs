@@ -12,9 +12,9 @@ use std::process::{Command, Stdio};
 use anyhow::{bail, Context, Result};
 
 use super::host;
-use crate::debian::Release;
 use super::mirror::{self, Mirrors};
 use super::proxy;
+use crate::debian::Release;
 
 /// Packages on top of `minbase`: a booting systemd host reachable over SSH, plus tools tests use.
 const PACKAGES: &[&str] = &[

@@ -600,7 +600,13 @@ impl Lab {
             host_key: &keys.host_key(&node),
             client_public_key: &keys.client_public_key()?,
         };
-        node::launch(&node, &dirs, self.base(self.release()).dir(), &cgroups, &identity)?;
+        node::launch(
+            &node,
+            &dirs,
+            self.base(self.release()).dir(),
+            &cgroups,
+            &identity,
+        )?;
         node::wait_for_ssh(&[(node.clone(), dirs.console_log())], BOOT_TIMEOUT)?;
         self.wait_reachable(&node, "its start")?;
         Ok(changed(
