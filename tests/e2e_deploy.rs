@@ -357,8 +357,10 @@ fn deploy_converges_routes_and_is_idempotent() {
     let _ = interrupted.wait();
     let first = deploy_json(&inventory);
     assert_eq!(
-        first["success"], true,
-        "deploy after an interrupted one failed: {first:#}"
+        first["success"],
+        true,
+        "deploy after an interrupted one failed: {}\n{first:#}",
+        common::journal_tails(&inventory, "etcd", 40)
     );
     let policies = exec_everywhere(&inventory, "test ! -e /usr/sbin/policy-rc.d && echo none");
     for host in policies.as_array().unwrap() {

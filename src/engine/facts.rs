@@ -48,6 +48,13 @@ pub struct Unit {
     pub unit_file_state: String,
     /// Monotonic microseconds of the last start; changes exactly when the unit (re)starts.
     pub active_enter_monotonic: u64,
+    /// What systemd loaded differs from the file on disk (a run cut off after writing it and
+    /// before `daemon-reload`): starting it now would start the old definition. Either the
+    /// loaded file changed (`NeedDaemonReload`), or a file in `/etc/systemd/system` now
+    /// overrides the package's one systemd still has loaded (which `NeedDaemonReload` misses).
+    pub needs_daemon_reload: bool,
+    /// The file systemd loaded the unit from.
+    pub fragment_path: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -127,7 +134,9 @@ echo '### users'; getent passwd | cut -d: -f1
 echo '### ports'; ss -Hltn 2>/dev/null | awk '{print $4}'
 units=""; while [ "$#" -gt 0 ] && [ "$1" != "--" ]; do units="$units $1"; shift; done; [ "$#" -gt 0 ] && shift
 echo '### units'
-if [ -n "$units" ]; then systemctl show --property=Id,LoadState,ActiveState,UnitFileState,ActiveEnterTimestampMonotonic $units 2>/dev/null; fi
+if [ -n "$units" ]; then systemctl show --property=Id,LoadState,ActiveState,UnitFileState,ActiveEnterTimestampMonotonic,NeedDaemonReload,FragmentPath $units 2>/dev/null; fi
+echo '### unit_files'
+for unit in $units; do file="/etc/systemd/system/${unit%.service}.service"; [ -e "$file" ] && echo "$file"; done
 echo '### files'
 quick=no
 for path in "$@"; do
@@ -201,6 +210,17 @@ pub fn parse(output: &str) -> Facts {
                     unit_block.push(line);
                 }
             }
+            "unit_files" => {
+                let overriding = line.trim();
+                let id = overriding
+                    .strip_prefix("/etc/systemd/system/")
+                    .and_then(|file| file.strip_suffix(".service"));
+                if let Some(unit) = id.and_then(|id| facts.units.get_mut(id)) {
+                    if unit.load_state == "loaded" && unit.fragment_path != overriding {
+                        unit.needs_daemon_reload = true;
+                    }
+                }
+            }
             "files" => {
                 if let Some((path, fact)) = parse_file_line(line) {
                     facts.files.insert(path, fact);
@@ -266,6 +286,8 @@ fn add_unit(facts: &mut Facts, block: &[&str]) {
             "ActiveEnterTimestampMonotonic" => {
                 unit.active_enter_monotonic = value.parse().unwrap_or(0)
             }
+            "NeedDaemonReload" => unit.needs_daemon_reload = value == "yes",
+            "FragmentPath" => unit.fragment_path = value.to_string(),
             _ => {}
         }
     }
@@ -343,12 +365,32 @@ LoadState=loaded
 ActiveState=active
 UnitFileState=enabled
 ActiveEnterTimestampMonotonic=123456
+NeedDaemonReload=yes
 
 Id=patroni.service
 LoadState=not-found
 ActiveState=inactive
 UnitFileState=
 ActiveEnterTimestampMonotonic=0
+
+Id=keepalived.service
+LoadState=loaded
+ActiveState=active
+UnitFileState=enabled
+ActiveEnterTimestampMonotonic=7
+NeedDaemonReload=no
+FragmentPath=/lib/systemd/system/keepalived.service
+
+Id=haproxy.service
+LoadState=loaded
+ActiveState=active
+UnitFileState=enabled
+ActiveEnterTimestampMonotonic=8
+NeedDaemonReload=no
+FragmentPath=/etc/systemd/system/haproxy.service
+### unit_files
+/etc/systemd/system/keepalived.service
+/etc/systemd/system/haproxy.service
 ### files
 file\tpostgres\tpostgres\t600\t1234\t1764115200\t0123456789012345678901234567890123456789012345678901234567890123\t/etc/patroni/patroni.yml
 file\troot\troot\t755\t62000000\t1764115201\t-\t/usr/local/bin/pgha
@@ -374,6 +416,11 @@ file\troot\troot\t644\tbig\t1\t-\t/bad-size
         assert_eq!(facts.units["etcd"].active_state, "active");
         assert_eq!(facts.units["etcd"].active_enter_monotonic, 123456);
         assert_eq!(facts.units["patroni"].load_state, "not-found");
+        assert!(facts.units["etcd"].needs_daemon_reload);
+        assert!(!facts.units["patroni"].needs_daemon_reload);
+        // A file in /etc/systemd/system that systemd has not loaded yet (the package's is).
+        assert!(facts.units["keepalived"].needs_daemon_reload);
+        assert!(!facts.units["haproxy"].needs_daemon_reload);
         assert!(
             matches!(&facts.files["/etc/patroni/patroni.yml"], FileFact::File { mode: 0o600, owner, .. } if owner == "postgres")
         );

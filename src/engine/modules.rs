@@ -1516,6 +1516,8 @@ mod tests {
                 active_state: "active".into(),
                 unit_file_state: "enabled".into(),
                 active_enter_monotonic: 1,
+                needs_daemon_reload: false,
+                fragment_path: "/etc/systemd/system/etcd.service".into(),
             },
         );
         assert!(matches!(

@@ -916,7 +916,13 @@ impl HostState {
             || self.gathered.elapsed() > FACTS_MAX_AGE
         {
             self.probe.extend(wanted);
-            self.facts = Some(gather(session, &self.probe).await?);
+            let facts = gather(session, &self.probe).await?;
+            // A unit file changed by a run that was cut off before its `daemon-reload` is
+            // reloaded before the next `systemctl` action, as if this run had written it.
+            if facts.units.values().any(|unit| unit.needs_daemon_reload) {
+                self.daemon_reload = true;
+            }
+            self.facts = Some(facts);
             self.gathered = Instant::now();
         }
         Ok(self.facts.as_ref().expect("facts were just gathered"))

@@ -160,6 +160,38 @@ pub fn exec_everywhere(inventory: &Path, command: &str) -> serde_json::Value {
     serde_json::from_str(&stdout).expect("`pgha exec --json` prints JSON")
 }
 
+/// The last `lines` lines of `unit`'s journal on every node, for a failure message (what the
+/// nodes said is the evidence a CI log otherwise lacks).
+pub fn journal_tails(inventory: &Path, unit: &str, lines: u32) -> String {
+    let output = pgha(&[
+        "exec",
+        "-i",
+        inventory.to_str().expect("a UTF-8 path"),
+        "--json",
+        "--",
+        &format!("journalctl -u {unit} -n {lines} --no-pager -o short-precise"),
+    ]);
+    let Ok(hosts) = serde_json::from_slice::<serde_json::Value>(&output.stdout) else {
+        return format!(
+            "(no journal: {})",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    };
+    hosts
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|host| {
+            format!(
+                "--- {} `journalctl -u {unit}`:\n{}",
+                host["host"].as_str().unwrap_or("?"),
+                host["stdout"].as_str().unwrap_or_default().trim_end()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// The curl options of the control machine's client certificate for a lab inventory's cluster
 /// (`<inventory dir>/lab.secrets.tls`): Patroni's API wants a certificate from the cluster CA.
 pub fn control_curl_tls(inventory: &Path) -> Vec<String> {
