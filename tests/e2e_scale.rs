@@ -154,7 +154,8 @@ fn a_live_cluster_scales_out_without_restarting_its_members() {
         assert_eq!(
             failures_after.0 - failures_before.0,
             0,
-            "writes through the VIP failed while {node} was added"
+            "writes through the VIP failed while {node} was added: {:?}",
+            clients.failed_writes_after(failures_before.0)
         );
         let (listed, evidence) = etcd_listed(&verified(&inventory));
         // The new member, a voter by now.

@@ -96,6 +96,12 @@ impl Clients {
         (seen.failed_writes.len(), seen.failed_reads.len())
     }
 
+    /// What the writer was told by the writes that failed after the first `skip` failures.
+    pub fn failed_writes_after(&self, skip: usize) -> Vec<String> {
+        let seen = self.seen.lock().unwrap();
+        seen.failed_writes.iter().skip(skip).cloned().collect()
+    }
+
     /// A moment more, then stop both; what they saw.
     pub fn stop(self) -> Seen {
         std::thread::sleep(Duration::from_secs(3));
