@@ -543,8 +543,10 @@ impl Lab {
         })
     }
 
-    /// Power cut: every process of the node dies at once, its link goes down and its addresses
-    /// (including a VIP it held) are flushed.
+    /// Power cut: its link goes down, then every process of the node dies at once and its
+    /// addresses (including a VIP it held) are flushed. The link goes first: a machine that
+    /// loses power sends nothing, while a killed process's sockets would close with a FIN or RST
+    /// that tells every peer at once (replication, etcd and Patroni clients) it is gone.
     pub fn kill(&mut self, name: &str) -> Result<Report> {
         let node = self.node(name)?;
         host::preflight()?;
@@ -553,8 +555,8 @@ impl Lab {
         if self.node_dirs(&node).pid().is_none() {
             return Ok(unchanged(started, format!("`{node}` is not running")));
         }
-        node::kill(&node, &cgroups)?;
         network::set_link(&node, false)?;
+        node::kill(&node, &cgroups)?;
         network::flush_addresses(&node)?;
         Ok(changed(started, format!("cut the power of `{node}`")))
     }
