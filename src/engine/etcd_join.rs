@@ -185,9 +185,99 @@ pub async fn apply(session: &Session, join: &Join) -> anyhow::Result<Applied> {
     )))
 }
 
+/// The IDs of the learners in `etcdctl member list` (`ID, status, name, peer URLs, client URLs,
+/// is learner`).
+pub fn learners(list: &str) -> Vec<String> {
+    list.lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(", ").map(str::trim).collect();
+            (fields.len() >= 6 && fields[5] == "true" && !fields[0].is_empty())
+                .then(|| fields[0].to_string())
+        })
+        .collect()
+}
+
+/// How long `promote_learners` waits for a learner to catch up.
+const LEARNER_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Promote every learner once etcd says it is in sync (`endpoint`: the local member's client
+/// URL). A join cut off between the learner's start and its promotion leaves a learner that no
+/// later join looks at, its node having data by then. When the member does not list its members
+/// at all, the deploy's health check that follows waits for it; this task says so and goes on.
+pub async fn promote_learners(session: &Session, endpoint: &str) -> anyhow::Result<Applied> {
+    let started = std::time::Instant::now();
+    let mut promoted: Vec<String> = Vec::new();
+    let mut listed = false;
+    let mut waiting: Vec<String>;
+    loop {
+        let list = session
+            .run(
+                &RemoteCommand::script(format!(
+                    "{SHELL_CLIENTS}etcdctl --endpoints=\"$1\" --command-timeout=3s member list"
+                ))
+                .arg(endpoint.to_string())
+                .as_root(),
+            )
+            .await?;
+        waiting = Vec::new();
+        if list.success() {
+            listed = true;
+            for id in learners(&list.stdout_text()) {
+                let answer = session
+                    .run(
+                        &RemoteCommand::script(format!(
+                            "{SHELL_CLIENTS}etcdctl --endpoints=\"$1\" --command-timeout=3s member promote \"$2\""
+                        ))
+                        .arg(endpoint.to_string())
+                        .arg(id.clone())
+                        .as_root(),
+                    )
+                    .await?;
+                if answer.success() {
+                    promoted.push(id);
+                } else {
+                    waiting.push(id);
+                }
+            }
+            if waiting.is_empty() {
+                break;
+            }
+        }
+        if started.elapsed() >= LEARNER_WAIT {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    if !waiting.is_empty() {
+        bail!(
+            "learners {} still not in sync after {} s; hint: `etcdctl member list` on this node shows them, `etcdctl endpoint status` how far behind they are",
+            waiting.join(", "),
+            LEARNER_WAIT.as_secs()
+        );
+    }
+    Ok(match (promoted.is_empty(), listed) {
+        (false, _) => Applied::DoneBecause(format!("promoted {}", promoted.join(", "))),
+        (true, true) => Applied::AlreadyThere("no learner".into()),
+        (true, false) => Applied::AlreadyThere(format!(
+            "etcd did not list its members within {} s; the health check next waits for it",
+            LEARNER_WAIT.as_secs()
+        )),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn learners_are_read_from_the_member_list() {
+        let list = "8e9e05c52164694d, started, node1, https://10.0.0.1:2380, https://10.0.0.1:2379, false\n\
+                    91bc3c398fb3c146, started, node4, https://10.0.0.4:2380, https://10.0.0.4:2379, true\n\
+                    fd422379fda50e48, unstarted, , https://10.0.0.5:2380, , true\n";
+        assert_eq!(learners(list), vec!["91bc3c398fb3c146", "fd422379fda50e48"]);
+        assert!(learners("").is_empty());
+        assert!(learners("garbage, true\n").is_empty());
+    }
 
     #[test]
     fn the_answer_names_the_member_or_a_new_cluster() {

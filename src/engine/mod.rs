@@ -10,6 +10,7 @@
 
 pub mod default_data;
 pub mod etcd_join;
+pub mod etcd_restart;
 pub mod facts;
 pub mod modules;
 pub mod ops;

@@ -94,6 +94,10 @@ pub enum Action {
         timeout: u64,
     },
     EtcdJoin(super::etcd_join::Join),
+    EtcdRestart(super::etcd_restart::Restart),
+    EtcdPromoteLearners {
+        endpoint: String,
+    },
 }
 
 /// The rendered arguments a task needs and the facts it reads.
@@ -158,7 +162,11 @@ impl Planner<'_> {
                     .paths
                     .insert(format!("{}/member", self.text(&args.data_dir)?));
             }
-            Module::WaitFor(_) | Module::User(_) | Module::PatroniWait(_) => {}
+            Module::WaitFor(_)
+            | Module::User(_)
+            | Module::PatroniWait(_)
+            | Module::EtcdRestart(_)
+            | Module::EtcdPromoteLearners(_) => {}
         }
         Ok(())
     }
@@ -650,6 +658,23 @@ impl Planner<'_> {
                     }
                 }
             }
+            Module::EtcdRestart(args) => Plan::Act {
+                summary:
+                    "restart the member if it runs an older configuration than the one on disk"
+                        .into(),
+                action: Action::EtcdRestart(super::etcd_restart::Restart {
+                    config: self.text(&args.config)?,
+                    unit: self.text(&args.unit)?,
+                }),
+                changes: true,
+            },
+            Module::EtcdPromoteLearners(args) => Plan::Act {
+                summary: "promote every learner once it is in sync".into(),
+                action: Action::EtcdPromoteLearners {
+                    endpoint: self.text(&args.endpoint)?,
+                },
+                changes: true,
+            },
             Module::User(args) => {
                 let name = self.text(&args.name)?;
                 if facts.users.contains(&name) {
@@ -1178,6 +1203,10 @@ pub async fn apply(session: &Arc<Session>, action: &Action) -> anyhow::Result<Ap
             timeout,
         } => super::patroni_tasks::apply_wait(session, api, *until, member, *timeout).await,
         Action::EtcdJoin(join) => super::etcd_join::apply(session, join).await,
+        Action::EtcdRestart(restart) => super::etcd_restart::apply(session, restart).await,
+        Action::EtcdPromoteLearners { endpoint } => {
+            super::etcd_join::promote_learners(session, endpoint).await
+        }
         Action::User {
             name,
             system,

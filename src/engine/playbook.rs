@@ -69,6 +69,8 @@ pub enum Module {
     PatroniRestart(PatroniArgs),
     PatroniWait(PatroniWaitArgs),
     EtcdJoin(EtcdJoinArgs),
+    EtcdRestart(EtcdRestartArgs),
+    EtcdPromoteLearners(EtcdPromoteLearnersArgs),
 }
 
 impl Module {
@@ -87,6 +89,8 @@ impl Module {
             Module::PatroniRestart(_) => "patroni_restart",
             Module::PatroniWait(_) => "patroni_wait",
             Module::EtcdJoin(_) => "etcd_join",
+            Module::EtcdRestart(_) => "etcd_restart",
+            Module::EtcdPromoteLearners(_) => "etcd_promote_learners",
         }
     }
 }
@@ -105,6 +109,8 @@ const MODULES: &[&str] = &[
     "patroni_restart",
     "patroni_wait",
     "etcd_join",
+    "etcd_restart",
+    "etcd_promote_learners",
 ];
 const TASK_KEYS: &[&str] = &["name", "when", "notify", "register"];
 
@@ -362,6 +368,23 @@ pub struct EtcdJoinArgs {
     pub peer_url: String,
     pub endpoints: String,
     pub data_dir: String,
+}
+
+/// `etcd_restart`: restart the member if it runs an older configuration than the one on disk
+/// (see `engine::etcd_restart`). Templates: the configuration file and the unit file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdRestartArgs {
+    pub config: String,
+    pub unit: String,
+}
+
+/// `etcd_promote_learners`: promote every learner once it is in sync (see
+/// `engine::etcd_join::promote_learners`). Template: the local member's client URL.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdPromoteLearnersArgs {
+    pub endpoint: String,
 }
 
 /// `patroni_wait`: wait until the cluster, as the local member's API reports it, has a running
@@ -685,6 +708,8 @@ fn parse_module(name: &str, arguments: Value) -> Result<Module, String> {
         }
         "patroni_restart" => Module::PatroniRestart(args(arguments)?),
         "etcd_join" => Module::EtcdJoin(args(arguments)?),
+        "etcd_restart" => Module::EtcdRestart(args(arguments)?),
+        "etcd_promote_learners" => Module::EtcdPromoteLearners(args(arguments)?),
         "patroni_wait" => {
             let wait: PatroniWaitArgs = args(arguments)?;
             if wait.until == WaitUntil::MemberStreams && wait.member.is_empty() {
