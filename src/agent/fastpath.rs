@@ -311,9 +311,31 @@ async fn postmaster_answers(address: &str, port: u16) -> bool {
             .await?;
         let mut answer = [0u8; 1];
         stream.read_exact(&mut answer).await?;
-        Ok::<_, std::io::Error>(answer[0] == b'S' || answer[0] == b'N')
+        Ok::<_, std::io::Error>((answer[0], stream))
     };
-    matches!(tokio::time::timeout(PROBE_TIMEOUT, ask).await, Ok(Ok(true)))
+    match tokio::time::timeout(PROBE_TIMEOUT, ask).await {
+        Ok(Ok((b'S', stream))) => {
+            tokio::spawn(leave_quietly(address.to_string(), stream));
+            true
+        }
+        Ok(Ok((answer, _))) => answer == b'N',
+        _ => false,
+    }
+}
+
+/// After its `S`, PostgreSQL expects a TLS handshake, and logs "could not accept SSL
+/// connection: EOF detected" for a client that leaves instead: every probe, four a second
+/// from each agent, on the leader. A finished handshake closed with `close_notify` is logged by
+/// nothing. Done apart from the probe (the `S` already answered it), within 2 s.
+async fn leave_quietly(address: String, stream: tokio::net::TcpStream) {
+    let Some(config) = super::probe::node_tls() else {
+        return;
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        let mut tls = crate::tls::connect(config, &address, stream).await?;
+        tls.shutdown().await
+    })
+    .await;
 }
 
 /// The node's etcd member answers `Status` (no member: nothing to ask, nothing answers).
