@@ -19,6 +19,14 @@ mod common;
 
 use common::{changed_tasks, deploy_result, exec_everywhere, pgha, pgha_ok, shipped_inventory};
 
+/// The sum over the nodes of the count `command` prints (`grep -c … || true`).
+fn count_everywhere(inventory: &std::path::Path, command: &str) -> usize {
+    stdouts(inventory, command)
+        .iter()
+        .map(|count| count.parse::<usize>().unwrap_or(0))
+        .sum()
+}
+
 /// Each node's stdout of `command`, in node order.
 fn stdouts(inventory: &std::path::Path, command: &str) -> Vec<String> {
     exec_everywhere(inventory, command)
@@ -166,13 +174,10 @@ fn a_debian_13_cluster_deploys_verifies_and_fails_over() {
     // after the `S` of its `SSLRequest` made PostgreSQL log "could not accept SSL connection:
     // EOF detected" every time. Each now finishes the handshake and closes it.
     std::thread::sleep(std::time::Duration::from_secs(5));
-    let noise: usize = stdouts(
+    let noise = count_everywhere(
         &inventory,
         "journalctl -u patroni --since '-4s' -o cat | grep -c 'could not accept SSL connection' || true",
-    )
-    .iter()
-    .map(|count| count.parse::<usize>().unwrap_or(0))
-    .sum();
+    );
     assert_eq!(
         noise, 0,
         "the fast path's probes fill the leader's PostgreSQL log"
@@ -185,13 +190,10 @@ fn a_debian_13_cluster_deploys_verifies_and_fails_over() {
     assert_eq!(run["acknowledged_writes_lost"], 0, "{run:#}");
     assert_eq!(run["double_primary_moments"], 0, "{run:#}");
     assert_eq!(report["summary"]["passed"], true, "{report:#}");
-    let deletes: usize = stdouts(
+    let deletes = count_everywhere(
         &inventory,
         "journalctl -u pgha-agent -o cat | grep -c 'fast path: deleted the leader key' || true",
-    )
-    .iter()
-    .map(|count| count.parse::<usize>().unwrap_or(0))
-    .sum();
+    );
     assert_eq!(
         deletes, 1,
         "exactly one agent deletes the dead leader's key"

@@ -173,13 +173,7 @@ pub async fn apply(session: &Session, join: &Join) -> anyhow::Result<Applied> {
     // From now on the member has data and ignores `initial-*`: the file becomes the
     // template's, recorded as applied, so later deploys find nothing to change or restart.
     upload(session, &join.config_path, join.config.clone()).await?;
-    super::modules::checked(
-        session,
-        RemoteCommand::script("cp \"$1\" \"$1.applied\"")
-            .arg(join.config_path.clone())
-            .as_root(),
-    )
-    .await?;
+    super::etcd_restart::record_applied(session, &join.config_path).await?;
     Ok(Applied::DoneBecause(format!(
         "joined as learner {id} with {initial_cluster}, caught up and promoted"
     )))

@@ -158,6 +158,18 @@ pub fn parse(text: &str) -> anyhow::Result<Observed> {
     Ok(observed)
 }
 
+/// Record `config` as the configuration the member runs (`<config>.applied`).
+pub async fn record_applied(session: &Session, config: &str) -> anyhow::Result<()> {
+    super::modules::checked(
+        session,
+        RemoteCommand::script("cp \"$1\" \"$1.applied\"")
+            .arg(config.to_string())
+            .as_root(),
+    )
+    .await?;
+    Ok(())
+}
+
 pub async fn apply(session: &Session, restart: &Restart) -> anyhow::Result<Applied> {
     let output = super::modules::checked(
         session,
@@ -187,13 +199,7 @@ pub async fn apply(session: &Session, restart: &Restart) -> anyhow::Result<Appli
         .await
         .context("cannot restart etcd")?;
     }
-    super::modules::checked(
-        session,
-        RemoteCommand::script("cp \"$1\" \"$1.applied\"")
-            .arg(restart.config.clone())
-            .as_root(),
-    )
-    .await?;
+    record_applied(session, &restart.config).await?;
     Ok(match decision {
         Decision::NotRunning => {
             Applied::AlreadyThere("not running: it starts with the configuration on disk".into())
