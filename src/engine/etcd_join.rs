@@ -97,7 +97,10 @@ case "$line" in
   *", started, "*) echo "etcd lists a started member with this node's peer URL $peer, but this node has no etcd data; hint: if the data was lost, remove that member (etcdctl member remove ${line%%,*}) and deploy again" >&2; exit 1 ;;
   "")
     out=$(etcdctl --endpoints="$endpoints" --command-timeout=5s member add "$name" --learner --peer-urls="$peer") || exit 1
-    echo "id=$(printf '%s\n' "$out" | sed -n 's/^Member \([0-9a-f]*\) added.*/\1/p')"
+    # etcdctl prints the ID with `%16x`: one that starts with zeros comes space-padded.
+    id=$(printf '%s\n' "$out" | sed -n 's/^Member  *\([0-9a-f][0-9a-f]*\) added.*/\1/p')
+    [ -n "$id" ] || id=$(etcdctl --endpoints="$endpoints" --command-timeout=3s member list | awk -F', ' -v peer="$peer" '$4 == peer { print $1 }')
+    echo "id=$id"
     echo "initial=$(printf '%s\n' "$out" | sed -n 's/^ETCD_INITIAL_CLUSTER="\(.*\)"$/\1/p')" ;;
   *)
     # Added by a run cut off before it started: the started members, and this one.
@@ -192,70 +195,65 @@ pub fn learners(list: &str) -> Vec<String> {
 }
 
 /// How long `promote_learners` waits for a learner to catch up.
-const LEARNER_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+const LEARNER_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// Promote every learner once etcd says it is in sync (`endpoint`: the local member's client
 /// URL). A join cut off between the learner's start and its promotion leaves a learner that no
-/// later join looks at, its node having data by then. When the member does not list its members
-/// at all, the deploy's health check that follows waits for it; this task says so and goes on.
+/// later join looks at, its node having data by then. When the member does not list its
+/// members (before any learner was seen), the deploy's health check that follows waits for
+/// it: this task says so and goes on.
 pub async fn promote_learners(session: &Session, endpoint: &str) -> anyhow::Result<Applied> {
+    let etcdctl = |args: &str| {
+        RemoteCommand::script(format!(
+            "{SHELL_CLIENTS}etcdctl --endpoints=\"$1\" --command-timeout=3s {args}"
+        ))
+        .arg(endpoint.to_string())
+        .as_root()
+    };
     let started = std::time::Instant::now();
     let mut promoted: Vec<String> = Vec::new();
-    let mut listed = false;
-    let mut waiting: Vec<String>;
+    // The learners not yet promoted, and etcd's last answer about them.
+    let mut waiting: Vec<String> = Vec::new();
+    let mut answer = String::new();
     loop {
-        let list = session
-            .run(
-                &RemoteCommand::script(format!(
-                    "{SHELL_CLIENTS}etcdctl --endpoints=\"$1\" --command-timeout=3s member list"
-                ))
-                .arg(endpoint.to_string())
-                .as_root(),
-            )
-            .await?;
-        waiting = Vec::new();
+        let list = session.run(&etcdctl("member list")).await?;
         if list.success() {
-            listed = true;
+            waiting.clear();
             for id in learners(&list.stdout_text()) {
-                let answer = session
-                    .run(
-                        &RemoteCommand::script(format!(
-                            "{SHELL_CLIENTS}etcdctl --endpoints=\"$1\" --command-timeout=3s member promote \"$2\""
-                        ))
-                        .arg(endpoint.to_string())
-                        .arg(id.clone())
-                        .as_root(),
-                    )
+                let promote = session
+                    .run(&etcdctl("member promote \"$2\"").arg(id.clone()))
                     .await?;
-                if answer.success() {
+                if promote.success() {
                     promoted.push(id);
                 } else {
+                    answer = promote.stderr_text().trim().to_string();
                     waiting.push(id);
                 }
             }
             if waiting.is_empty() {
                 break;
             }
+        } else if waiting.is_empty() && promoted.is_empty() {
+            return Ok(Applied::AlreadyThere(format!(
+                "etcd did not list its members ({}); the health check next waits for it",
+                list.stderr_text().trim()
+            )));
+        } else {
+            answer = list.stderr_text().trim().to_string();
         }
         if started.elapsed() >= LEARNER_WAIT {
-            break;
+            bail!(
+                "learners {} still not promoted after {} s; etcd said: {answer}; hint: `etcdctl member list` on this node shows them, `etcdctl endpoint status` how far behind they are",
+                waiting.join(", "),
+                LEARNER_WAIT.as_secs()
+            );
         }
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
-    if !waiting.is_empty() {
-        bail!(
-            "learners {} still not in sync after {} s; hint: `etcdctl member list` on this node shows them, `etcdctl endpoint status` how far behind they are",
-            waiting.join(", "),
-            LEARNER_WAIT.as_secs()
-        );
-    }
-    Ok(match (promoted.is_empty(), listed) {
-        (false, _) => Applied::DoneBecause(format!("promoted {}", promoted.join(", "))),
-        (true, true) => Applied::AlreadyThere("no learner".into()),
-        (true, false) => Applied::AlreadyThere(format!(
-            "etcd did not list its members within {} s; the health check next waits for it",
-            LEARNER_WAIT.as_secs()
-        )),
+    Ok(if promoted.is_empty() {
+        Applied::AlreadyThere("no learner".into())
+    } else {
+        Applied::DoneBecause(format!("promoted {}", promoted.join(", ")))
     })
 }
 

@@ -96,14 +96,16 @@ pub fn decide(observed: &Observed) -> Decision {
 }
 
 /// Read the member (`$1` the configuration, `$2` the unit): `key=value` lines, then the two
-/// files after their `###` headers.
+/// files after their `###` headers, every line of theirs prefixed with `|` (so no line of a
+/// file can pass for a header, and a file without a final newline cannot swallow one). The
+/// start time in seconds since the epoch (`--timestamp=unix`), never in the host's zone.
 const READ: &str = r#"echo "state=$(systemctl is-active etcd)"
-started=$(systemctl show -p ExecMainStartTimestamp --value etcd)
-[ -n "$started" ] && echo "started=$(date -d "$started" +%s)"
+started=$(systemctl show --timestamp=unix -p ExecMainStartTimestamp --value etcd)
+echo "started=${started#@}"
 echo "config_mtime=$(stat -c %Y "$1")"; echo "unit_mtime=$(stat -c %Y "$2")"
 [ -e "$1.applied" ] && echo "applied_mtime=$(stat -c %Y "$1.applied")"
-echo '### config'; cat "$1"
-[ -e "$1.applied" ] && { echo '### applied'; cat "$1.applied"; }
+echo '### config'; sed 's/^/|/' "$1"; echo
+[ -e "$1.applied" ] && { echo '### applied'; sed 's/^/|/' "$1.applied"; echo; }
 true
 "#;
 
@@ -126,8 +128,10 @@ pub fn parse(text: &str) -> anyhow::Result<Observed> {
             continue;
         }
         if let Some(Some(text)) = section.as_deref_mut() {
-            text.push_str(line);
-            text.push('\n');
+            if let Some(line) = line.strip_prefix('|') {
+                text.push_str(line);
+                text.push('\n');
+            }
             continue;
         }
         let Some((key, value)) = line.split_once('=') else {
@@ -141,12 +145,20 @@ pub fn parse(text: &str) -> anyhow::Result<Observed> {
         };
         match key {
             "state" => observed.state = value.trim().to_string(),
+            // Empty when the unit has not started (or `systemctl` did not say).
+            "started" if value.trim().is_empty() => observed.started = None,
             "started" => observed.started = Some(number()?),
             "config_mtime" => observed.config_mtime = number()?,
             "unit_mtime" => observed.unit_mtime = number()?,
             "applied_mtime" => observed.applied_mtime = Some(number()?),
             _ => {}
         }
+    }
+    if observed.applied_mtime.is_some() != observed.applied.is_some() {
+        bail!(
+            "the member's applied configuration was read only in part:\n{}",
+            text.trim()
+        );
     }
     let Some(config) = config else {
         bail!(
@@ -284,18 +296,25 @@ mod tests {
 
     #[test]
     fn the_read_is_parsed_with_both_files() {
-        let text = "state=active\nstarted=1700000000\nconfig_mtime=1690000000\nunit_mtime=1680000000\napplied_mtime=1700000001\n### config\nname: a\ninitial-cluster: x\n### applied\nname: a\n";
+        let text = "state=active\nstarted=1700000000\nconfig_mtime=1690000000\nunit_mtime=1680000000\napplied_mtime=1700000001\n### config\n|name: a\n|initial-cluster: x\n|### not a header\n\n### applied\n|name: a\n\n";
         let observed = parse(text).unwrap();
         assert_eq!(observed.state, "active");
         assert_eq!(observed.started, Some(1_700_000_000));
         assert_eq!(observed.applied_mtime, Some(1_700_000_001));
-        assert_eq!(observed.config, "name: a\ninitial-cluster: x\n");
+        assert_eq!(
+            observed.config,
+            "name: a\ninitial-cluster: x\n### not a header\n"
+        );
         assert_eq!(observed.applied.as_deref(), Some("name: a\n"));
+        // Not started: no start time, no record.
         let not_running =
-            parse("state=inactive\nconfig_mtime=1\nunit_mtime=2\n### config\nname: a\n").unwrap();
+            parse("state=inactive\nstarted=\nconfig_mtime=1\nunit_mtime=2\n### config\n|name: a\n")
+                .unwrap();
         assert_eq!(not_running.started, None);
         assert_eq!(not_running.applied, None);
         assert!(parse("state=active\n").is_err());
         assert!(parse("state=active\nstarted=yesterday\n### config\n").is_err());
+        // A record dated but not read is an error, not a missing record.
+        assert!(parse("state=active\nstarted=5\napplied_mtime=6\n### config\n|a\n").is_err());
     }
 }
