@@ -182,16 +182,14 @@ pub async fn apply(session: &Session, join: &Join) -> anyhow::Result<Applied> {
     )))
 }
 
-/// The IDs of the learners in `etcdctl member list` (`ID, status, name, peer URLs, client URLs,
-/// is learner`).
-pub fn learners(list: &str) -> Vec<String> {
-    list.lines()
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split(", ").map(str::trim).collect();
-            (fields.len() >= 6 && fields[5] == "true" && !fields[0].is_empty())
-                .then(|| fields[0].to_string())
-        })
-        .collect()
+/// What etcdctl said: its error, else its output.
+fn answer_of(output: &crate::ssh::CommandOutput) -> String {
+    let stderr = output.stderr_text();
+    if stderr.trim().is_empty() {
+        output.stdout_text().trim().to_string()
+    } else {
+        stderr.trim().to_string()
+    }
 }
 
 /// How long `promote_learners` waits for a learner to catch up.
@@ -216,17 +214,25 @@ pub async fn promote_learners(session: &Session, endpoint: &str) -> anyhow::Resu
     let mut waiting: Vec<String> = Vec::new();
     let mut answer = String::new();
     loop {
-        let list = session.run(&etcdctl("member list")).await?;
-        if list.success() {
+        let list = session.run(&etcdctl("member list -w json")).await?;
+        let members = list
+            .success()
+            .then(|| crate::etcd::parse_members(&list.stdout_text()))
+            .flatten();
+        if let Some(members) = members {
             waiting.clear();
-            for id in learners(&list.stdout_text()) {
+            for id in members
+                .iter()
+                .filter(|member| member.learner)
+                .map(|member| member.hex_id())
+            {
                 let promote = session
                     .run(&etcdctl("member promote \"$2\"").arg(id.clone()))
                     .await?;
                 if promote.success() {
                     promoted.push(id);
                 } else {
-                    answer = promote.stderr_text().trim().to_string();
+                    answer = answer_of(&promote);
                     waiting.push(id);
                 }
             }
@@ -236,10 +242,10 @@ pub async fn promote_learners(session: &Session, endpoint: &str) -> anyhow::Resu
         } else if waiting.is_empty() && promoted.is_empty() {
             return Ok(Applied::AlreadyThere(format!(
                 "etcd did not list its members ({}); the health check next waits for it",
-                list.stderr_text().trim()
+                answer_of(&list)
             )));
         } else {
-            answer = list.stderr_text().trim().to_string();
+            answer = answer_of(&list);
         }
         if started.elapsed() >= LEARNER_WAIT {
             bail!(
@@ -260,16 +266,6 @@ pub async fn promote_learners(session: &Session, endpoint: &str) -> anyhow::Resu
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn learners_are_read_from_the_member_list() {
-        let list = "8e9e05c52164694d, started, node1, https://10.0.0.1:2380, https://10.0.0.1:2379, false\n\
-                    91bc3c398fb3c146, started, node4, https://10.0.0.4:2380, https://10.0.0.4:2379, true\n\
-                    fd422379fda50e48, unstarted, , https://10.0.0.5:2380, , true\n";
-        assert_eq!(learners(list), vec!["91bc3c398fb3c146", "fd422379fda50e48"]);
-        assert!(learners("").is_empty());
-        assert!(learners("garbage, true\n").is_empty());
-    }
 
     #[test]
     fn the_answer_names_the_member_or_a_new_cluster() {
