@@ -27,6 +27,7 @@ packages=(
                                                #   .proto files (only recommended by protoc)
     pkg-config gcc libc6-dev                   # building pgha (the linker, C parts of crates)
     systemd-container debootstrap iproute2     # the lab's nodes
+    iptables                                   # the lab's link faults (`pgha lab impair`)
     apt-cacher-ng                              # the lab's package proxy
     openssh-client openssh-server              # SSH client; sshd for transport tests
     haproxy keepalived                         # config checkers for rendered files

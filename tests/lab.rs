@@ -1,8 +1,9 @@
 //! End-to-end: a real 3-node lab on this machine (needs root, Linux and the lab's host packages).
 //! One test, because only one lab can exist on a machine at a time. It reads like the spec of
 //! `pgha lab`: nodes boot with systemd and strict SSH, apt works through the proxy, every fault
-//! does what it says and is undone, the running lab grows to 4 nodes and shrinks back without
-//! touching the others, a second `up` changes nothing, `down` leaves nothing behind.
+//! (power cut, partition, freeze, a blocked link, loss and delay) does what it says and is
+//! undone, the running lab grows to 4 nodes and shrinks back without touching the others, a
+//! second `up` changes nothing, `down` leaves nothing behind.
 
 mod common;
 
@@ -135,7 +136,11 @@ fn is_root() -> bool {
 
 /// Live (not zombie) processes whose command line mentions the lab's state directory.
 fn lab_processes(dir: &Path) -> Vec<String> {
-    let needle = dir.display().to_string();
+    processes_mentioning(&dir.display().to_string())
+}
+
+/// Live (not zombie) processes whose command line contains `needle`, except cargo's.
+fn processes_mentioning(needle: &str) -> Vec<String> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").expect("read /proc").flatten() {
         let path = entry.path();
@@ -147,7 +152,7 @@ fn lab_processes(dir: &Path) -> Vec<String> {
         let zombie = stat
             .rsplit_once(") ")
             .is_some_and(|(_, rest)| rest.starts_with('Z'));
-        if cmdline.contains(&needle) && !zombie && !cmdline.contains("cargo") {
+        if cmdline.contains(needle) && !zombie && !cmdline.contains("cargo") {
             found.push(format!(
                 "{}: {cmdline}",
                 entry.file_name().to_string_lossy()
@@ -183,6 +188,8 @@ fn assert_nothing_left(dir: &Path) {
     assert!(left.is_empty(), "mounts left: {left:?}");
     let processes = lab_processes(dir);
     assert!(processes.is_empty(), "processes left: {processes:?}");
+    let workers = processes_mentioning("impair-worker");
+    assert!(workers.is_empty(), "impair workers left: {workers:?}");
     assert!(
         !Path::new("/sys/fs/cgroup/unified/pgha-lab").exists(),
         "cgroups left"
@@ -287,6 +294,61 @@ fn lab_boots_real_nodes_injects_faults_and_leaves_nothing_behind() {
     assert!(reaches("10.231.0.11", "10.231.0.13") && reaches("10.231.0.12", "10.231.0.13"));
     pgha(&["lab", "unblock", "node1", "node2"]);
     assert!(reaches("10.231.0.11", "10.231.0.12") && reaches("10.231.0.12", "10.231.0.11"));
+
+    // Impair node2's link (netem's faults without netem): 300 ms each way makes a TCP connect
+    // from this machine take a round trip of at least 600 ms; 100 % loss stops it; `unimpair`
+    // brings it back to a bridge's speed; node3 is never touched.
+    let connect_time = |address: &str| {
+        let started = Instant::now();
+        let to: SocketAddr = format!("{address}:22").parse().unwrap();
+        TcpStream::connect_timeout(&to, Duration::from_secs(2)).map(|_| started.elapsed())
+    };
+    let clear = connect_time("10.231.0.12").expect("node2 answers before the impairment");
+    assert!(
+        clear < Duration::from_millis(100),
+        "{clear:?} before any impairment"
+    );
+    let impaired = pgha(&["lab", "impair", "node2", "--delay", "300ms"]);
+    assert!(impaired.contains("300 ms delay"), "{impaired}");
+    let again = pgha(&["lab", "impair", "node2", "--delay", "300ms"]);
+    assert!(
+        again.contains("nothing changed"),
+        "the same impairment again: {again}"
+    );
+    let status: serde_json::Value =
+        serde_json::from_str(&pgha(&["lab", "status", "--json"])).expect("status JSON");
+    assert_eq!(status["nodes"][1]["impaired"], "300 ms delay each way");
+    for _ in 0..3 {
+        let slow = connect_time("10.231.0.12").expect("a delayed node2 still answers");
+        assert!(
+            slow >= Duration::from_millis(590) && slow < Duration::from_millis(1500),
+            "a connect through 300 ms each way took {slow:?}"
+        );
+    }
+    let neighbour = connect_time("10.231.0.13").expect("node3 answers");
+    assert!(
+        neighbour < Duration::from_millis(100),
+        "node3 slowed to {neighbour:?}"
+    );
+    pgha(&["lab", "impair", "node2", "--loss", "100"]);
+    assert!(
+        connect_time("10.231.0.12").is_err(),
+        "node2 answers through 100 % loss"
+    );
+    pgha(&["lab", "unimpair", "node2"]);
+    let restored = connect_time("10.231.0.12").expect("node2 answers after unimpair");
+    assert!(
+        restored < Duration::from_millis(100),
+        "{restored:?} after unimpair"
+    );
+    // Bad input is refused before anything is touched.
+    let refused = Command::new(env!("CARGO_BIN_EXE_pgha"))
+        .args(["lab", "impair", "node2"])
+        .output()
+        .expect("run pgha");
+    assert_eq!(refused.status.code(), Some(2), "an impairment of nothing");
+    // Left in place for `down` to clean up (its worker is checked below).
+    pgha(&["lab", "impair", "node3", "--loss", "10"]);
 
     // The running lab grows by one node and shrinks back, leaving the others alone (their
     // PID 1 keeps its start time).

@@ -1,10 +1,12 @@
 //! `pgha lab ...`: arguments for the local lab; the work is in [`crate::lab`]. This module only
 //! turns arguments into calls and renders the reports (data on stdout, progress on stderr).
 
+use std::time::Duration;
+
 use clap::Subcommand;
 
 use crate::debian::Release;
-use crate::lab::{DownOptions, Lab, Report, UpOptions};
+use crate::lab::{DownOptions, Impairment, Lab, Report, UpOptions};
 
 fn parse_release(name: &str) -> Result<Release, String> {
     Release::named(name).ok_or_else(|| {
@@ -61,9 +63,61 @@ pub enum LabCommand {
     Block { a: String, b: String },
     /// Restore the link between two nodes
     Unblock { a: String, b: String },
+    /// Degrade NODE's link both ways, as `tc netem` would (which some kernels lack): drop
+    /// PERCENT of its packets, each independently, and delay the rest
+    Impair {
+        node: String,
+        /// Percent of packets lost, each way (0-100)
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=100))]
+        loss: u8,
+        /// Extra latency each way, e.g. `300ms` or `1s` (a bare number is milliseconds)
+        #[arg(long, default_value = "0ms", value_parser = parse_delay)]
+        delay: Duration,
+    },
+    /// Restore NODE's link after `impair`
+    Unimpair { node: String },
+    /// The worker behind `impair` (started by it inside the node's namespace)
+    #[command(hide = true)]
+    ImpairWorker {
+        #[arg(long)]
+        queue: u16,
+        #[arg(long)]
+        loss: u8,
+        #[arg(long)]
+        delay_ms: u64,
+    },
+}
+
+/// `300ms`, `1s`, `1.5s` or a bare number of milliseconds.
+fn parse_delay(text: &str) -> Result<Duration, String> {
+    let problem = || format!("`{text}` is not a delay; write e.g. `300ms` or `1s`");
+    let (number, unit) = match text.strip_suffix("ms") {
+        Some(number) => (number, 1.0),
+        None => match text.strip_suffix('s') {
+            Some(number) => (number, 1000.0),
+            None => (text, 1.0),
+        },
+    };
+    let value: f64 = number.trim().parse().map_err(|_| problem())?;
+    if !value.is_finite() || value < 0.0 || value * unit > 60_000.0 {
+        return Err(format!("{}, at most 60 s", problem()));
+    }
+    Ok(Duration::from_micros((value * unit * 1000.0).round() as u64))
 }
 
 pub fn run(command: LabCommand) -> anyhow::Result<()> {
+    if let LabCommand::ImpairWorker {
+        queue,
+        loss,
+        delay_ms,
+    } = command
+    {
+        let impairment = Impairment {
+            loss_percent: loss,
+            delay: Duration::from_millis(delay_ms),
+        };
+        return crate::lab::impair_worker(queue, impairment);
+    }
     let mut lab = Lab::open()?;
     lab.on_progress(|message| eprintln!("{message}"));
     let report = match command {
@@ -92,6 +146,15 @@ pub fn run(command: LabCommand) -> anyhow::Result<()> {
         LabCommand::Thaw { node } => lab.thaw(&node)?,
         LabCommand::Block { a, b } => lab.block(&a, &b)?,
         LabCommand::Unblock { a, b } => lab.unblock(&a, &b)?,
+        LabCommand::Impair { node, loss, delay } => lab.impair(
+            &node,
+            Impairment {
+                loss_percent: loss,
+                delay,
+            },
+        )?,
+        LabCommand::Unimpair { node } => lab.unimpair(&node)?,
+        LabCommand::ImpairWorker { .. } => unreachable!("handled above"),
     };
     print_report(&report);
     Ok(())
@@ -117,7 +180,10 @@ fn status(lab: &Lab, json: bool) -> anyhow::Result<()> {
         println!("the lab is not up (state: {})", status.state_dir.display());
         return Ok(());
     }
-    println!("{:<8} {:<12} {:<12} BLOCKED", "NODE", "ADDRESS", "STATE");
+    println!(
+        "{:<8} {:<12} {:<12} {:<12} IMPAIRED",
+        "NODE", "ADDRESS", "STATE", "BLOCKED"
+    );
     for node in &status.nodes {
         let blocked = if node.blocked.is_empty() {
             "-".to_string()
@@ -125,10 +191,11 @@ fn status(lab: &Lab, json: bool) -> anyhow::Result<()> {
             node.blocked.join(",")
         };
         println!(
-            "{:<8} {:<12} {:<12} {blocked}",
+            "{:<8} {:<12} {:<12} {blocked:<12} {}",
             node.name,
             node.address,
-            node.state.to_string()
+            node.state.to_string(),
+            node.impaired.as_deref().unwrap_or("-")
         );
     }
     println!(
@@ -142,4 +209,22 @@ fn status(lab: &Lab, json: bool) -> anyhow::Result<()> {
     println!("ssh key: {}", status.client_key.display());
     println!("known_hosts: {}", status.known_hosts.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_read_as_a_tc_user_writes_them() {
+        assert_eq!(parse_delay("300ms"), Ok(Duration::from_millis(300)));
+        assert_eq!(parse_delay("1s"), Ok(Duration::from_secs(1)));
+        assert_eq!(parse_delay("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_delay("250"), Ok(Duration::from_millis(250)));
+        assert!(parse_delay("fast")
+            .unwrap_err()
+            .contains("`fast` is not a delay"));
+        assert!(parse_delay("-5ms").is_err());
+        assert!(parse_delay("2m").is_err());
+    }
 }

@@ -12,9 +12,11 @@
 
 mod base;
 mod host;
+mod impair;
 mod keys;
 mod mirror;
 mod network;
+mod nfqueue;
 mod node;
 mod proxy;
 mod topology;
@@ -28,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use crate::debian::Release;
 use crate::error::UserError;
 pub use mirror::Mirrors;
+pub use nfqueue::Impairment;
 pub use topology::{Node, BRIDGE, BRIDGE_ADDRESS, MAX_NODES, VIP};
 
 /// Default state directory; `PGHA_LAB_DIR` overrides it.
@@ -127,6 +130,8 @@ pub struct NodeStatus {
     pub state: NodeState,
     /// Nodes this node's link to is blocked.
     pub blocked: Vec<String>,
+    /// The loss and delay `impair` put on its link, e.g. "40 % loss each way".
+    pub impaired: Option<String>,
 }
 
 /// The lab's overall status.
@@ -392,6 +397,9 @@ impl Lab {
             }
         }
         for node in &nodes {
+            if impair::stop(&self.dir, node)? {
+                changes.push(format!("stopped the impair worker of `{node}`"));
+            }
             let dirs = self.node_dirs(node);
             if dirs.pid().is_some() {
                 (self.progress)(&format!("stopping `{node}`"));
@@ -475,6 +483,8 @@ impl Lab {
                 address: node.address().to_string(),
                 state,
                 blocked,
+                impaired: impair::current(&self.dir, &node)
+                    .map(|(_, impairment)| describe_impairment(impairment)),
             });
         }
         Ok(Status {
@@ -506,6 +516,9 @@ impl Lab {
         let cgroups = node::Cgroups::detect()?;
         let dirs = self.node_dirs(&node);
         let mut changes = Vec::new();
+        if impair::stop(&self.dir, &node)? {
+            changes.push(format!("stopped the impair worker of `{node}`"));
+        }
         if dirs.pid().is_some() {
             (self.progress)(&format!("stopping `{node}`"));
             let clean = node::stop(&node, &dirs, &cgroups, DOWN_GRACE)?;
@@ -683,6 +696,57 @@ impl Lab {
         Ok(changed(started, message))
     }
 
+    /// Degrade the node's link both ways: drop `loss_percent` of its packets, delay the rest.
+    pub fn impair(&mut self, name: &str, impairment: Impairment) -> Result<Report> {
+        let node = self.node(name)?;
+        if impairment.loss_percent > 100 {
+            return Err(UserError(format!(
+                "a loss of {} % is not a share of packets; hint: give 0 to 100",
+                impairment.loss_percent
+            ))
+            .into());
+        }
+        if impairment.loss_percent == 0 && impairment.delay.is_zero() {
+            return Err(UserError(format!(
+                "nothing to impair on `{node}`; hint: give --loss PERCENT, --delay MS or both"
+            ))
+            .into());
+        }
+        host::preflight()?;
+        let started = Instant::now();
+        if self.node_dirs(&node).pid().is_none() {
+            return Err(UserError(format!(
+                "`{node}` is not running; hint: `pgha lab start {node}`"
+            ))
+            .into());
+        }
+        if impair::current(&self.dir, &node).map(|(_, now)| now) == Some(impairment) {
+            return Ok(unchanged(
+                started,
+                format!("`{node}` is already impaired so"),
+            ));
+        }
+        impair::apply(&self.dir, &node, impairment)?;
+        Ok(changed(
+            started,
+            format!(
+                "impaired `{node}`'s link: {}",
+                describe_impairment(impairment)
+            ),
+        ))
+    }
+
+    /// Restore a node's link after `impair`.
+    pub fn unimpair(&mut self, name: &str) -> Result<Report> {
+        let node = self.node(name)?;
+        host::preflight()?;
+        let started = Instant::now();
+        if !impair::clear(&self.dir, &node)? {
+            return Ok(unchanged(started, format!("`{node}` is not impaired")));
+        }
+        Ok(changed(started, format!("restored `{node}`'s link")))
+    }
+
     /// Cut the link between two nodes in both directions.
     pub fn block(&mut self, a: &str, b: &str) -> Result<Report> {
         self.set_blocked(a, b, true)
@@ -818,6 +882,23 @@ pub fn connect_inside(
     let node = topology::node(node, MAX_NODES)?;
     network::connect_from(&node, to, timeout)
         .with_context(|| format!("cannot connect to `{to}` from inside `{node}`"))
+}
+
+/// "40 % loss, 300 ms delay each way".
+pub fn describe_impairment(impairment: Impairment) -> String {
+    let mut parts = Vec::new();
+    if impairment.loss_percent > 0 {
+        parts.push(format!("{} % loss", impairment.loss_percent));
+    }
+    if !impairment.delay.is_zero() {
+        parts.push(format!("{} ms delay", impairment.delay.as_millis()));
+    }
+    format!("{} each way", parts.join(", "))
+}
+
+/// The impair worker's body (`pgha lab impair-worker`, run inside a node's namespace).
+pub fn impair_worker(queue: u16, impairment: Impairment) -> Result<()> {
+    impair::run_worker(queue, impairment)
 }
 
 fn changed(started: Instant, change: String) -> Report {
