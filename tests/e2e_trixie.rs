@@ -9,9 +9,10 @@
 //! 4. a switchover and a power cut of the primary keep every acknowledged write and one
 //!    primary, within the failover model;
 //! 5. with `corroborated_failover` set (by `pgha inventory set`, with `loop_wait: 2` and
-//!    `retry_timeout: 5`), the agents' probes leave nothing in the leader's PostgreSQL log, and
-//!    a power cut is ended by the agents' fast path: one of them deletes the dead leader's key,
-//!    and the drill passes.
+//!    `retry_timeout: 5`), the agents' probes leave nothing in the leader's PostgreSQL log, a
+//!    live primary behind a slow link (300 ms each way) keeps its leadership, and a power cut
+//!    is ended by the agents' fast path: one of them deletes the dead leader's key, and the
+//!    drill passes.
 //!
 //! Needs root. One test function: only one lab can exist at a time.
 
@@ -188,6 +189,38 @@ fn a_debian_13_cluster_deploys_verifies_and_fails_over() {
     assert_eq!(
         noise, 0,
         "the fast path's probes fill the leader's PostgreSQL log"
+    );
+    // A live primary behind a slow link (300 ms each way, `pgha lab impair`) for 15 s: its
+    // probes answer late, its lease keeps being refreshed; no agent may end its leadership.
+    let roles = || {
+        stdouts(
+            &inventory,
+            "curl -s --cacert /etc/pgha/tls/ca.crt --cert /etc/pgha/tls/node.crt --key /etc/pgha/tls/node.key https://127.0.0.1:8008/patroni \
+             | /opt/pgha/patroni/bin/python3 -c 'import json, sys; p = json.load(sys.stdin); print(p[\"role\"], p.get(\"timeline\"))'",
+        )
+    };
+    let before = roles();
+    let primary = before
+        .iter()
+        .position(|role| role.starts_with("primary"))
+        .map(|index| format!("node{}", index + 1))
+        .unwrap_or_else(|| panic!("no primary among {before:?}"));
+    pgha_ok(&["lab", "impair", &primary, "--delay", "300ms"]);
+    std::thread::sleep(std::time::Duration::from_secs(15));
+    pgha_ok(&["lab", "unimpair", &primary]);
+    std::thread::sleep(std::time::Duration::from_secs(8));
+    assert_eq!(
+        roles(),
+        before,
+        "300 ms each way on {primary}'s link changed the roles or the timeline"
+    );
+    assert_eq!(
+        count_everywhere(
+            &inventory,
+            "journalctl -u pgha-agent -o cat | grep -c 'fast path: deleted the leader key' || true",
+        ),
+        0,
+        "an agent deleted the key of a live primary behind a slow link"
     );
     let output = pgha(&["drill", "-i", inventory_arg, "kill-primary", "--json"]);
     let report: serde_json::Value = serde_json::from_slice(&output.stdout)

@@ -7,16 +7,21 @@
 //! - the leader key (name, `mod_revision`, lease) and the lease's remaining TTL: a refresh
 //!   shows as the remaining TTL going up, so the agent knows how long ago the leader last
 //!   refreshed it;
-//! - the leader's node from here: PostgreSQL (the postmaster answers an `SSLRequest`), Patroni's
-//!   REST API (`GET /liveness`) and its etcd member (`Status`), each with a 400 ms deadline.
+//! - the leader's node from here, probed in the background every 250 ms whatever the last probe
+//!   still waits for: PostgreSQL (the postmaster answers an `SSLRequest`), Patroni's REST API
+//!   (`GET /liveness`) and its etcd member (`Status`), each with a [`PROBE_TIMEOUT`] deadline
+//!   long enough for a slow link's answer (300 ms each way) to count.
 //!
 //! It suspects the leader when the lease has not been refreshed for `stale_after` (Patroni's
-//! `loop_wait` + 1 s) *and* nothing on the node has answered for [`UNANSWERED_FOR`]. A
-//! suspicion is a vote: a key `/pgha-fastpath/<prefix><leader>/<voter>` holding the leader
-//! key's `mod_revision`, on a 2 s lease (it vanishes when the agent stops suspecting). When
-//! `votes_needed` agents (a majority of the Patroni nodes other than the leader's) vote for
-//! the same revision, an agent checks the lease once more and deletes the leader key in a
-//! transaction that holds only if the key still has that revision and names that leader.
+//! `loop_wait` + 1 s) *and* nothing on the node has answered for [`UNANSWERED_FOR`] (long
+//! enough that a lossy link's bursts of unanswered probes do not add up to it). A suspicion is
+//! a vote: a key `/pgha-fastpath/<prefix><leader>/<voter>` holding the leader key's
+//! `mod_revision`, put again every look (and deleted when the agent stops suspecting; its 2 s
+//! lease covers an agent that dies). When `votes_needed` agents (a majority of the Patroni
+//! nodes other than the leader's) vote for the same revision, each vote put again since this
+//! agent's previous look (a suspicion held now, not a second ago), an agent checks the lease
+//! once more and deletes the leader key in a transaction that holds only if the key still has
+//! that revision and names that leader.
 //! Patroni's replicas are woken by the delete (their watch) and elect a new leader as after
 //! an expiry; in synchronous mode only the synchronous standby may take the lock.
 //!
@@ -24,7 +29,7 @@
 //! is wrong anyway: see README, "The corroborated fast path".
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp};
@@ -34,10 +39,13 @@ use super::config::{Config, FastPath, FastPathMember};
 
 /// How often the agent looks.
 const INTERVAL: Duration = Duration::from_millis(250);
-/// The deadline of each probe of the leader's node.
-const PROBE_TIMEOUT: Duration = Duration::from_millis(400);
-/// How long nothing on the leader's node may answer before this agent suspects it.
-pub const UNANSWERED_FOR: Duration = Duration::from_millis(1500);
+/// The deadline of each probe of the leader's node: a link with 300 ms each way answers a
+/// postmaster probe in 1.2 s (connect, then the `SSLRequest`).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long nothing on the leader's node may answer before this agent suspects it. With 40 %
+/// loss each way the probes (12 a second) met 1.7 s of silence; 3 s is 12 looks in a row
+/// unanswered.
+pub const UNANSWERED_FOR: Duration = Duration::from_secs(3);
 /// The lease of a vote: it vanishes this long after the agent stops renewing it.
 const VOTE_TTL_SECONDS: i64 = 2;
 
@@ -100,13 +108,106 @@ pub fn suspects(
     since_refresh > stale_after && silent_for.is_some_and(|silent| silent >= UNANSWERED_FOR)
 }
 
-/// Votes (`voter -> revision`) for `mod_revision`.
-pub fn votes_for(votes: &HashMap<String, String>, mod_revision: i64) -> usize {
+/// One vote as read from etcd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vote {
+    pub key: String,
+    /// The leader key's `mod_revision` the voter suspects.
+    pub revision: String,
+    /// When the vote was last put (etcd's revision of that put).
+    pub put_at: i64,
+}
+
+/// The votes for `mod_revision` that stand now: this agent's own (`mine`), and every other put
+/// after `fresh_after` (this agent's previous vote: a voter that still suspects puts its vote
+/// again every look). Without a previous vote, only this agent's own counts: a vote left from
+/// a suspicion that ended must not add to a new one.
+pub fn votes_for(votes: &[Vote], mod_revision: i64, mine: &str, fresh_after: Option<i64>) -> usize {
     let wanted = mod_revision.to_string();
     votes
-        .values()
-        .filter(|revision| **revision == wanted)
+        .iter()
+        .filter(|vote| vote.revision == wanted)
+        .filter(|vote| vote.key == mine || fresh_after.is_some_and(|after| vote.put_at > after))
         .count()
+}
+
+/// What the background prober watches and what it last heard.
+#[derive(Debug)]
+struct Watched {
+    member: Option<FastPathMember>,
+    /// When the prober started on this member.
+    since: Instant,
+    last_answer: Option<Instant>,
+}
+
+impl Watched {
+    /// Watch `member` (nothing when `None`); a new member starts with nothing heard.
+    fn watch(&mut self, member: Option<&FastPathMember>, now: Instant) {
+        if self.member.as_ref() != member {
+            self.member = member.cloned();
+            self.since = now;
+            self.last_answer = None;
+        }
+    }
+
+    /// How long the watched member has answered nothing (counted from when watching began).
+    fn silent_for(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.last_answer.unwrap_or(self.since))
+    }
+
+    fn heard(&mut self, name: &str) {
+        if self
+            .member
+            .as_ref()
+            .is_some_and(|member| member.name == name)
+        {
+            self.last_answer = Some(Instant::now());
+        }
+    }
+}
+
+/// Probe the watched member every [`INTERVAL`]: a postmaster and a Patroni probe each look,
+/// overlapping when a slow link keeps earlier ones waiting; one etcd `Status` at a time.
+async fn probe(watched: Arc<Mutex<Watched>>, postgres_port: u16, patroni_port: u16) {
+    let peers: Arc<tokio::sync::Mutex<HashMap<String, Client>>> = Arc::default();
+    let mut ticks = tokio::time::interval(INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(member) = watched.lock().expect("watched").member.clone() else {
+            continue;
+        };
+        let heard = |watched: Arc<Mutex<Watched>>, name: String| {
+            move |answered: bool| {
+                if answered {
+                    watched.lock().expect("watched").heard(&name);
+                }
+            }
+        };
+        let on_postgres = heard(watched.clone(), member.name.clone());
+        let address = member.address.clone();
+        tokio::spawn(async move { on_postgres(postmaster_answers(&address, postgres_port).await) });
+        let on_patroni = heard(watched.clone(), member.name.clone());
+        let base = crate::patroni::model::api_at(
+            member
+                .address
+                .parse()
+                .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into()),
+            patroni_port,
+        );
+        tokio::spawn(async move {
+            let answered =
+                crate::patroni::Patroni::anonymous(PROBE_TIMEOUT, super::probe::node_tls())
+                    .call(&base, "GET", "/liveness", None)
+                    .await
+                    .is_ok();
+            on_patroni(answered)
+        });
+        if let Ok(mut peers) = peers.clone().try_lock_owned() {
+            let on_etcd = heard(watched.clone(), member.name.clone());
+            tokio::spawn(async move { on_etcd(etcd_answers(&member, &mut peers).await) });
+        }
+    }
 }
 
 /// Run the fast path for as long as the agent runs.
@@ -121,10 +222,20 @@ pub async fn run(config: Arc<Config>, fast: FastPath, endpoints: Vec<String>) {
         fast.votes_needed
     );
     let mut client: Option<Client> = None;
-    let mut peers: HashMap<String, Client> = HashMap::new();
     let mut refreshes = Refreshes::default();
-    let mut silent_since: Option<Instant> = None;
-    let mut voted = false;
+    let watched = Arc::new(Mutex::new(Watched {
+        member: None,
+        since: Instant::now(),
+        last_answer: None,
+    }));
+    tokio::spawn(probe(
+        watched.clone(),
+        fast.postgres_port,
+        config.patroni_api_port,
+    ));
+    // This agent's standing vote: its ballot and the etcd revision it was last put at.
+    let mut voted: Option<(String, i64)> = None;
+    let me = config.node.clone();
     loop {
         tokio::time::sleep(INTERVAL).await;
         let etcd = match client.as_mut() {
@@ -141,52 +252,52 @@ pub async fn run(config: Arc<Config>, fast: FastPath, endpoints: Vec<String>) {
                 continue;
             }
         };
-        let Some((key, remaining, granted)) = observed else {
-            refreshes.reset();
-            silent_since = None;
-            voted = false;
-            continue;
-        };
-        let Some(member) = fast.members.iter().find(|member| member.name == key.name) else {
-            // This node leads (or the leader is unknown to the inventory): nothing to judge.
-            refreshes.reset();
-            silent_since = None;
-            voted = false;
-            continue;
-        };
+        let member = observed.as_ref().and_then(|(key, _, _)| {
+            // None when this node leads (or the leader is unknown to the inventory).
+            fast.members.iter().find(|member| member.name == key.name)
+        });
         let now = Instant::now();
+        let silent_for = {
+            let mut watched = watched.lock().expect("watched");
+            watched.watch(member, now);
+            watched.silent_for(now)
+        };
+        let (Some((key, remaining, granted)), Some(member)) = (observed, member) else {
+            refreshes.reset();
+            withdraw(etcd, &mut voted, &me).await;
+            continue;
+        };
         let since_refresh = refreshes.observe(&key, remaining, granted, now);
-        if answers(member, &fast, config.patroni_api_port, &mut peers).await {
-            silent_since = None;
-        } else {
-            silent_since.get_or_insert(now);
-        }
-        let silent_for = silent_since.map(|since| since.elapsed());
-        if !suspects(since_refresh, silent_for, stale_after) {
-            if voted {
+        if !suspects(since_refresh, Some(silent_for), stale_after) {
+            if voted.is_some() {
                 println!(
                     "fast path: no longer suspecting `{}` (lease refreshed {:.1} s ago, node silent for {:.1} s)",
                     key.name,
                     since_refresh.as_secs_f64(),
-                    silent_for.unwrap_or_default().as_secs_f64()
+                    silent_for.as_secs_f64()
                 );
-                voted = false;
+                withdraw(etcd, &mut voted, &me).await;
             }
             continue;
         }
         let ballot = format!("{votes_prefix}{}/", key.name);
-        match vote_and_count(etcd, &ballot, &config.node, key.mod_revision).await {
-            Ok(votes) => {
-                if !voted {
+        let fresh_after = voted
+            .as_ref()
+            .filter(|(previous, _)| *previous == ballot)
+            .map(|(_, put_at)| *put_at);
+        match vote_and_count(etcd, &ballot, &me, key.mod_revision, fresh_after).await {
+            Ok((votes, put_at)) => {
+                let first = voted.is_none();
+                voted = Some((ballot.clone(), put_at));
+                if first {
                     println!(
                         "fast path: suspecting `{}` (lease not refreshed for {:.1} s, nothing on {} answered for {:.1} s); {votes} of {} votes",
                         key.name,
                         since_refresh.as_secs_f64(),
                         member.address,
-                        silent_for.unwrap_or_default().as_secs_f64(),
+                        silent_for.as_secs_f64(),
                         fast.votes_needed
                     );
-                    voted = true;
                 }
                 if votes < fast.votes_needed {
                     continue;
@@ -275,32 +386,6 @@ async fn observe_leader(
     Ok(Some((key, lease.ttl(), lease.granted_ttl())))
 }
 
-/// Whether anything on `member`'s node answered: its postmaster, its Patroni, its etcd member.
-async fn answers(
-    member: &FastPathMember,
-    fast: &FastPath,
-    patroni_port: u16,
-    peers: &mut HashMap<String, Client>,
-) -> bool {
-    let postgres = postmaster_answers(&member.address, fast.postgres_port);
-    let base = crate::patroni::model::api_at(
-        member
-            .address
-            .parse()
-            .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into()),
-        patroni_port,
-    );
-    let patroni = async {
-        crate::patroni::Patroni::anonymous(PROBE_TIMEOUT, super::probe::node_tls())
-            .call(&base, "GET", "/liveness", None)
-            .await
-            .is_ok()
-    };
-    let etcd = etcd_answers(member, peers);
-    let (postgres, patroni, etcd) = tokio::join!(postgres, patroni, etcd);
-    postgres || patroni || etcd
-}
-
 /// The postmaster answers an `SSLRequest` with one byte (`S` or `N`); a frozen or dead node's
 /// kernel may accept the connection, but only a running postmaster answers.
 async fn postmaster_answers(address: &str, port: u16) -> bool {
@@ -364,34 +449,47 @@ async fn etcd_answers(member: &FastPathMember, peers: &mut HashMap<String, Clien
     answered
 }
 
-/// Renew this agent's vote for `mod_revision` and count the votes for it.
+/// Put this agent's vote for `mod_revision` again and count the votes that stand (see
+/// [`votes_for`]); also the etcd revision of this put.
 async fn vote_and_count(
     etcd: &mut Client,
     ballot: &str,
     voter: &str,
     mod_revision: i64,
-) -> Result<usize, etcd_client::Error> {
+    fresh_after: Option<i64>,
+) -> Result<(usize, i64), etcd_client::Error> {
+    let mine = format!("{ballot}{voter}");
     let lease = etcd.lease_grant(VOTE_TTL_SECONDS, None).await?;
-    etcd.put(
-        format!("{ballot}{voter}"),
-        mod_revision.to_string(),
-        Some(PutOptions::new().with_lease(lease.id())),
-    )
-    .await?;
+    let put = etcd
+        .put(
+            mine.as_str(),
+            mod_revision.to_string(),
+            Some(PutOptions::new().with_lease(lease.id())),
+        )
+        .await?;
+    let put_at = put.header().map_or(0, |header| header.revision());
     let response = etcd
         .get(ballot, Some(GetOptions::new().with_prefix()))
         .await?;
-    let votes: HashMap<String, String> = response
+    let votes: Vec<Vote> = response
         .kvs()
         .iter()
-        .map(|kv| {
-            (
-                kv.key_str().unwrap_or_default().to_string(),
-                kv.value_str().unwrap_or_default().to_string(),
-            )
+        .map(|kv| Vote {
+            key: kv.key_str().unwrap_or_default().to_string(),
+            revision: kv.value_str().unwrap_or_default().to_string(),
+            put_at: kv.mod_revision(),
         })
         .collect();
-    Ok(votes_for(&votes, mod_revision))
+    Ok((votes_for(&votes, mod_revision, &mine, fresh_after), put_at))
+}
+
+/// Take this agent's vote back at once (its lease would keep it for up to 2 s more).
+async fn withdraw(etcd: &mut Client, voted: &mut Option<(String, i64)>, voter: &str) {
+    if let Some((ballot, _)) = voted.take() {
+        // A vote that stays (etcd unreachable) still ends with its lease, and a vote older than
+        // another agent's previous look does not count there.
+        let _ = etcd.delete(format!("{ballot}{voter}"), None).await;
+    }
 }
 
 #[cfg(test)]
@@ -435,7 +533,7 @@ mod tests {
     #[test]
     fn suspicion_needs_a_stale_lease_and_a_silent_node() {
         let stale_after = Duration::from_millis(6500);
-        let long = Some(Duration::from_secs(2));
+        let long = Some(Duration::from_secs(4));
         assert!(suspects(Duration::from_secs(7), long, stale_after));
         // A frozen Patroni whose PostgreSQL still answers: the lease is stale, the node is not
         // silent.
@@ -443,24 +541,70 @@ mod tests {
         // A node silent from here while its leader refreshes the lease (a partition between
         // this agent and the leader only).
         assert!(!suspects(Duration::from_secs(3), long, stale_after));
-        // Silent, but not for long enough.
+        // Silent, but not for long enough (a lossy link's burst of unanswered probes).
         assert!(!suspects(
             Duration::from_secs(7),
-            Some(Duration::from_millis(500)),
+            Some(Duration::from_millis(2_500)),
             stale_after
         ));
     }
 
+    fn vote(voter: &str, revision: &str, put_at: i64) -> Vote {
+        Vote {
+            key: format!("/pgha-fastpath/service/lab/node1/{voter}"),
+            revision: revision.to_string(),
+            put_at,
+        }
+    }
+
     #[test]
     fn only_votes_for_the_same_revision_count() {
-        let votes: HashMap<String, String> = [
-            ("/pgha-fastpath/service/lab/node1/node2", "10"),
-            ("/pgha-fastpath/service/lab/node1/node3", "9"),
-        ]
-        .into_iter()
-        .map(|(key, value)| (key.to_string(), value.to_string()))
-        .collect();
-        assert_eq!(votes_for(&votes, 10), 1);
-        assert_eq!(votes_for(&votes, 11), 0);
+        let mine = "/pgha-fastpath/service/lab/node1/node2";
+        let votes = [vote("node2", "10", 50), vote("node3", "9", 49)];
+        assert_eq!(votes_for(&votes, 10, mine, Some(40)), 1);
+        assert_eq!(votes_for(&votes, 9, mine, Some(40)), 1);
+        assert_eq!(votes_for(&votes, 11, mine, Some(40)), 0);
+    }
+
+    #[test]
+    fn only_votes_put_since_this_agents_previous_look_count() {
+        let mine = "/pgha-fastpath/service/lab/node1/node2";
+        let votes = [vote("node2", "10", 60), vote("node3", "10", 55)];
+        // node3 put its vote again after this agent's previous vote (at 52): it suspects now.
+        assert_eq!(votes_for(&votes, 10, mine, Some(52)), 2);
+        // node3's vote is older than this agent's previous look: a suspicion that may have
+        // ended (a lossy link answered again) and whose lease has not run out yet.
+        assert_eq!(votes_for(&votes, 10, mine, Some(57)), 1);
+        // This agent's first look: only its own vote stands until the next.
+        assert_eq!(votes_for(&votes, 10, mine, None), 1);
+    }
+
+    #[test]
+    fn silence_is_counted_from_the_last_answer_or_from_when_watching_began() {
+        let start = Instant::now();
+        let member = |name: &str| FastPathMember {
+            name: name.to_string(),
+            address: "10.231.0.11".to_string(),
+            etcd: None,
+        };
+        let mut watched = Watched {
+            member: None,
+            since: start,
+            last_answer: None,
+        };
+        watched.watch(Some(&member("node1")), start);
+        assert_eq!(
+            watched.silent_for(start + Duration::from_secs(2)),
+            Duration::from_secs(2)
+        );
+        watched.heard("node1");
+        assert!(watched.silent_for(Instant::now()) < Duration::from_millis(100));
+        // An answer from a node no longer watched counts for nothing.
+        watched.watch(Some(&member("node3")), start + Duration::from_secs(5));
+        watched.heard("node1");
+        assert_eq!(
+            watched.silent_for(start + Duration::from_secs(8)),
+            Duration::from_secs(3)
+        );
     }
 }

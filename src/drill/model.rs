@@ -56,14 +56,15 @@ pub fn expected_outage(
     let rise = u64::from(haproxy.rise.saturating_sub(1)) * u64::from(haproxy.fastinter_ms);
     match scenario {
         // The agents end a dead leader's leadership once its lease is `loop_wait` + 1 s
-        // old and its node has answered nothing for 1.5 s (both counted from the fault, the
-        // lease from its last refresh, 0–`loop_wait` before), after a 250 ms poll and a vote.
+        // old and its node has answered nothing for `UNANSWERED_FOR` (3 s; both counted from
+        // the fault, the lease from its last refresh, 0–`loop_wait` before), after a 250 ms
+        // look, a vote, and a second look at which the other votes stand.
         Scenario::KillPrimary | Scenario::PartitionPrimary | Scenario::FreezePrimary
             if corroborated =>
         {
             let verdict_min =
-                u64::try_from(crate::agent::fastpath::UNANSWERED_FOR.as_millis()).unwrap_or(1_500);
-            let verdict_max = loop_wait + 1_000 + 500;
+                u64::try_from(crate::agent::fastpath::UNANSWERED_FOR.as_millis()).unwrap_or(3_000);
+            let verdict_max = (loop_wait + 1_000).max(verdict_min) + 750;
             // A candidate whose Patroni used the dead node's etcd member first waits out a
             // read timeout there (`retry_timeout` / members) and may try it once more (a
             // connect timeout, half that): `retry_timeout` / 2 on three members, measured on
@@ -128,11 +129,11 @@ mod tests {
             &profile.haproxy(),
             true,
         );
-        // Verdict 1.5–6.5 s after the fault, then Patroni's election (5 s more for a
+        // Verdict 3–6.75 s after the fault, then Patroni's election (5 s more for a
         // candidate stuck on the dead node's etcd member) and HAProxy's checks.
         assert_eq!(
             (expected.min_ms, expected.avg_ms, expected.max_ms),
-            (1_500, 8_000, 18_500)
+            (3_000, 8_875, 18_750)
         );
         // Planned and partial faults do not change.
         assert_eq!(
