@@ -392,6 +392,10 @@ fn postgresql_parameters(inventory: &Inventory) -> BTreeMap<String, Parameter> {
         ("max_wal_senders", Parameter::Integer(10)),
         ("max_replication_slots", Parameter::Integer(10)),
         ("wal_keep_size", Parameter::Text("256MB".into())),
+        // A connection cut while it starts (a partition) leaves its backend waiting this long
+        // for the client, and a fast shutdown waits for that backend: with PostgreSQL's 60 s,
+        // a primary demoted by a partition came back as a replica 60 s after the heal.
+        ("authentication_timeout", Parameter::Text("10s".into())),
     ]
     .into_iter()
     .map(|(name, value)| (name.to_string(), value))
