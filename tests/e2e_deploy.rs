@@ -24,7 +24,8 @@
 //!    port, with no restart of etcd, Patroni or PostgreSQL;
 //! 6. a node killed with `pgha lab kill` makes the deploy fail on that node only, and after
 //!    `pgha lab start` a re-run converges with every member streaming again;
-//! 7. a foreign `initialize` key in etcd is refused by the DCS preflight, changing nothing;
+//! 7. a copy of the inventory with a new secrets file (so a new CA) is refused by the
+//!    preflight, as is a foreign `initialize` key in etcd by the DCS preflight, changing nothing;
 //! 8. hostile inventory values (a shell command in `patroni_version`, a keepalived line in
 //!    `vip_interface`, a YAML line in a parameter name, `WAL_LEVEL`) exit 2 before any login.
 //!
@@ -1121,6 +1122,23 @@ fn deploy_converges_routes_and_is_idempotent() {
     )
     .unwrap();
     assert_eq!(rows, "1", "the acknowledged row survived");
+
+    // 7. The same cluster deployed from a copy of its inventory that has no secrets file yet
+    //    (so a new CA): the nodes trust the old CA, so the preflight refuses before any
+    //    certificate is replaced (replacing them cut etcd's peers apart: every member failed
+    //    its health check). The DCS preflight below still reaches etcd over the old TLS.
+    let (_other_dir, other_copy) = lab_inventory();
+    let foreign = deploy_json(&other_copy);
+    assert_eq!(foreign["success"], false, "{foreign:#}");
+    assert_eq!(
+        changed(&foreign),
+        0,
+        "nothing may change when the CA differs"
+    );
+    assert!(
+        foreign.to_string().contains("trusts another CA"),
+        "{foreign:#}"
+    );
 
     // 7. DCS preflight (last: Patroni may stop on a foreign `initialize`): a key that does not
     //    match the cluster's data is refused before anything changes.

@@ -73,9 +73,19 @@ pub async fn run_playbook(request: PlaybookRequest) -> anyhow::Result<RunResult>
         Some(path) => path.clone(),
         None => std::env::current_exe().context("cannot find the running `pgha` binary")?,
     };
+    // The nodes compare the CA they trust with this one before anything changes.
+    let ca_path = authority.dir().join("ca.crt");
+    let ca_bytes =
+        std::fs::read(&ca_path).with_context(|| format!("cannot read `{}`", ca_path.display()))?;
+    let ca_sha256: String = ring::digest::digest(&ring::digest::SHA256, &ca_bytes)
+        .as_ref()
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
     let control = minijinja::context! {
         time => now,
         tls_dir => authority.dir().display().to_string(),
+        ca_sha256 => ca_sha256,
         wheels_archive => wheels_archive,
         pgha_binary => pgha_binary.display().to_string(),
         force_remove_stray_data => request.force_remove_stray_data,
