@@ -195,7 +195,9 @@ fn a_debian_13_cluster_deploys_verifies_and_fails_over() {
     let roles = || {
         stdouts(
             &inventory,
-            "curl -s --cacert /etc/pgha/tls/ca.crt --cert /etc/pgha/tls/node.crt --key /etc/pgha/tls/node.key https://127.0.0.1:8008/patroni \
+            // Patroni's API listens on the node's address (the first on eth0; a VIP comes after).
+            "address=$(ip -4 -o address show dev eth0 | awk 'NR == 1 { sub(\"/.*\", \"\", $4); print $4 }'); \
+             curl -s --cacert /etc/pgha/tls/ca.crt --cert /etc/pgha/tls/node.crt --key /etc/pgha/tls/node.key https://$address:8008/patroni \
              | /opt/pgha/patroni/bin/python3 -c 'import json, sys; p = json.load(sys.stdin); print(p[\"role\"], p.get(\"timeline\"))'",
         )
     };
