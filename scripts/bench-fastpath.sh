@@ -22,6 +22,9 @@ if ! "$pgha" inventory show -i "$inventory" --json | python3 -c 'import json, sy
     echo "note: $inventory does not set cluster.corroborated_failover: true; this is the baseline without the fast path" >&2
 fi
 
+# A fault left in place by an interrupted run would outlive it: undo the link faults on exit.
+trap 'for n in node1 node2 node3; do "$pgha" lab unimpair "$n" >/dev/null 2>&1 || true; done' EXIT
+
 on() { "$pgha" exec -i "$inventory" --limit "$1" --json -- "$2" | python3 -c 'import json, sys; print(json.load(sys.stdin)[0]["stdout"].strip())'; }
 # The leader and its timeline, as Patroni's REST API on node1 tells it (lab addresses).
 leader() {

@@ -347,8 +347,6 @@ fn lab_boots_real_nodes_injects_faults_and_leaves_nothing_behind() {
         .output()
         .expect("run pgha");
     assert_eq!(refused.status.code(), Some(2), "an impairment of nothing");
-    // Left in place for `down` to clean up (its worker is checked below).
-    pgha(&["lab", "impair", "node3", "--loss", "10"]);
 
     // The running lab grows by one node and shrinks back, leaving the others alone (their
     // PID 1 keeps its start time).
@@ -399,7 +397,9 @@ fn lab_boots_real_nodes_injects_faults_and_leaves_nothing_behind() {
         "second `up` changed something: {again}"
     );
 
-    // Down: nothing left running, mounted or configured.
+    // Down: nothing left running, mounted or configured, an impair worker included (one is
+    // left in place for it here).
+    pgha(&["lab", "impair", "node3", "--loss", "10"]);
     pgha(&["lab", "down"]);
     assert_nothing_left(&dir);
     let status = pgha(&["lab", "status"]);

@@ -269,10 +269,10 @@ pub async fn run(config: Arc<Config>, fast: FastPath, endpoints: Vec<String>) {
         };
         let since_refresh = refreshes.observe(&key, remaining, granted, now);
         if !suspects(since_refresh, Some(silent_for), stale_after) {
-            if voted.is_some() {
+            if let Some((ballot, _)) = &voted {
                 println!(
                     "fast path: no longer suspecting `{}` (lease refreshed {:.1} s ago, node silent for {:.1} s)",
-                    key.name,
+                    ballot_leader(ballot),
                     since_refresh.as_secs_f64(),
                     silent_for.as_secs_f64()
                 );
@@ -281,6 +281,13 @@ pub async fn run(config: Arc<Config>, fast: FastPath, endpoints: Vec<String>) {
             continue;
         }
         let ballot = format!("{votes_prefix}{}/", key.name);
+        if voted
+            .as_ref()
+            .is_some_and(|(previous, _)| *previous != ballot)
+        {
+            // Another leader now: the vote against the last one goes at once.
+            withdraw(etcd, &mut voted, &me).await;
+        }
         let fresh_after = voted
             .as_ref()
             .filter(|(previous, _)| *previous == ballot)
@@ -304,6 +311,9 @@ pub async fn run(config: Arc<Config>, fast: FastPath, endpoints: Vec<String>) {
                 }
             }
             Err(_) => {
+                // Which of its puts etcd kept is unknown: the next look starts afresh (its own
+                // vote only), and this vote ends with its lease.
+                voted = None;
                 client = None;
                 continue;
             }
@@ -481,6 +491,15 @@ async fn vote_and_count(
         })
         .collect();
     Ok((votes_for(&votes, mod_revision, &mine, fresh_after), put_at))
+}
+
+/// The leader a ballot (`…/<leader>/`) is about.
+fn ballot_leader(ballot: &str) -> &str {
+    ballot
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or(ballot)
 }
 
 /// Take this agent's vote back at once (its lease would keep it for up to 2 s more).

@@ -102,7 +102,14 @@ fn parse_delay(text: &str) -> Result<Duration, String> {
     if !value.is_finite() || value < 0.0 || value * unit > 60_000.0 {
         return Err(format!("{}, at most 60 s", problem()));
     }
-    Ok(Duration::from_micros((value * unit * 1000.0).round() as u64))
+    // Whole milliseconds, as the worker takes them.
+    let millis = (value * unit).round() as u64;
+    if millis == 0 && value > 0.0 {
+        return Err(format!(
+            "`{text}` is under a millisecond; write at least `1ms`"
+        ));
+    }
+    Ok(Duration::from_millis(millis))
 }
 
 pub fn run(command: LabCommand) -> anyhow::Result<()> {
@@ -226,5 +233,9 @@ mod tests {
             .contains("`fast` is not a delay"));
         assert!(parse_delay("-5ms").is_err());
         assert!(parse_delay("2m").is_err());
+        assert_eq!(parse_delay("1.4ms"), Ok(Duration::from_millis(1)));
+        assert!(parse_delay("0.4ms")
+            .unwrap_err()
+            .contains("under a millisecond"));
     }
 }

@@ -57,7 +57,7 @@ pub fn current(state_dir: &Path, node: &Node) -> Option<(u32, Impairment)> {
         return None;
     };
     let pid = u32::try_from(pid).ok()?;
-    worker_alive(pid).then_some((
+    worker_alive(pid, queue_number(node)).then_some((
         pid,
         Impairment {
             loss_percent: u8::try_from(loss).ok()?,
@@ -66,11 +66,17 @@ pub fn current(state_dir: &Path, node: &Node) -> Option<(u32, Impairment)> {
     ))
 }
 
-/// Whether `pid` is a live impair worker (not a reused PID, not a zombie).
-fn worker_alive(pid: u32) -> bool {
+/// Whether `pid` is a live impair worker of `queue` (not a reused PID, not a zombie).
+fn worker_alive(pid: u32, queue: u16) -> bool {
     let proc = Path::new("/proc").join(pid.to_string());
-    let is_worker = std::fs::read(proc.join("cmdline"))
-        .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains(WORKER_MARK));
+    let is_worker = std::fs::read(proc.join("cmdline")).is_ok_and(|cmdline| {
+        let words: Vec<&[u8]> = cmdline.split(|byte| *byte == 0).collect();
+        let queue = queue.to_string();
+        words.iter().any(|word| *word == WORKER_MARK.as_bytes())
+            && words
+                .windows(2)
+                .any(|pair| pair[0] == b"--queue" && pair[1] == queue.as_bytes())
+    });
     let zombie = std::fs::read_to_string(proc.join("stat"))
         .ok()
         .and_then(|stat| {
@@ -113,20 +119,9 @@ pub fn apply(state_dir: &Path, node: &Node, impairment: Impairment) -> Result<()
         .process_group(0)
         .spawn()
         .context("failed to start the impair worker")?;
-    // The worker says "ready" once the queue is bound; before that no packet may go to it.
-    let mut line = String::new();
-    let stdout = worker.stdout.take().expect("piped stdout");
-    BufReader::new(stdout).read_line(&mut line).ok();
-    if line.trim() != "ready" {
-        let _ = worker.kill();
-        let _ = worker.wait();
-        let said = std::fs::read_to_string(&log_path).unwrap_or_default();
-        bail!(
-            "the impair worker for `{node}` did not start: {}\nhint: the kernel needs nfnetlink_queue (CONFIG_NETFILTER_NETLINK_QUEUE)",
-            said.trim()
-        );
-    }
-    std::fs::write(
+    // Recorded at once, so that `unimpair`, `remove` and `down` find a worker whatever happens
+    // to this command from here on.
+    let recorded = std::fs::write(
         &record,
         format!(
             "{} {} {}\n",
@@ -134,8 +129,27 @@ pub fn apply(state_dir: &Path, node: &Node, impairment: Impairment) -> Result<()
             impairment.loss_percent,
             impairment.delay.as_millis()
         ),
-    )
-    .with_context(|| format!("failed to write `{}`", record.display()))?;
+    );
+    if let Err(error) = recorded {
+        let _ = worker.kill();
+        let _ = worker.wait();
+        return Err(error).with_context(|| format!("failed to write `{}`", record.display()));
+    }
+    // The worker says "ready" once the queue is bound (it gives up after a few seconds); before
+    // that no packet may go to it.
+    let mut line = String::new();
+    let stdout = worker.stdout.take().expect("piped stdout");
+    BufReader::new(stdout).read_line(&mut line).ok();
+    if line.trim() != "ready" {
+        let _ = worker.kill();
+        let _ = worker.wait();
+        let _ = std::fs::remove_file(&record);
+        let said = std::fs::read_to_string(&log_path).unwrap_or_default();
+        bail!(
+            "the impair worker for `{node}` did not start: {}\nhint: the kernel needs nfnetlink_queue (CONFIG_NETFILTER_NETLINK_QUEUE)",
+            said.trim()
+        );
+    }
     let queue = queue_number(node).to_string();
     let rules = (|| -> Result<()> {
         host::run(iptables(node).args(["-N", CHAIN]))?;
@@ -181,7 +195,7 @@ pub fn clear(state_dir: &Path, node: &Node) -> Result<bool> {
     if let Some((pid, impairment)) = current(state_dir, node) {
         // Packets already queued get their verdicts before the worker goes.
         std::thread::sleep(impairment.delay + Duration::from_millis(100));
-        stop_worker(pid)?;
+        stop_worker(pid, queue_number(node))?;
         changed = true;
     }
     if record.exists() {
@@ -196,7 +210,7 @@ pub fn clear(state_dir: &Path, node: &Node) -> Result<bool> {
 pub fn stop(state_dir: &Path, node: &Node) -> Result<bool> {
     let stopped = match current(state_dir, node) {
         Some((pid, _)) => {
-            stop_worker(pid)?;
+            stop_worker(pid, queue_number(node))?;
             true
         }
         None => false,
@@ -205,17 +219,23 @@ pub fn stop(state_dir: &Path, node: &Node) -> Result<bool> {
     Ok(stopped)
 }
 
-fn stop_worker(pid: u32) -> Result<()> {
-    // SAFETY: kill(2) on a PID just checked to be an impair worker.
-    unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while worker_alive(pid) {
-        if Instant::now() > deadline {
-            bail!("the impair worker {pid} did not stop within 5 s");
+/// SIGTERM, then SIGKILL after 2 s.
+fn stop_worker(pid: u32, queue: u16) -> Result<()> {
+    for (signal, wait) in [(libc::SIGTERM, 2), (libc::SIGKILL, 3)] {
+        // SAFETY: kill(2) on a PID just checked to be this queue's impair worker.
+        unsafe { libc::kill(pid as libc::pid_t, signal) };
+        let deadline = Instant::now() + Duration::from_secs(wait);
+        while worker_alive(pid, queue) {
+            if Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
-        std::thread::sleep(Duration::from_millis(20));
+        if !worker_alive(pid, queue) {
+            return Ok(());
+        }
     }
-    Ok(())
+    bail!("the impair worker {pid} did not stop, even on SIGKILL")
 }
 
 /// The worker itself (`pgha lab impair-worker`, started by [`apply`] inside the node's

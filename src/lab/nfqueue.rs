@@ -255,6 +255,9 @@ impl Queue {
         // Bursts must not overflow the socket: a message lost there strands its packet.
         queue.set_option(libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, 8 << 20)?;
         queue.set_option(SOL_NETLINK, NETLINK_NO_ENOBUFS, 1)?;
+        // The kernel acknowledges at once; a bind that hears nothing gives up instead of
+        // leaving `pgha lab impair` waiting for "ready".
+        queue.set_receive_timeout(Some(Duration::from_secs(5)))?;
         // SAFETY: a zeroed sockaddr_nl is valid; the kernel picks the port id.
         let mut address: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
         address.nl_family = libc::AF_NETLINK as u16;
@@ -273,7 +276,30 @@ impl Queue {
             queue.send(&config)?;
             queue.expect_ack()?;
         }
+        queue.set_receive_timeout(None)?;
         Ok(queue)
+    }
+
+    fn set_receive_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        let timeout = timeout.unwrap_or_default();
+        let value = libc::timeval {
+            tv_sec: timeout.as_secs() as libc::time_t,
+            tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+        };
+        // SAFETY: the option value is a timeval that lives through the call.
+        let result = unsafe {
+            libc::setsockopt(
+                self.socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&value as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as u32,
+            )
+        };
+        if result != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     fn set_option(
