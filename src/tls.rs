@@ -149,12 +149,18 @@ pub fn inspect_der(der: &[u8]) -> anyhow::Result<CertInfo> {
     Ok(CertInfo { not_after, names })
 }
 
-/// The first 8 bytes of a DER certificate's SHA-256, in hex (as `pgha verify` shows it).
-pub fn fingerprint(der: &[u8]) -> String {
-    ring::digest::digest(&ring::digest::SHA256, der).as_ref()[..8]
+/// SHA-256 of `bytes`, in hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, bytes)
+        .as_ref()
         .iter()
         .map(|byte| format!("{byte:02x}"))
         .collect()
+}
+
+/// The first 8 bytes of a DER certificate's SHA-256, in hex (as `pgha verify` shows it).
+pub fn fingerprint(der: &[u8]) -> String {
+    sha256_hex(der)[..16].to_string()
 }
 
 /// Why a certificate must be (re)issued, or `None` when the one there does.

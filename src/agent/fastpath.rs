@@ -100,12 +100,8 @@ impl Refreshes {
 
 /// Whether this agent suspects the leader: its lease stale for longer than `stale_after` and
 /// its node silent for at least [`UNANSWERED_FOR`].
-pub fn suspects(
-    since_refresh: Duration,
-    silent_for: Option<Duration>,
-    stale_after: Duration,
-) -> bool {
-    since_refresh > stale_after && silent_for.is_some_and(|silent| silent >= UNANSWERED_FOR)
+pub fn suspects(since_refresh: Duration, silent_for: Duration, stale_after: Duration) -> bool {
+    since_refresh > stale_after && silent_for >= UNANSWERED_FOR
 }
 
 /// One vote as read from etcd.
@@ -268,7 +264,7 @@ pub async fn run(config: Arc<Config>, fast: FastPath, endpoints: Vec<String>) {
             continue;
         };
         let since_refresh = refreshes.observe(&key, remaining, granted, now);
-        if !suspects(since_refresh, Some(silent_for), stale_after) {
+        if !suspects(since_refresh, silent_for, stale_after) {
             if let Some((ballot, _)) = &voted {
                 println!(
                     "fast path: no longer suspecting `{}` (lease refreshed {:.1} s ago, node silent for {:.1} s)",
@@ -288,10 +284,8 @@ pub async fn run(config: Arc<Config>, fast: FastPath, endpoints: Vec<String>) {
             // Another leader now: the vote against the last one goes at once.
             withdraw(etcd, &mut voted, &me).await;
         }
-        let fresh_after = voted
-            .as_ref()
-            .filter(|(previous, _)| *previous == ballot)
-            .map(|(_, put_at)| *put_at);
+        // Only a vote on this ballot is left (another was withdrawn just above).
+        let fresh_after = voted.as_ref().map(|(_, put_at)| *put_at);
         match vote_and_count(etcd, &ballot, &me, key.mod_revision, fresh_after).await {
             Ok((votes, put_at)) => {
                 let first = voted.is_none();
@@ -552,18 +546,22 @@ mod tests {
     #[test]
     fn suspicion_needs_a_stale_lease_and_a_silent_node() {
         let stale_after = Duration::from_millis(6500);
-        let long = Some(Duration::from_secs(4));
+        let long = Duration::from_secs(4);
         assert!(suspects(Duration::from_secs(7), long, stale_after));
         // A frozen Patroni whose PostgreSQL still answers: the lease is stale, the node is not
         // silent.
-        assert!(!suspects(Duration::from_secs(20), None, stale_after));
+        assert!(!suspects(
+            Duration::from_secs(20),
+            Duration::ZERO,
+            stale_after
+        ));
         // A node silent from here while its leader refreshes the lease (a partition between
         // this agent and the leader only).
         assert!(!suspects(Duration::from_secs(3), long, stale_after));
         // Silent, but not for long enough (a lossy link's burst of unanswered probes).
         assert!(!suspects(
             Duration::from_secs(7),
-            Some(Duration::from_millis(2_500)),
+            Duration::from_millis(2_500),
             stale_after
         ));
     }

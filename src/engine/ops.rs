@@ -73,15 +73,9 @@ pub async fn run_playbook(request: PlaybookRequest) -> anyhow::Result<RunResult>
         Some(path) => path.clone(),
         None => std::env::current_exe().context("cannot find the running `pgha` binary")?,
     };
-    // The nodes compare the CA they trust with this one before anything changes.
-    let ca_path = authority.dir().join("ca.crt");
-    let ca_bytes =
-        std::fs::read(&ca_path).with_context(|| format!("cannot read `{}`", ca_path.display()))?;
-    let ca_sha256: String = ring::digest::digest(&ring::digest::SHA256, &ca_bytes)
-        .as_ref()
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect();
+    // The nodes compare the CA they trust (the bytes of `ca.crt`, as the deploy copies it)
+    // with this one before anything changes.
+    let ca_sha256 = crate::tls::sha256_hex(authority.ca_pem.as_bytes());
     let control = minijinja::context! {
         time => now,
         tls_dir => authority.dir().display().to_string(),

@@ -286,36 +286,18 @@ impl Queue {
             tv_sec: timeout.as_secs() as libc::time_t,
             tv_usec: timeout.subsec_micros() as libc::suseconds_t,
         };
-        // SAFETY: the option value is a timeval that lives through the call.
-        let result = unsafe {
-            libc::setsockopt(
-                self.socket.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&value as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as u32,
-            )
-        };
-        if result != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        self.set_option(libc::SOL_SOCKET, libc::SO_RCVTIMEO, value)
     }
 
-    fn set_option(
-        &self,
-        level: libc::c_int,
-        name: libc::c_int,
-        value: libc::c_int,
-    ) -> io::Result<()> {
-        // SAFETY: the option value is a c_int that lives through the call.
+    fn set_option<T>(&self, level: libc::c_int, name: libc::c_int, value: T) -> io::Result<()> {
+        // SAFETY: the option value lives through the call, its size is given.
         let result = unsafe {
             libc::setsockopt(
                 self.socket.as_raw_fd(),
                 level,
                 name,
-                (&value as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as u32,
+                (&value as *const T).cast(),
+                std::mem::size_of::<T>() as u32,
             )
         };
         if result != 0 {
