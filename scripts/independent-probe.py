@@ -10,6 +10,7 @@ SECONDS 0 runs until SIGTERM or SIGINT.
 Usage: PGPASSWORD=... scripts/independent-probe.py HOST PORT SECONDS [MIN_GAP]
 The password comes from the environment only (never argv). Needs `psql` (postgresql-client).
 """
+import glob
 import os
 import signal
 import subprocess
@@ -17,12 +18,18 @@ import sys
 import threading
 import time
 
+# Debian's /usr/bin/psql is a Perl wrapper (pg_wrapper) that picks a version and then runs the
+# real client: ten Perl starts a second loaded the 2-core lab host into saturation (load 80,
+# each psql 3 s) and the probe measured its own queue. The newest real client is called
+# directly; `psql` from PATH where there is none.
+clients = sorted(glob.glob("/usr/lib/postgresql/*/bin/psql"), key=lambda path: int(path.split("/")[4]))
+psql = clients[-1] if clients else "psql"
 host, port, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
 min_gap = float(sys.argv[4]) if len(sys.argv) > 4 else 0.5
 env = dict(os.environ, PGHOST=host, PGPORT=port, PGUSER="postgres", PGDATABASE="postgres",
            PGCONNECT_TIMEOUT="2", PGAPPNAME="independent-probe")
 tag = f"independent-{int(time.time())}"
-subprocess.run(["psql", "-X", "-q", "-c",
+subprocess.run([psql, "-X", "-q", "-c",
                 "create table if not exists pgha_independent (tag text, id bigint, at timestamptz default now())"],
                env=env, check=True)
 
@@ -32,7 +39,7 @@ acks, failures, lock = [], [0], threading.Lock()
 def attempt(number):
     try:
         done = subprocess.run(
-            ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-c",
+            [psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-c",
              f"insert into pgha_independent (tag, id) values ('{tag}', {number})"],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10)
         ok = done.returncode == 0

@@ -453,6 +453,16 @@ pub fn packages(inventory: &Inventory, node: &Node) -> Vec<String> {
         .collect()
 }
 
+/// The etcd members in inventory order, but `node`'s own member first when it has one: the
+/// member its clients should try first, since it is alive whenever they are.
+fn etcd_nodes_local_first<'a>(inventory: &'a Inventory, node: &Node) -> Vec<&'a Node> {
+    let (mut own, others): (Vec<&Node>, Vec<&Node>) = inventory
+        .nodes_with(Role::Etcd)
+        .partition(|member| member.name == node.name);
+    own.extend(others);
+    own
+}
+
 /// The variables every template and task expression sees for `node`.
 pub fn context(inventory: &Inventory, secrets: &Secrets, node: &Node) -> minijinja::Value {
     let keepalived_nodes: Vec<&Node> = inventory.nodes_with(Role::Keepalived).collect();
@@ -478,6 +488,7 @@ pub fn context(inventory: &Inventory, secrets: &Secrets, node: &Node) -> minijin
         node => node,
         nodes => &inventory.nodes,
         etcd_nodes => inventory.nodes_with(Role::Etcd).collect::<Vec<_>>(),
+        etcd_nodes_local_first => etcd_nodes_local_first(inventory, node),
         postgres_nodes => inventory.nodes_with(Role::Postgres).collect::<Vec<_>>(),
         keepalived => keepalived,
         postgresql_parameters => postgresql_parameters(inventory),
@@ -634,6 +645,22 @@ mod tests {
                 "/etc/systemd/system/pgha-agent.service"
             ]
         );
+    }
+
+    #[test]
+    fn patroni_asks_its_own_etcd_member_first() {
+        let mut inventory = inventory("lab.yml");
+        let names = |inventory: &Inventory, node: usize| -> Vec<String> {
+            etcd_nodes_local_first(inventory, &inventory.nodes[node])
+                .iter()
+                .map(|member| member.name.clone())
+                .collect()
+        };
+        assert_eq!(names(&inventory, 1), ["node2", "node1", "node3"]);
+        assert_eq!(names(&inventory, 2), ["node3", "node1", "node2"]);
+        // A node without an etcd member lists the members in inventory order.
+        inventory.nodes[2].roles.remove(&Role::Etcd);
+        assert_eq!(names(&inventory, 2), ["node1", "node2"]);
     }
 
     #[test]

@@ -5,6 +5,9 @@
 //!    which names the release and why, and nothing is installed;
 //! 2. the deploy converges, each component is the version trixie ships, and the files pgha
 //!    rendered pass that version's own checkers (`haproxy -c`, `keepalived --config-test`);
+//!    Each Patroni talks to its own node's etcd member; with that member stopped, a Patroni
+//!    restarted there does not start, and systemd starts it until it does once the member is
+//!    back;
 //! 3. `pgha verify` passes and a second deploy changes nothing;
 //! 4. a switchover and a power cut of the primary keep every acknowledged write and one
 //!    primary, within the failover model;
@@ -26,6 +29,29 @@ fn count_everywhere(inventory: &std::path::Path, command: &str) -> usize {
         .iter()
         .map(|count| count.parse::<usize>().unwrap_or(0))
         .sum()
+}
+
+/// Each node's Patroni role and timeline (`replica 3`, empty where Patroni does not answer),
+/// in node order.
+fn patroni_roles(inventory: &std::path::Path) -> Vec<String> {
+    stdouts(
+        inventory,
+        // Patroni's API listens on the node's address (the first on eth0; a VIP comes after).
+        "address=$(ip -4 -o address show dev eth0 | awk 'NR == 1 { sub(\"/.*\", \"\", $4); print $4 }'); \
+         curl -s --cacert /etc/pgha/tls/ca.crt --cert /etc/pgha/tls/node.crt --key /etc/pgha/tls/node.key https://$address:8008/patroni \
+         | /opt/pgha/patroni/bin/python3 -c 'import json, sys; p = json.load(sys.stdin); print(p[\"role\"], p.get(\"timeline\"))' \
+         || true",
+    )
+}
+
+/// The stdout of `command` on one node; it must succeed.
+fn stdout_on(inventory: &std::path::Path, node: &str, command: &str) -> String {
+    let inventory = inventory.to_str().expect("a UTF-8 path");
+    let output = pgha_ok(&["exec", "-i", inventory, "--limit", node, "--json", "--", command]);
+    let result: serde_json::Value = serde_json::from_str(&output).expect("exec --json");
+    let host = &result[0];
+    assert_eq!(host["exit_code"], 0, "`{command}` failed on {node}: {host:#}");
+    host["stdout"].as_str().unwrap_or_default().trim().to_string()
 }
 
 /// Each node's stdout of `command`, in node order.
@@ -121,6 +147,46 @@ fn a_debian_13_cluster_deploys_verifies_and_fails_over() {
         &inventory,
         "haproxy -c -q -f /etc/haproxy/haproxy.cfg && keepalived --config-test -f /etc/keepalived/keepalived.conf",
     );
+    // Each Patroni talks to its own node's etcd member (its journal names the member it
+    // selected), not one picked at random that may be on the node that dies next.
+    for node in stdouts(
+        &inventory,
+        "sed -n 's/^  connect_address: \\(.*\\):[0-9]*$/\\1/p' /etc/patroni/patroni.yml | head -1; \
+         journalctl -u patroni --no-pager -o cat | sed -n 's|.*Selected new etcd server https://\\(.*\\):[0-9]*$|\\1|p' | tail -1",
+    ) {
+        let lines: Vec<&str> = node.lines().collect();
+        assert_eq!(lines.len(), 2, "own address and selected etcd member: {node:?}");
+        assert_eq!(lines[0], lines[1], "Patroni selected another node's etcd member: {node:?}");
+    }
+    // The cost of that order: Patroni asks its first member for etcd's version when it starts.
+    // On a replica with its etcd member stopped, a restarted Patroni exits and systemd starts
+    // it again; once the member is back, it comes up and replicates.
+    let roles_before_restart = patroni_roles(&inventory);
+    let replica = roles_before_restart
+        .iter()
+        .position(|role| role.starts_with("replica"))
+        .map(|index| format!("node{}", index + 1))
+        .unwrap_or_else(|| panic!("no replica among {roles_before_restart:?}"));
+    let restarts = stdout_on(
+        &inventory,
+        &replica,
+        "systemctl stop etcd && systemctl restart patroni; sleep 15; \
+         systemctl show -p NRestarts --value patroni",
+    );
+    let restarts: u32 = restarts.parse().unwrap_or_else(|_| panic!("NRestarts: {restarts:?}"));
+    stdout_on(&inventory, &replica, "systemctl start etcd");
+    assert!(
+        restarts >= 1,
+        "Patroni on {replica} started without its own etcd member (no restart in 15 s)"
+    );
+    common::eventually("the replica's Patroni back", std::time::Duration::from_secs(120), || {
+        let roles = patroni_roles(&inventory);
+        if roles == roles_before_restart {
+            Ok(())
+        } else {
+            Err(format!("{roles:?}"))
+        }
+    });
 
     // 3. Verified, and a second deploy changes nothing.
     let verified: serde_json::Value =
@@ -192,15 +258,7 @@ fn a_debian_13_cluster_deploys_verifies_and_fails_over() {
     );
     // A live primary behind a slow link (300 ms each way, `pgha lab impair`) for 15 s: its
     // probes answer late, its lease keeps being refreshed; no agent may end its leadership.
-    let roles = || {
-        stdouts(
-            &inventory,
-            // Patroni's API listens on the node's address (the first on eth0; a VIP comes after).
-            "address=$(ip -4 -o address show dev eth0 | awk 'NR == 1 { sub(\"/.*\", \"\", $4); print $4 }'); \
-             curl -s --cacert /etc/pgha/tls/ca.crt --cert /etc/pgha/tls/node.crt --key /etc/pgha/tls/node.key https://$address:8008/patroni \
-             | /opt/pgha/patroni/bin/python3 -c 'import json, sys; p = json.load(sys.stdin); print(p[\"role\"], p.get(\"timeline\"))'",
-        )
-    };
+    let roles = || patroni_roles(&inventory);
     let before = roles();
     let primary = before
         .iter()
