@@ -650,17 +650,33 @@ mod tests {
     #[test]
     fn patroni_asks_its_own_etcd_member_first() {
         let mut inventory = inventory("lab.yml");
-        let names = |inventory: &Inventory, node: usize| -> Vec<String> {
-            etcd_nodes_local_first(inventory, &inventory.nodes[node])
-                .iter()
-                .map(|member| member.name.clone())
-                .collect()
+        let renderer = Renderer::new(None).unwrap();
+        let etcd3 = |inventory: &Inventory, node: usize| -> serde_yaml::Value {
+            let text = renderer
+                .render_node(inventory, &secrets(), &inventory.nodes[node])
+                .unwrap()
+                .into_iter()
+                .find(|file| file.path == "/etc/patroni/patroni.yml")
+                .unwrap()
+                .contents;
+            let parsed: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+            parsed["etcd3"].clone()
         };
-        assert_eq!(names(&inventory, 1), ["node2", "node1", "node3"]);
-        assert_eq!(names(&inventory, 2), ["node3", "node1", "node2"]);
-        // A node without an etcd member lists the members in inventory order.
+        let hosts = |etcd3: &serde_yaml::Value| -> Vec<String> {
+            let hosts = etcd3["hosts"].as_sequence().unwrap();
+            hosts.iter().map(|host| host.as_str().unwrap().to_string()).collect()
+        };
+        let node2 = etcd3(&inventory, 1);
+        assert_eq!(node2["use_proxies"], true);
+        assert_eq!(
+            hosts(&node2),
+            ["10.231.0.12:2379", "10.231.0.11:2379", "10.231.0.13:2379"]
+        );
+        // A database node without an etcd member keeps Patroni's own choice among the members.
         inventory.nodes[2].roles.remove(&Role::Etcd);
-        assert_eq!(names(&inventory, 2), ["node1", "node2"]);
+        let node3 = etcd3(&inventory, 2);
+        assert!(node3.get("use_proxies").is_none(), "{node3:?}");
+        assert_eq!(hosts(&node3), ["10.231.0.11:2379", "10.231.0.12:2379"]);
     }
 
     #[test]

@@ -162,16 +162,20 @@ fn a_debian_13_cluster_deploys_verifies_and_fails_over() {
     // On a replica with its etcd member stopped, a restarted Patroni exits and systemd starts
     // it again; once the member is back, it comes up and replicates.
     let roles_before_restart = patroni_roles(&inventory);
+    assert!(
+        roles_before_restart.iter().all(|role| !role.is_empty()),
+        "a Patroni did not answer before the restart: {roles_before_restart:?}"
+    );
     let replica = roles_before_restart
         .iter()
         .position(|role| role.starts_with("replica"))
         .map(|index| format!("node{}", index + 1))
         .unwrap_or_else(|| panic!("no replica among {roles_before_restart:?}"));
+    stdout_on(&inventory, &replica, "systemctl stop etcd");
     let restarts = stdout_on(
         &inventory,
         &replica,
-        "systemctl stop etcd && systemctl restart patroni; sleep 15; \
-         systemctl show -p NRestarts --value patroni",
+        "systemctl restart patroni; sleep 15; systemctl show -p NRestarts --value patroni",
     );
     let restarts: u32 = restarts.parse().unwrap_or_else(|_| panic!("NRestarts: {restarts:?}"));
     stdout_on(&inventory, &replica, "systemctl start etcd");
@@ -260,6 +264,10 @@ fn a_debian_13_cluster_deploys_verifies_and_fails_over() {
     // probes answer late, its lease keeps being refreshed; no agent may end its leadership.
     let roles = || patroni_roles(&inventory);
     let before = roles();
+    assert!(
+        before.iter().all(|role| !role.is_empty()),
+        "a Patroni did not answer: {before:?}"
+    );
     let primary = before
         .iter()
         .position(|role| role.starts_with("primary"))
