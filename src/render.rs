@@ -664,7 +664,10 @@ mod tests {
         };
         let hosts = |etcd3: &serde_yaml::Value| -> Vec<String> {
             let hosts = etcd3["hosts"].as_sequence().unwrap();
-            hosts.iter().map(|host| host.as_str().unwrap().to_string()).collect()
+            hosts
+                .iter()
+                .map(|host| host.as_str().unwrap().to_string())
+                .collect()
         };
         let node2 = etcd3(&inventory, 1);
         assert_eq!(node2["use_proxies"], true);

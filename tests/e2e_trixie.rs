@@ -44,14 +44,37 @@ fn patroni_roles(inventory: &std::path::Path) -> Vec<String> {
     )
 }
 
+/// The first node whose Patroni has `role`, from `patroni_roles`' answers, which must all be
+/// there (a baseline with a silent node would compare equal to a later silent one).
+fn node_in_role(roles: &[String], role: &str) -> String {
+    assert!(
+        roles.iter().all(|answer| !answer.is_empty()),
+        "a Patroni did not answer: {roles:?}"
+    );
+    roles
+        .iter()
+        .position(|answer| answer.starts_with(role))
+        .map(|index| format!("node{}", index + 1))
+        .unwrap_or_else(|| panic!("no {role} among {roles:?}"))
+}
+
 /// The stdout of `command` on one node; it must succeed.
 fn stdout_on(inventory: &std::path::Path, node: &str, command: &str) -> String {
     let inventory = inventory.to_str().expect("a UTF-8 path");
-    let output = pgha_ok(&["exec", "-i", inventory, "--limit", node, "--json", "--", command]);
+    let output = pgha_ok(&[
+        "exec", "-i", inventory, "--limit", node, "--json", "--", command,
+    ]);
     let result: serde_json::Value = serde_json::from_str(&output).expect("exec --json");
     let host = &result[0];
-    assert_eq!(host["exit_code"], 0, "`{command}` failed on {node}: {host:#}");
-    host["stdout"].as_str().unwrap_or_default().trim().to_string()
+    assert_eq!(
+        host["exit_code"], 0,
+        "`{command}` failed on {node}: {host:#}"
+    );
+    host["stdout"]
+        .as_str()
+        .unwrap_or_default()
+        .trim()
+        .to_string()
 }
 
 /// Each node's stdout of `command`, in node order.
@@ -162,35 +185,33 @@ fn a_debian_13_cluster_deploys_verifies_and_fails_over() {
     // On a replica with its etcd member stopped, a restarted Patroni exits and systemd starts
     // it again; once the member is back, it comes up and replicates.
     let roles_before_restart = patroni_roles(&inventory);
-    assert!(
-        roles_before_restart.iter().all(|role| !role.is_empty()),
-        "a Patroni did not answer before the restart: {roles_before_restart:?}"
-    );
-    let replica = roles_before_restart
-        .iter()
-        .position(|role| role.starts_with("replica"))
-        .map(|index| format!("node{}", index + 1))
-        .unwrap_or_else(|| panic!("no replica among {roles_before_restart:?}"));
+    let replica = node_in_role(&roles_before_restart, "replica");
     stdout_on(&inventory, &replica, "systemctl stop etcd");
     let restarts = stdout_on(
         &inventory,
         &replica,
         "systemctl restart patroni; sleep 15; systemctl show -p NRestarts --value patroni",
     );
-    let restarts: u32 = restarts.parse().unwrap_or_else(|_| panic!("NRestarts: {restarts:?}"));
+    let restarts: u32 = restarts
+        .parse()
+        .unwrap_or_else(|_| panic!("NRestarts: {restarts:?}"));
     stdout_on(&inventory, &replica, "systemctl start etcd");
     assert!(
         restarts >= 1,
         "Patroni on {replica} started without its own etcd member (no restart in 15 s)"
     );
-    common::eventually("the replica's Patroni back", std::time::Duration::from_secs(120), || {
-        let roles = patroni_roles(&inventory);
-        if roles == roles_before_restart {
-            Ok(())
-        } else {
-            Err(format!("{roles:?}"))
-        }
-    });
+    common::eventually(
+        "the replica's Patroni back",
+        std::time::Duration::from_secs(120),
+        || {
+            let roles = patroni_roles(&inventory);
+            if roles == roles_before_restart {
+                Ok(())
+            } else {
+                Err(format!("{roles:?}"))
+            }
+        },
+    );
 
     // 3. Verified, and a second deploy changes nothing.
     let verified: serde_json::Value =
@@ -264,15 +285,7 @@ fn a_debian_13_cluster_deploys_verifies_and_fails_over() {
     // probes answer late, its lease keeps being refreshed; no agent may end its leadership.
     let roles = || patroni_roles(&inventory);
     let before = roles();
-    assert!(
-        before.iter().all(|role| !role.is_empty()),
-        "a Patroni did not answer: {before:?}"
-    );
-    let primary = before
-        .iter()
-        .position(|role| role.starts_with("primary"))
-        .map(|index| format!("node{}", index + 1))
-        .unwrap_or_else(|| panic!("no primary among {before:?}"));
+    let primary = node_in_role(&before, "primary");
     pgha_ok(&["lab", "impair", &primary, "--delay", "300ms"]);
     std::thread::sleep(std::time::Duration::from_secs(15));
     pgha_ok(&["lab", "unimpair", &primary]);
