@@ -595,7 +595,7 @@ mod tests {
     }
 
     #[test]
-    fn the_fast_path_is_rendered_for_patroni_nodes_when_turned_on() {
+    fn patroni_nodes_watch_the_leader_and_get_the_fast_path_when_turned_on() {
         let mut inventory = inventory("lab.yml");
         let renderer = Renderer::new(None).unwrap();
         let agent_yml = |inventory: &Inventory| {
@@ -607,22 +607,24 @@ mod tests {
                 .unwrap()
                 .contents
         };
-        assert!(!agent_yml(&inventory).contains("fast_path"));
-        inventory.cluster.corroborated_failover = true;
+        let parse = |text: &str| serde_yaml::from_str::<serde_yaml::Value>(text).unwrap();
+        // Every Patroni node watches the others, with or without the fast path.
         let text = agent_yml(&inventory);
-        let parsed: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
-        let fast = &parsed["fast_path"];
-        // node2 judges node1 and node3; both others must agree (a majority of two).
-        assert_eq!(fast["votes_needed"], 2, "{text}");
-        assert_eq!(fast["stale_after_ms"], 6000, "{text}");
-        let names: Vec<&str> = fast["members"]
+        assert!(!text.contains("fast_path"), "{text}");
+        let watch = &parse(&text)["leader_watch"];
+        assert_eq!(watch["stale_after_ms"], 6000, "{text}");
+        let names: Vec<&str> = watch["members"]
             .as_sequence()
             .unwrap()
             .iter()
             .map(|member| member["name"].as_str().unwrap())
             .collect();
         assert_eq!(names, ["node1", "node3"]);
-        assert_eq!(fast["members"][0]["etcd"], "https://10.231.0.11:2379");
+        assert_eq!(watch["members"][0]["etcd"], "https://10.231.0.11:2379");
+        inventory.cluster.corroborated_failover = true;
+        let text = agent_yml(&inventory);
+        // node2 judges node1 and node3; both others must agree (a majority of two).
+        assert_eq!(parse(&text)["fast_path"]["votes_needed"], 2, "{text}");
     }
 
     #[test]

@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::{is_root, lab_inventory, pgha, pgha_ok, Lab};
+use common::{exec_everywhere, is_root, journal_tails, lab_inventory, pgha, pgha_ok, Lab};
 
 /// Run one drill with `--json` and return its report (printed by the drill even on a failed
 /// verdict, so the assertions below name what went wrong).
@@ -65,6 +65,10 @@ fn every_drill_keeps_acknowledged_writes_and_one_primary() {
         } else {
             vec![]
         };
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("a clock after 1970")
+            .as_secs();
         let report = drill(inventory, scenario, &extra);
         assert!(
             report["error"].is_null(),
@@ -144,6 +148,9 @@ fn every_drill_keeps_acknowledged_writes_and_one_primary() {
             );
             assert_phases(scenario, run);
         }
+        if ["kill-primary", "partition-primary", "freeze-primary"].contains(&scenario) {
+            assert_dead_leader_refused(inventory, scenario, run, since);
+        }
         if scenario == "kill-primary" {
             assert_timeline_drawn(&svg, run);
         }
@@ -188,6 +195,56 @@ fn assert_phases(scenario: &str, run: &serde_json::Value) {
             .is_some_and(|samples| samples.len() >= 6),
         "{scenario}: hardly any node sample: {run:#}"
     );
+}
+
+/// The new leader's Patroni asked the gone leader for its WAL position in the leader race, and
+/// the request failed at once ("Network is unreachable": the agents' rule, see
+/// `src/agent/failfast.rs`) instead of waiting out Patroni's 2 s timeout. Once the cluster is
+/// whole again (the drill healed the fault and waited for the old primary to stream), no node
+/// keeps a rule.
+fn assert_dead_leader_refused(
+    inventory: &str,
+    scenario: &str,
+    run: &serde_json::Value,
+    since: u64,
+) {
+    let old = run["old_primary"].as_str().expect("the old primary's name");
+    let new = run["new_primary"].as_str().expect("the new primary's name");
+    let command = format!(
+        "journalctl -u patroni -o cat --since @{since} | grep -c 'Request failed to {old}: .*Network is unreachable' || true; \
+         ip -4 rule show priority 9650 | wc -l; ip -6 rule show priority 9650 | wc -l"
+    );
+    let path = std::path::Path::new(inventory);
+    for host in exec_everywhere(path, &command)
+        .as_array()
+        .expect("one result per node")
+    {
+        let name = host["host"].as_str().unwrap_or("?");
+        let numbers: Vec<u64> = host["stdout"]
+            .as_str()
+            .unwrap_or_default()
+            .lines()
+            .map(|line| {
+                line.trim()
+                    .parse()
+                    .unwrap_or_else(|_| panic!("{scenario}: {host}"))
+            })
+            .collect();
+        assert_eq!(numbers.len(), 3, "{scenario}: {host}");
+        assert_eq!(
+            numbers[1] + numbers[2],
+            0,
+            "{scenario}: `{name}` still refuses Patroni's connections after the heal: {host}"
+        );
+        if name == new {
+            assert!(
+                numbers[0] >= 1,
+                "{scenario}: the new leader `{new}` did not see its request to `{old}` refused at once:\n{}\n{}",
+                journal_tails(path, "patroni", 40),
+                journal_tails(path, "pgha-agent", 20)
+            );
+        }
+    }
 }
 
 /// The SVG holds every write attempt and the phases, and a real renderer draws it.

@@ -25,24 +25,34 @@ struct RawConfig {
     /// Other agents (`host:port`), asked whether their HAProxy routes writes.
     #[serde(default)]
     peers: Vec<String>,
+    /// On a Patroni node: the other Patroni nodes, watched while one of them leads; absent or
+    /// null on other nodes.
+    #[serde(default)]
+    leader_watch: Option<LeaderWatch>,
     /// The corroborated fast path (`cluster.corroborated_failover`); absent or null: off.
     #[serde(default)]
     fast_path: Option<FastPath>,
 }
 
-/// What the fast path needs: when a leader's lease counts as stale, how many agents must
-/// agree, and the other Patroni nodes it may have to judge.
+/// What the agent on a Patroni node needs to judge whether the leader's node is gone: when a
+/// leader's lease counts as stale, and the other Patroni nodes.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
-pub struct FastPath {
+pub struct LeaderWatch {
     /// The leader's lease not refreshed for this long (Patroni's `loop_wait` plus a margin).
     pub stale_after_ms: u64,
-    /// Agents (this one included) that must suspect the same leader key: a majority of the
-    /// Patroni nodes other than the leader's.
-    pub votes_needed: usize,
     pub postgres_port: u16,
     /// Every other Patroni node.
     pub members: Vec<FastPathMember>,
+}
+
+/// The corroborated fast path: how many agents must agree.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct FastPath {
+    /// Agents (this one included) that must suspect the same leader key: a majority of the
+    /// Patroni nodes other than the leader's.
+    pub votes_needed: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -72,6 +82,7 @@ pub struct Config {
     pub vip: Option<Vip>,
     pub vip_interface: String,
     pub peers: Vec<String>,
+    pub leader_watch: Option<LeaderWatch>,
     pub fast_path: Option<FastPath>,
 }
 
@@ -144,6 +155,9 @@ impl Config {
         if raw.etcd_endpoints.is_empty() {
             problems.push("`etcd_endpoints` is empty".to_string());
         }
+        if raw.fast_path.is_some() && raw.leader_watch.is_none() {
+            problems.push("`fast_path` needs `leader_watch` (the nodes it judges)".to_string());
+        }
         let listen = raw.listen.parse::<SocketAddr>().map_err(|error| {
             problems.push(format!("`listen` `{}`: {error}", raw.listen));
         });
@@ -167,6 +181,7 @@ impl Config {
                     vip,
                     vip_interface: raw.vip_interface,
                     peers: raw.peers,
+                    leader_watch: raw.leader_watch,
                     fast_path: raw.fast_path,
                 })
             }
@@ -203,19 +218,31 @@ vip: "10.231.0.100/24"
 vip_interface: eth0
 peers:
   - 10.231.0.11:9650
-fast_path:
+leader_watch:
   stale_after_ms: 6500
-  votes_needed: 2
   postgres_port: 5432
   members:
     - {name: node1, address: 10.231.0.11, etcd: "https://10.231.0.11:2379"}
     - {name: node2, address: 10.231.0.12, etcd: null}
+fast_path:
+  votes_needed: 2
 "#;
         let config = Config::parse(text).ok().expect("valid");
         assert_eq!(config.prefix, "/service/lab/");
         let fast = config.fast_path.as_ref().expect("fast path on");
         assert_eq!(fast.votes_needed, 2);
-        assert_eq!(fast.members[1].etcd, None);
+        let watch = config.leader_watch.as_ref().expect("a Patroni node");
+        assert_eq!(watch.members[1].etcd, None);
+        // The fast path without the nodes it judges.
+        let (head, tail) = text.split_once("leader_watch:").unwrap();
+        let without_watch = format!(
+            "{head}fast_path:{}",
+            tail.split_once("fast_path:").unwrap().1
+        );
+        assert!(matches!(
+            Config::parse(&without_watch),
+            Err(ParseError::Invalid(message)) if message.contains("needs `leader_watch`")
+        ));
         assert_eq!(config.peers, ["10.231.0.11:9650"]);
         assert_eq!(
             config.local_etcd_endpoint().as_deref(),

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::config::{Config, FastPath, FastPathMember};
+use super::config::{Config, FastPath, FastPathMember, LeaderWatch};
 
 /// How often the agent looks.
 const INTERVAL: Duration = Duration::from_millis(250);
@@ -206,17 +206,33 @@ async fn probe(watched: Arc<Mutex<Watched>>, postgres_port: u16, patroni_port: u
     }
 }
 
-/// Run the fast path for as long as the agent runs.
-pub async fn run(config: Arc<Config>, fast: FastPath, endpoints: Vec<String>) {
+/// Watch the leader's node for as long as the agent runs: refuse the local Patroni's
+/// connections to it while this agent suspects it ([`super::failfast`]), and, with the fast
+/// path on, vote and end its leadership early.
+pub async fn run(
+    config: Arc<Config>,
+    watch: LeaderWatch,
+    fast: Option<FastPath>,
+    endpoints: Vec<String>,
+) {
     let leader_key = format!("{}leader", config.prefix);
     let votes_prefix = format!("/pgha-fastpath{}", config.prefix);
-    let stale_after = Duration::from_millis(fast.stale_after_ms);
-    println!(
-        "corroborated fast path on: a leader whose lease is not refreshed for {:.1} s and whose node answers nothing for {:.1} s is ended early when {} agents agree",
-        stale_after.as_secs_f64(),
-        UNANSWERED_FOR.as_secs_f64(),
-        fast.votes_needed
-    );
+    let stale_after = Duration::from_millis(watch.stale_after_ms);
+    if let Some(fast) = &fast {
+        println!(
+            "corroborated fast path on: a leader whose lease is not refreshed for {:.1} s and whose node answers nothing for {:.1} s is ended early when {} agents agree",
+            stale_after.as_secs_f64(),
+            UNANSWERED_FOR.as_secs_f64(),
+            fast.votes_needed
+        );
+    }
+    // Rules left by an agent that was killed.
+    super::failfast::clear().await;
+    let mut refused = PatroniBlock {
+        uid: super::failfast::patroni_uid(),
+        blocked: None,
+        last_error: None,
+    };
     let mut client: Option<Client> = None;
     let mut refreshes = Refreshes::default();
     let watched = Arc::new(Mutex::new(Watched {
@@ -226,7 +242,7 @@ pub async fn run(config: Arc<Config>, fast: FastPath, endpoints: Vec<String>) {
     }));
     tokio::spawn(probe(
         watched.clone(),
-        fast.postgres_port,
+        watch.postgres_port,
         config.patroni_api_port,
     ));
     // This agent's standing vote: its ballot and the etcd revision it was last put at.
@@ -248,34 +264,53 @@ pub async fn run(config: Arc<Config>, fast: FastPath, endpoints: Vec<String>) {
                 continue;
             }
         };
-        let member = observed.as_ref().and_then(|(key, _, _)| {
+        let leader = observed.as_ref().and_then(|(key, _, _)| {
             // None when this node leads (or the leader is unknown to the inventory).
-            fast.members.iter().find(|member| member.name == key.name)
+            watch.members.iter().find(|member| member.name == key.name)
         });
+        // While no key stands, a blocked node stays watched: its first answer lifts the block.
+        let target = match (&observed, &refused.blocked) {
+            (None, Some(gone)) => Some(gone),
+            _ => leader,
+        };
         let now = Instant::now();
         let silent_for = {
             let mut watched = watched.lock().expect("watched");
-            watched.watch(member, now);
+            watched.watch(target, now);
             watched.silent_for(now)
         };
-        let (Some((key, remaining, granted)), Some(member)) = (observed, member) else {
-            refreshes.reset();
-            withdraw(etcd, &mut voted, &me).await;
+        let suspected = match (&observed, leader) {
+            (Some((key, remaining, granted)), Some(member)) => {
+                let since_refresh = refreshes.observe(key, *remaining, *granted, now);
+                suspects(since_refresh, silent_for, stale_after)
+                    .then(|| (key.clone(), *remaining, member, since_refresh))
+            }
+            _ => {
+                refreshes.reset();
+                None
+            }
+        };
+        // Refused while suspected, and after its key went for as long as it stays silent.
+        let block = match &suspected {
+            Some((_, _, member, _)) => Some((*member).clone()),
+            None if observed.is_none() && silent_for >= UNANSWERED_FOR => refused.blocked.clone(),
+            None => None,
+        };
+        refused.set(block.as_ref(), &config, silent_for).await;
+        let Some(fast) = &fast else {
             continue;
         };
-        let since_refresh = refreshes.observe(&key, remaining, granted, now);
-        if !suspects(since_refresh, silent_for, stale_after) {
+        let Some((key, remaining, member, since_refresh)) = suspected else {
             if let Some((ballot, _)) = &voted {
                 println!(
-                    "fast path: no longer suspecting `{}` (lease refreshed {:.1} s ago, node silent for {:.1} s)",
+                    "fast path: no longer suspecting `{}` (node silent for {:.1} s)",
                     ballot_leader(ballot),
-                    since_refresh.as_secs_f64(),
                     silent_for.as_secs_f64()
                 );
                 withdraw(etcd, &mut voted, &me).await;
             }
             continue;
-        }
+        };
         let ballot = format!("{votes_prefix}{}/", key.name);
         if voted
             .as_ref()
@@ -341,6 +376,76 @@ pub async fn run(config: Arc<Config>, fast: FastPath, endpoints: Vec<String>) {
             ),
             Ok(_) => {} // another agent was first, or the key changed: nothing to do.
             Err(_) => client = None,
+        }
+    }
+}
+
+/// The node whose Patroni connections are refused now, and the last failure said.
+struct PatroniBlock {
+    uid: Option<u32>,
+    blocked: Option<FastPathMember>,
+    last_error: Option<String>,
+}
+
+impl PatroniBlock {
+    /// Bring the rules in line with `wanted`: Patroni's API and etcd member ports on that node,
+    /// or none. A failure is said once and tried again at the next look.
+    async fn set(
+        &mut self,
+        wanted: Option<&FastPathMember>,
+        config: &Config,
+        silent_for: Duration,
+    ) {
+        if self.blocked.as_ref() == wanted {
+            return;
+        }
+        let Some(member) = wanted else {
+            super::failfast::clear().await;
+            if let Some(gone) = self.blocked.take() {
+                println!(
+                    "leader watch: `{}` answers again or no longer leads; Patroni may connect to it again",
+                    gone.name
+                );
+            }
+            return;
+        };
+        let installed = match (self.uid, member.address.parse()) {
+            (Some(uid), Ok(address)) => {
+                let mut ports = vec![config.patroni_api_port];
+                ports.extend(member.etcd.as_deref().and_then(super::failfast::port_of));
+                let block = super::failfast::Block {
+                    address,
+                    ports,
+                    uid,
+                };
+                super::failfast::install(&block)
+                    .await
+                    .map(|()| block.ports)
+                    .map_err(|error| error.to_string())
+            }
+            (None, _) => Err("no `postgres` user in /etc/passwd".to_string()),
+            (_, Err(_)) => Err(format!("`{}` is not an IP address", member.address)),
+        };
+        match installed {
+            Ok(ports) => {
+                println!(
+                    "leader watch: nothing on `{}` ({}) answered for {:.1} s and its lease is stale; Patroni's connections to ports {ports:?} there now fail at once",
+                    member.name,
+                    member.address,
+                    silent_for.as_secs_f64(),
+                );
+                self.blocked = Some(member.clone());
+                self.last_error = None;
+            }
+            Err(error) => {
+                if self.last_error.as_ref() != Some(&error) {
+                    eprintln!(
+                        "leader watch: cannot refuse Patroni's connections to `{}`: {error}",
+                        member.name
+                    );
+                    self.last_error = Some(error);
+                }
+            }
         }
     }
 }

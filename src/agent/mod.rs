@@ -6,7 +6,9 @@
 //! - [`decide`]: the pure decision (views in, actions and one sentence out).
 //! - [`etcd`]: the watch task. [`haproxy`]: the runtime socket. [`probe`]: Patroni, VIP,
 //!   keepalived. [`server`]: the HTTP endpoints. [`config`]: `agent.yml`. [`timeline`]: what
-//!   the node sees during a drill (`pgha agent timeline`).
+//!   the node sees during a drill (`pgha agent timeline`). [`fastpath`]: on a Patroni node,
+//!   the watch of the leader's node and the opt-in corroborated fast path; [`failfast`]: the
+//!   `ip rule`s that refuse Patroni's connections to a leader suspected gone.
 //!
 //! This module owns the cycle: gather views, decide, apply, write the verdict, log the
 //! sentence when something changes. On SIGTERM it makes every write server `ready` again (the
@@ -15,6 +17,7 @@
 pub mod config;
 pub mod decide;
 pub mod etcd;
+pub mod failfast;
 pub mod fastpath;
 pub mod haproxy;
 pub mod probe;
@@ -65,11 +68,13 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         endpoints.retain(|endpoint| *endpoint != local);
         endpoints.insert(0, local);
     }
-    // The corroborated fast path, when the inventory turned it on for this Patroni node.
-    let fast_path = config.fast_path.clone().map(|fast| {
+    // On a Patroni node: the leader's node watched (Patroni's connections to it refused while
+    // it is suspected gone), and the corroborated fast path when the inventory turned it on.
+    let leader_watch = config.leader_watch.clone().map(|watch| {
         tokio::spawn(fastpath::run(
             Arc::new(config.clone()),
-            fast,
+            watch,
+            config.fast_path.clone(),
             endpoints.clone(),
         ))
     });
@@ -106,7 +111,33 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             ),
             Err(_) => anyhow::bail!("the etcd state lock is poisoned"),
         };
-        let local = observe(&config, &cluster).await;
+        // A new leader while the look is under way (a probe of the old one waiting out its
+        // timeout) starts the look again at once, on the new view: routing follows a failover
+        // without a dead node's timeout in between. Any other change is looked at next.
+        let mut look_again = false;
+        let local = {
+            let observing = observe(&config, &cluster);
+            tokio::pin!(observing);
+            loop {
+                tokio::select! {
+                    local = &mut observing => break Some(local),
+                    _ = changed.notified() => {
+                        look_again = true;
+                        let leader_now = etcd_state
+                            .lock()
+                            .ok()
+                            .map(|state| state.view(Instant::now()).leader);
+                        if leader_now.is_some_and(|leader| leader != cluster.leader) {
+                            break None;
+                        }
+                    }
+                }
+            }
+        };
+        let Some(local) = local else {
+            wait = Duration::ZERO;
+            continue;
+        };
         let decision = decide::decide(&cluster, &local, &memory);
         let (applied, failed) = apply(&config, &decision).await;
         write_verdict(&config.verdict_file, decision.can_route_writes);
@@ -122,6 +153,9 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         } else {
             CYCLE
         };
+        if look_again {
+            wait = Duration::ZERO;
+        }
         if let Ok(mut status) = status.lock() {
             status.leader_age_seconds = cluster.leader_age.map(|age| age.as_secs_f64());
             status.cluster = cluster;
@@ -148,8 +182,9 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     if let Some(guard) = raft_guard {
         guard.abort();
     }
-    if let Some(fast_path) = fast_path {
-        fast_path.abort();
+    if let Some(leader_watch) = leader_watch {
+        leader_watch.abort();
+        failfast::clear().await;
     }
     Ok(())
 }

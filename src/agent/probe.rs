@@ -108,7 +108,7 @@ pub fn keepalived_alive() -> bool {
     })
 }
 
-async fn run(argv: &[&str]) -> Result<String, ProbeError> {
+pub(super) async fn run(argv: &[&str]) -> Result<String, ProbeError> {
     let command = argv.join(" ");
     let output = tokio::time::timeout(
         Duration::from_secs(2),
