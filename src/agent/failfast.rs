@@ -17,6 +17,14 @@
 //! another leader holds the key, or the agent stops. Patroni treats a refused member exactly
 //! as one that timed out (unknown, not a candidate), so the race's outcome is the one it would
 //! have reached 2 s later.
+//!
+//! A rule only stops new connections. A request already in flight on an established one (the
+//! etcd client's keep-alive connection, the watch stream of Patroni's key cache) would still
+//! wait out its read timeout, and a watch stream to a dead member has none: Patroni then sleeps
+//! through the leader key's deletion until its next loop. So once the rules are in, the agent
+//! aborts this node's established TCP connections to those ports of that node (`ss -K`, the
+//! kernel's socket destroy): the reads fail at once, and the reconnects meet the rules, so
+//! Patroni's etcd client moves to the next member.
 
 use std::net::IpAddr;
 
@@ -66,6 +74,38 @@ impl Block {
     }
 }
 
+impl Block {
+    /// The `ss` argument list that aborts this node's established TCP connections to the
+    /// blocked ports of `address`, whoever opened them (Patroni, and also HAProxy's checks and
+    /// this agent's own etcd client: all of them are better off elsewhere while the node is
+    /// suspected).
+    pub fn abort_command(&self) -> Vec<String> {
+        let address = match self.address {
+            IpAddr::V4(address) => address.to_string(),
+            IpAddr::V6(address) => format!("[{address}]"),
+        };
+        let ports = self
+            .ports
+            .iter()
+            .map(|port| format!("dport = :{port}"))
+            .collect::<Vec<_>>()
+            .join(" or ");
+        [
+            "ss",
+            "-K",
+            "-t",
+            "-n",
+            "state",
+            "established",
+            "dst",
+            &address,
+            &format!("( {ports} )"),
+        ]
+        .map(str::to_string)
+        .to_vec()
+    }
+}
+
 /// The uid of `user` in an `/etc/passwd` text.
 pub fn uid_of(passwd: &str, user: &str) -> Option<u32> {
     passwd.lines().find_map(|line| {
@@ -97,6 +137,14 @@ pub async fn install(block: &Block) -> Result<(), super::probe::ProbeError> {
         }
     }
     Ok(())
+}
+
+/// Abort the established connections `block` covers ([`Block::abort_command`]); the rules
+/// must be in place first, or the reconnects would go straight back.
+pub async fn abort_established(block: &Block) -> Result<(), super::probe::ProbeError> {
+    let command = block.abort_command();
+    let argv: Vec<&str> = command.iter().map(String::as_str).collect();
+    super::probe::run(&argv).await.map(|_| ())
 }
 
 /// Remove every rule at [`PRIORITY`], in both address families (a rule left by an agent that
@@ -141,6 +189,25 @@ mod tests {
             v6.add_commands()[0][..8].join(" "),
             "ip -6 rule add priority 9650 to fd00::12/128"
         );
+    }
+
+    #[test]
+    fn established_connections_to_the_blocked_ports_are_aborted() {
+        let block = Block {
+            address: "10.231.0.12".parse().unwrap(),
+            ports: vec![8008, 2379],
+            uid: 105,
+        };
+        assert_eq!(
+            block.abort_command().join(" "),
+            "ss -K -t -n state established dst 10.231.0.12 ( dport = :8008 or dport = :2379 )"
+        );
+        let v6 = Block {
+            address: "fd00::12".parse().unwrap(),
+            ports: vec![2379],
+            uid: 105,
+        };
+        assert_eq!(v6.abort_command()[7], "[fd00::12]");
     }
 
     #[test]

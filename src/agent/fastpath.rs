@@ -418,10 +418,20 @@ impl PatroniBlock {
                     ports,
                     uid,
                 };
-                super::failfast::install(&block)
-                    .await
-                    .map(|()| block.ports)
-                    .map_err(|error| error.to_string())
+                match super::failfast::install(&block).await {
+                    Ok(()) => {
+                        // The rules stand even if this fails (an old kernel without socket
+                        // destroy): new connections are still refused.
+                        if let Err(error) = super::failfast::abort_established(&block).await {
+                            eprintln!(
+                                "leader watch: cannot abort the connections to `{}`: {error}",
+                                member.name
+                            );
+                        }
+                        Ok(block.ports)
+                    }
+                    Err(error) => Err(error.to_string()),
+                }
             }
             (None, _) => Err("no `postgres` user in /etc/passwd".to_string()),
             (_, Err(_)) => Err(format!("`{}` is not an IP address", member.address)),
@@ -429,7 +439,7 @@ impl PatroniBlock {
         match installed {
             Ok(ports) => {
                 println!(
-                    "leader watch: nothing on `{}` ({}) answered for {:.1} s and its lease is stale; Patroni's connections to ports {ports:?} there now fail at once",
+                    "leader watch: nothing on `{}` ({}) answered for {:.1} s and its lease is stale; Patroni's connections to ports {ports:?} there now fail at once, open ones aborted",
                     member.name,
                     member.address,
                     silent_for.as_secs_f64(),
