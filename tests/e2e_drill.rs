@@ -201,7 +201,10 @@ fn assert_phases(scenario: &str, run: &serde_json::Value) {
 /// the request failed at once ("Network is unreachable": the agents' rule, see
 /// `src/agent/failfast.rs`) instead of waiting out Patroni's 2 s timeout. Once the cluster is
 /// whole again (the drill healed the fault and waited for the old primary to stream), no node
-/// keeps a rule.
+/// keeps a rule. This lab's inventory leaves the fast path off, so the key goes by its TTL,
+/// long after every replica's agent suspected the leader and put its rule in place. (With the
+/// fast path on five or more nodes, a replica that had not suspected yet could win the race
+/// unrefused.)
 fn assert_dead_leader_refused(
     inventory: &str,
     scenario: &str,

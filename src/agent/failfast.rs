@@ -11,10 +11,10 @@
 //! waits out its read timeout there before it tries another.
 //!
 //! How: one `ip rule` per port, matched on the destination address, the TCP port and the
-//! Patroni user's uid, with the action `unreachable`: `connect()` fails with "No route to host"
-//! instead of waiting. Nothing else is touched: PostgreSQL's replication port is not in it, the
-//! agent (root) still probes the node, and the rules go the moment the node answers again,
-//! another leader holds the key, or the agent stops. Patroni treats a refused member exactly
+//! Patroni user's uid, with the action `unreachable`: `connect()` fails with "Network is
+//! unreachable" (ENETUNREACH) instead of waiting. Nothing else is refused: PostgreSQL's
+//! replication port is not in it, the agent (root) still probes the node, and the rules go the
+//! moment the node answers again, another leader holds the key, or the agent stops. Patroni treats a refused member exactly
 //! as one that timed out (unknown, not a candidate), so the race's outcome is the one it would
 //! have reached 2 s later.
 //!
@@ -22,9 +22,9 @@
 //! etcd client's keep-alive connection, the watch stream of Patroni's key cache) would still
 //! wait out its read timeout, and a watch stream to a dead member has none: Patroni then sleeps
 //! through the leader key's deletion until its next loop. So once the rules are in, the agent
-//! aborts this node's established TCP connections to those ports of that node (`ss -K`, the
-//! kernel's socket destroy): the reads fail at once, and the reconnects meet the rules, so
-//! Patroni's etcd client moves to the next member.
+//! aborts this node's TCP connections to those ports of that node, established or still
+//! connecting (`ss -K`, the kernel's socket destroy): the reads fail at once, and the
+//! reconnects meet the rules, so Patroni's etcd client moves to the next member.
 
 use std::net::IpAddr;
 
@@ -75,10 +75,10 @@ impl Block {
 }
 
 impl Block {
-    /// The `ss` argument list that aborts this node's established TCP connections to the
-    /// blocked ports of `address`, whoever opened them (Patroni, and also HAProxy's checks and
-    /// this agent's own etcd client: all of them are better off elsewhere while the node is
-    /// suspected).
+    /// The `ss` argument list that aborts this node's TCP connections (established, or sent a
+    /// SYN before the rules stood) to the blocked ports of `address`, whoever opened them
+    /// (Patroni, and also HAProxy's checks and this agent's own etcd client: all of them are
+    /// better off elsewhere while the node is suspected).
     pub fn abort_command(&self) -> Vec<String> {
         let address = match self.address {
             IpAddr::V4(address) => address.to_string(),
@@ -97,6 +97,8 @@ impl Block {
             "-n",
             "state",
             "established",
+            "state",
+            "syn-sent",
             "dst",
             &address,
             &format!("( {ports} )"),
@@ -139,17 +141,18 @@ pub async fn install(block: &Block) -> Result<(), super::probe::ProbeError> {
     Ok(())
 }
 
-/// Abort the established connections `block` covers ([`Block::abort_command`]); the rules
+/// Abort the open connections `block` covers ([`Block::abort_command`]); the rules
 /// must be in place first, or the reconnects would go straight back.
-pub async fn abort_established(block: &Block) -> Result<(), super::probe::ProbeError> {
+pub async fn abort_connections(block: &Block) -> Result<(), super::probe::ProbeError> {
     let command = block.abort_command();
     let argv: Vec<&str> = command.iter().map(String::as_str).collect();
     super::probe::run(&argv).await.map(|_| ())
 }
 
 /// Remove every rule at [`PRIORITY`], in both address families (a rule left by an agent that
-/// was killed goes at the next start).
-pub async fn clear() {
+/// was killed goes at the next start, or with `pgha agent release` after it exits). True when
+/// `ip rule show` then lists none.
+pub async fn clear() -> bool {
     for family in ["-4", "-6"] {
         let priority = PRIORITY.to_string();
         // One rule per delete; a handful at most (one per port).
@@ -161,6 +164,20 @@ pub async fn clear() {
             }
         }
     }
+    let mut left = false;
+    for family in ["-4", "-6"] {
+        let shown = super::probe::run(&[
+            "ip",
+            family,
+            "rule",
+            "show",
+            "priority",
+            &PRIORITY.to_string(),
+        ])
+        .await;
+        left |= !matches!(shown, Ok(text) if text.trim().is_empty());
+    }
+    !left
 }
 
 #[cfg(test)]
@@ -192,7 +209,7 @@ mod tests {
     }
 
     #[test]
-    fn established_connections_to_the_blocked_ports_are_aborted() {
+    fn open_connections_to_the_blocked_ports_are_aborted() {
         let block = Block {
             address: "10.231.0.12".parse().unwrap(),
             ports: vec![8008, 2379],
@@ -200,14 +217,14 @@ mod tests {
         };
         assert_eq!(
             block.abort_command().join(" "),
-            "ss -K -t -n state established dst 10.231.0.12 ( dport = :8008 or dport = :2379 )"
+            "ss -K -t -n state established state syn-sent dst 10.231.0.12 ( dport = :8008 or dport = :2379 )"
         );
         let v6 = Block {
             address: "fd00::12".parse().unwrap(),
             ports: vec![2379],
             uid: 105,
         };
-        assert_eq!(v6.abort_command()[7], "[fd00::12]");
+        assert_eq!(v6.abort_command()[9], "[fd00::12]");
     }
 
     #[test]

@@ -232,6 +232,7 @@ pub async fn run(
         uid: super::failfast::patroni_uid(),
         blocked: None,
         last_error: None,
+        dirty: false,
     };
     let mut client: Option<Client> = None;
     let mut refreshes = Refreshes::default();
@@ -254,13 +255,17 @@ pub async fn run(
             Some(etcd) => etcd,
             None => match connect(&endpoints).await {
                 Some(etcd) => client.insert(etcd),
-                None => continue,
+                None => {
+                    refused.lift_if_answering(&watched, &config).await;
+                    continue;
+                }
             },
         };
         let observed = match observe_leader(etcd, &leader_key).await {
             Ok(observed) => observed,
             Err(_) => {
                 client = None;
+                refused.lift_if_answering(&watched, &config).await;
                 continue;
             }
         };
@@ -385,9 +390,24 @@ struct PatroniBlock {
     uid: Option<u32>,
     blocked: Option<FastPathMember>,
     last_error: Option<String>,
+    /// An install or a clear failed: the rules may not be what `blocked` says, so the next
+    /// look sets them again even if nothing changed.
+    dirty: bool,
 }
 
 impl PatroniBlock {
+    /// With etcd unreadable from here, the key says nothing; a block still goes once its node
+    /// answers (the prober keeps looking at it).
+    async fn lift_if_answering(&mut self, watched: &Mutex<Watched>, config: &Config) {
+        if self.blocked.is_none() && !self.dirty {
+            return;
+        }
+        let silent_for = watched.lock().expect("watched").silent_for(Instant::now());
+        if silent_for < UNANSWERED_FOR {
+            self.set(None, config, silent_for).await;
+        }
+    }
+
     /// Bring the rules in line with `wanted`: Patroni's API and etcd member ports on that node,
     /// or none. A failure is said once and tried again at the next look.
     async fn set(
@@ -396,11 +416,14 @@ impl PatroniBlock {
         config: &Config,
         silent_for: Duration,
     ) {
-        if self.blocked.as_ref() == wanted {
+        if self.blocked.as_ref() == wanted && !self.dirty {
             return;
         }
+        if self.uid.is_none() {
+            self.uid = super::failfast::patroni_uid();
+        }
         let Some(member) = wanted else {
-            super::failfast::clear().await;
+            self.dirty = !super::failfast::clear().await;
             if let Some(gone) = self.blocked.take() {
                 println!(
                     "leader watch: `{}` answers again or no longer leads; Patroni may connect to it again",
@@ -422,7 +445,7 @@ impl PatroniBlock {
                     Ok(()) => {
                         // The rules stand even if this fails (an old kernel without socket
                         // destroy): new connections are still refused.
-                        if let Err(error) = super::failfast::abort_established(&block).await {
+                        if let Err(error) = super::failfast::abort_connections(&block).await {
                             eprintln!(
                                 "leader watch: cannot abort the connections to `{}`: {error}",
                                 member.name
@@ -446,8 +469,12 @@ impl PatroniBlock {
                 );
                 self.blocked = Some(member.clone());
                 self.last_error = None;
+                self.dirty = false;
             }
             Err(error) => {
+                // `install` clears what it put on a failure; whatever stands is unknown.
+                self.blocked = None;
+                self.dirty = true;
                 if self.last_error.as_ref() != Some(&error) {
                     eprintln!(
                         "leader watch: cannot refuse Patroni's connections to `{}`: {error}",

@@ -400,6 +400,8 @@ fn agent_runs() -> bool {
 pub async fn release(config_path: &Path) -> anyhow::Result<()> {
     let config = Config::load(config_path)?;
     release_drains(&config).await;
+    // Nor its refusal of Patroni's connections to a suspected leader (the leader watch's rules).
+    failfast::clear().await;
     // A crashed agent's last verdict must not outlive it either.
     let _ = std::fs::remove_file(&config.verdict_file);
     Ok(())

@@ -114,6 +114,8 @@ pub(super) async fn run(argv: &[&str]) -> Result<String, ProbeError> {
         Duration::from_secs(2),
         tokio::process::Command::new(argv[0])
             .args(&argv[1..])
+            // A command given up on (or whose caller stopped) must not land later.
+            .kill_on_drop(true)
             .output(),
     )
     .await
