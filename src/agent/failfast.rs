@@ -72,9 +72,7 @@ impl Block {
             })
             .collect()
     }
-}
 
-impl Block {
     /// The `ss` argument list that aborts this node's TCP connections (established, or sent a
     /// SYN before the rules stood) to the blocked ports of `address`, whoever opened them
     /// (Patroni, and also HAProxy's checks and this agent's own etcd client: all of them are
