@@ -469,6 +469,31 @@ fn deploy_converges_routes_and_is_idempotent() {
         );
     }
 
+    // What a `pg_createcluster` cut off part-way during pgha's own install leaves (CI saw it
+    // after the Ctrl-C above): pgha's claim, a configuration directory without its
+    // `postgresql.conf`, an unfinished data directory. `pg_dropcluster` does not know such a
+    // cluster; the deploy removes the leftovers itself.
+    exec(
+        &inventory,
+        "node2",
+        "mkdir -p /etc/postgresql/15/main /var/lib/postgresql/15/main /var/lib/pgha/created && echo 15 > /var/lib/postgresql/15/main/PG_VERSION && : > /var/lib/pgha/created/postgresql-15-main",
+    );
+    let leftovers = deploy_json(&inventory);
+    assert_eq!(leftovers["success"], true, "{leftovers:#}");
+    assert_eq!(
+        changed(&leftovers),
+        1,
+        "only the leftovers go: {:#}",
+        leftovers["changes"]
+    );
+    let gone = exec_everywhere(
+        &inventory,
+        "for p in /etc/postgresql/15/main /var/lib/postgresql/15/main /var/lib/pgha/created/postgresql-15-main; do [ -e $p ] && echo $p; done; true",
+    );
+    for host in gone.as_array().unwrap() {
+        assert_eq!(host["stdout"].as_str().map(str::trim), Some(""), "{host}");
+    }
+
     // Hostile inventory values are refused with exit 2 before any host is contacted: no
     // login in any node's sshd journal, and the injected command left no trace.
     let lab_text = std::fs::read_to_string(&inventory).unwrap();

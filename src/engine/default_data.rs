@@ -178,6 +178,21 @@ pub fn parse(text: &str) -> Found {
     found
 }
 
+/// Drop the `main` cluster (`$1` the version). A cluster `postgresql-common` does not list is
+/// what a `pg_createcluster` or `pg_dropcluster` cut off part-way leaves (a configuration
+/// directory without its `postgresql.conf`, a data directory `initdb` never finished), or one
+/// that a process of an interrupted run, still going on the node, removed since the facts
+/// were read. `pg_dropcluster` leaves the first's data directory behind and fails on the
+/// second ("specified cluster does not exist", seen in CI), so their directories are removed
+/// directly, except a data directory Patroni already runs (a cluster named `main` shares the
+/// path).
+const DROP_POSTGRES_MAIN: &str = r#"if [ -n "$(pg_lsclusters -h "$1" main 2>/dev/null)" ]; then
+  pg_dropcluster --stop "$1" main
+else
+  rm -rf -- "/etc/postgresql/$1/main"
+  [ -e "/var/lib/postgresql/$1/main/patroni.dynamic.json" ] || rm -rf -- "/var/lib/postgresql/$1/main"
+fi"#;
+
 /// Inspect, judge, and remove or refuse.
 pub async fn apply(
     session: &Session,
@@ -197,7 +212,7 @@ pub async fn apply(
         Verdict::Remove(reason) => reason,
     };
     let remove = match component {
-        Component::Postgres => "pg_dropcluster --stop \"$1\" main",
+        Component::Postgres => DROP_POSTGRES_MAIN,
         Component::Etcd => "rm -rf -- /var/lib/etcd/default",
     };
     let script = format!(
