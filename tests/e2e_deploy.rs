@@ -469,10 +469,11 @@ fn deploy_converges_routes_and_is_idempotent() {
         );
     }
 
-    // What a `pg_createcluster` cut off part-way during pgha's own install leaves (CI saw it
-    // after the Ctrl-C above): pgha's claim, a configuration directory without its
-    // `postgresql.conf`, an unfinished data directory. `pg_dropcluster` does not know such a
-    // cluster; the deploy removes the leftovers itself.
+    // What a `pg_createcluster` cut off part-way during pgha's own install leaves: pgha's
+    // claim, a configuration directory without its `postgresql.conf`, an unfinished data
+    // directory. `pg_dropcluster` does not list such a cluster and would leave its data
+    // directory behind (or, as CI once saw after the Ctrl-C above, fail outright when the
+    // configuration directory was gone by then); the deploy removes the leftovers itself.
     exec(
         &inventory,
         "node2",
